@@ -1,0 +1,72 @@
+# qwen-operator developer entry points. `make setup` then `make test` on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup venv tools controlplane prometheus test lint types imports unit integration e2e crds check-generated demo bench clean
+
+## setup: virtualenv + editable package with test extras + every tool the tests need
+setup: venv tools
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+tools: controlplane prometheus
+
+## controlplane: kube-apiserver/controller-manager/scheduler, etcd, kwok from the Go module proxy (cached)
+controlplane: venv
+	$(PY) -m qwen_operator.sandbox.binaries build
+
+## prometheus: the real Prometheus server (Debian package)
+prometheus:
+	@if command -v prometheus >/dev/null; then echo "prometheus present: $$(command -v prometheus)"; \
+	else echo "installing prometheus (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  $$SUDO systemctl disable --now prometheus 2>/dev/null || true; \
+	fi
+
+## test: lint, types, import contracts, generated-file checks, unit, integration and e2e tests
+test: lint types imports unit integration e2e
+
+lint:
+	$(BIN)/ruff check operator tests e2e bench
+	$(BIN)/ruff format --check operator tests e2e bench
+
+types:
+	$(BIN)/mypy
+
+imports:
+	$(BIN)/lint-imports
+
+unit:
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration:
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+e2e:
+	$(BIN)/pytest e2e $(PYTEST_ARGS)
+
+## crds: regenerate crds/ (and the chart's copy) from the API models
+crds:
+	$(PY) -m qwen_operator.api.crdgen --write
+
+## demo: the main job on a laptop
+demo:
+	$(BIN)/qwenctl sandbox demo
+
+## bench: every benchmark (prints figures; nothing asserted)
+bench:
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,64 @@
+"""``qwenctl``: the command-line front door.
+
+Each concern owns its subcommands in its own ``cli`` module exposing
+``register(subparsers)``; this file only assembles them, so adding a command never
+touches another concern's code. A subcommand's handler returns the process exit code.
+Expected failures print ``error: ...`` (no traceback) and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+#: Modules contributing subcommands, in ``--help`` order.
+COMMAND_MODULES = (
+    "qwen_operator.sandbox.cli",  # sandbox up/down/status/env/demo
+    "qwen_operator.controller.cli",  # operator run
+    "qwen_operator.planner.cli",  # plan, render
+    "qwen_operator.sim.cli",  # simulate, sim-server
+    "qwen_operator.modelsync.cli",  # model push/pull/diff/...
+)
+
+
+class UserError(Exception):
+    """An expected failure: printed as ``error: <message>``, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qwenctl",
+        description="Elastic serving of Qwen models on Kubernetes (qwen-operator).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that concern has no commands yet
+                continue
+            raise
+        register: Callable[[Any], None] = module.register
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
