@@ -1,0 +1,1 @@
+"""Pytest fixtures for real components (control plane, Prometheus, S3) used by tests/ and e2e/."""
