@@ -1,0 +1,312 @@
+"""The qwen autoscaling policy: one pure function from observed signals to desired replicas.
+
+Why it exists: the controller's timer (and ``qwenctl simulate``) must make the *same*
+decision from the same inputs, and that decision is where the thinking happens, so it
+lives here with no Kubernetes, kopf or Prometheus import and is tested with tables.
+
+The rule (DESIGN.md, "Autoscaling"), in capacity units (replicas x relative throughput):
+
+* ``ratio = max(queue / (targetQueueDepth x ready), p95 / SLO, in-flight / target in-flight)``
+  and ``desired capacity = ready capacity x ratio``; within ``tolerance`` (10%, as the
+  Kubernetes HPA) the ratio counts as 1.
+* Starting replicas count as capacity: a scale-up only adds what ready + starting
+  capacity does not already cover, so a minutes-long model load never cascades.
+* Up fast: outside panic at most ``max(+4, +100%)`` replicas per decision (the HPA
+  default); at ``ratio >= panic_threshold`` (Knative's panic, 2x) straight to the need,
+  and no scale-down for ``panic_window_seconds`` after the last panic reading.
+* Down slowly: the target is the *maximum* recommendation over the last
+  ``scale_down_delay_seconds`` (HPA's stabilisation window), and at most
+  ``scale_down_step`` replicas go per decision, most expensive per unit throughput first.
+* Missing signals (``None``/NaN queue, or a NaN P95 while requests are in flight) hold:
+  never a scale-down on missing data. A NaN P95 with a zero queue and zero in-flight is a
+  verified idle fleet, which may shrink slowly.
+* New capacity goes to the cheapest pool per unit throughput with free GPUs.
+* An optional ``floor_capacity`` (pre-warm from :mod:`.forecast`) raises the need ahead
+  of a predicted peak; it never lowers it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+DecisionKind = Literal["scale-up", "scale-down", "hold", "panic"]
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """One GPU pool as the policy sees it (a pool = replicas of one GPU type)."""
+
+    gpu_type: str
+    cost_per_hour: float  # $/h for one replica (all its shards)
+    throughput: float = 1.0  # relative throughput of one replica
+    ready: int = 0
+    starting: int = 0  # created, model still loading: counted as capacity
+    free: int = 0  # more replicas that fit on free GPUs of this type
+    target_in_flight: float | None = None  # in-flight requests one ready replica should carry
+
+    @property
+    def replicas(self) -> int:
+        return self.ready + self.starting
+
+    @property
+    def unit_cost(self) -> float:
+        return self.cost_per_hour / self.throughput
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Fleet-wide observations (PromQL in DESIGN.md). ``None`` = source down, NaN = no data."""
+
+    queue_depth: float | None  # waiting requests, summed over pods
+    p95_seconds: float | None  # P95 request duration over the last minute
+    in_flight: float | None = None  # running + waiting requests, summed over pods
+
+
+@dataclass(frozen=True)
+class Targets:
+    """``spec.scaling`` plus the policy's tuning knobs (defaults are the shipped tuning)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 12
+    target_queue_depth: float = 4.0  # waiting requests per ready replica
+    p95_latency_seconds: float = 1.2  # the SLO
+    scale_down_delay_seconds: float = 300.0
+    tolerance: float = 0.1
+    panic_threshold: float = 2.0
+    panic_window_seconds: float = 60.0
+    scale_down_step: int = 1
+    scale_up_pods: int = 4  # non-panic step: max(+scale_up_pods, +100%)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    time: float  # seconds, any monotonic clock
+    capacity: float  # desired capacity (throughput units) computed at that time
+
+
+@dataclass(frozen=True)
+class History:
+    """What the policy remembers between decisions (kept in status by the controller)."""
+
+    recommendations: tuple[Recommendation, ...] = ()
+    panic_until: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: dict[str, int]  # replicas per pool (ready + starting after applying)
+    total: int
+    kind: DecisionKind
+    reason: str
+    history: History
+    ratio: float | None = None  # the load ratio, None when no signal
+    desired_capacity: float | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _valid(x: float | None) -> bool:
+    return x is not None and not math.isnan(x)
+
+
+def _capacity(pools: dict[str, PoolState], counts: dict[str, int]) -> float:
+    return sum(pools[name].throughput * n for name, n in counts.items())
+
+
+def place_scale_up(pools: list[PoolState], current: dict[str, int], need: float, max_new: int) -> dict[str, int]:
+    """Add replicas covering ``need`` capacity: cheapest per unit throughput with free GPUs.
+
+    The last replica goes to the cheapest pool (absolute $/h) whose one replica covers the
+    remainder, so a small shortfall does not buy a big GPU. Returns new counts.
+    """
+    counts = dict(current)
+    free = {p.gpu_type: p.free for p in pools}
+    added = 0
+    while need > _EPS and added < max_new:
+        open_pools = [p for p in pools if free[p.gpu_type] > 0]
+        if not open_pools:
+            break
+        covering = [p for p in open_pools if p.throughput >= need - _EPS]
+        if covering:
+            pick = min(covering, key=lambda p: (p.cost_per_hour, p.unit_cost, p.gpu_type))
+        else:
+            pick = min(open_pools, key=lambda p: (p.unit_cost, p.cost_per_hour, p.gpu_type))
+        counts[pick.gpu_type] += 1
+        free[pick.gpu_type] -= 1
+        need -= pick.throughput
+        added += 1
+    return counts
+
+
+def place_scale_down(
+    pools: list[PoolState], current: dict[str, int], target: float, steps: int, floor: int
+) -> dict[str, int]:
+    """Remove up to ``steps`` replicas, most expensive per unit throughput first, keeping
+    capacity >= ``target`` and at least ``floor`` replicas."""
+    by_name = {p.gpu_type: p for p in pools}
+    counts = dict(current)
+    for _ in range(steps):
+        if sum(counts.values()) <= floor:
+            break
+        cap = _capacity(by_name, counts)
+        order = sorted((p for p in pools if counts[p.gpu_type] > 0), key=lambda p: (-p.unit_cost, -p.cost_per_hour))
+        pick = next((p for p in order if cap - p.throughput >= target - _EPS), None)
+        if pick is None:
+            break
+        counts[pick.gpu_type] -= 1
+    return counts
+
+
+def _load_ratio(pools: list[PoolState], signals: Signals, targets: Targets) -> tuple[float | None, list[str], bool]:
+    """(ratio, explanation parts, latency_missing). ratio None means no usable signal."""
+    ready = sum(p.ready for p in pools)
+    queue, p95, in_flight = signals.queue_depth, signals.p95_seconds, signals.in_flight
+    if not _valid(queue):
+        return None, ["queue depth unavailable"], True
+    assert queue is not None
+    parts: list[str] = []
+    ratios: list[float] = []
+    ratios.append(queue / (targets.target_queue_depth * ready))
+    parts.append(
+        f"queue {queue:.0f} over {ready} ready (target {targets.target_queue_depth:g}/replica) -> {ratios[-1]:.2f}"
+    )
+    latency_missing = False
+    if _valid(p95):
+        assert p95 is not None
+        ratios.append(p95 / targets.p95_latency_seconds)
+        parts.append(f"P95 {p95:.2f}s / SLO {targets.p95_latency_seconds:g}s -> {ratios[-1]:.2f}")
+    else:
+        idle = queue == 0 and _valid(in_flight) and in_flight == 0
+        latency_missing = not idle
+        parts.append("P95 NaN with nothing in flight (idle)" if idle else "P95 unavailable")
+    per_replica = [p.target_in_flight for p in pools if p.ready > 0]
+    if _valid(in_flight) and per_replica and all(t is not None and t > 0 for t in per_replica):
+        assert in_flight is not None
+        target_total = sum(p.ready * (p.target_in_flight or 0.0) for p in pools)
+        ratios.append(in_flight / target_total)
+        parts.append(f"in-flight {in_flight:.0f} / target {target_total:.0f} -> {ratios[-1]:.2f}")
+    return max(ratios), parts, latency_missing
+
+
+def decide(
+    now: float,
+    pools: list[PoolState],
+    signals: Signals,
+    targets: Targets,
+    history: History | None = None,
+    floor_capacity: float | None = None,
+) -> Decision:
+    """The desired replicas per pool for this evaluation (pure; see the module docstring)."""
+    history = history or History()
+    by_name = {p.gpu_type: p for p in pools}
+    current = {p.gpu_type: p.replicas for p in pools}
+    total_now = sum(current.values())
+    ready_cap = sum(p.ready * p.throughput for p in pools)
+    total_cap = _capacity(by_name, current)
+
+    def result(
+        counts: dict[str, int],
+        kind: DecisionKind,
+        reason: str,
+        hist: History,
+        ratio: float | None = None,
+        desired_capacity: float | None = None,
+    ) -> Decision:
+        return Decision(counts, sum(counts.values()), kind, reason, hist, ratio, desired_capacity)
+
+    # Hard bounds first: they are the user's instructions, whatever the metrics say.
+    if total_now < targets.min_replicas:
+        short = targets.min_replicas - total_now
+        counts = place_scale_up(pools, current, math.inf, short)
+        return result(counts, "scale-up", f"below minReplicas {targets.min_replicas}: adding {short}", history)
+    if total_now > targets.max_replicas:
+        counts = place_scale_down(pools, current, -math.inf, total_now - targets.max_replicas, targets.max_replicas)
+        return result(counts, "scale-down", f"above maxReplicas {targets.max_replicas}", history)
+    if sum(p.ready for p in pools) == 0:
+        if total_now > 0:
+            return result(current, "hold", f"waiting for {total_now} starting replica(s) to become ready", history)
+        busy = (_valid(signals.queue_depth) and (signals.queue_depth or 0) > 0) or (
+            _valid(signals.in_flight) and (signals.in_flight or 0) > 0
+        )
+        if busy and targets.max_replicas > 0:
+            counts = place_scale_up(pools, current, math.inf, 1)
+            return result(counts, "scale-up", "requests waiting and no replica: starting one", history)
+        return result(current, "hold", "no replicas and no traffic", history)
+
+    ratio, parts, latency_missing = _load_ratio(pools, signals, targets)
+    if ratio is None:
+        return result(current, "hold", "holding: " + "; ".join(parts) + " (never scale down without signal)", history)
+
+    effective = 1.0 if abs(ratio - 1.0) <= targets.tolerance else ratio
+    desired_cap = ready_cap * effective
+    explain = "; ".join(parts)
+    if floor_capacity is not None and floor_capacity > desired_cap:
+        desired_cap = floor_capacity
+        explain += f"; pre-warm floor {floor_capacity:.2f}"
+
+    panic_until = history.panic_until
+    in_panic = ratio >= targets.panic_threshold
+    if in_panic:
+        panic_until = now + targets.panic_window_seconds
+    window_start = now - targets.scale_down_delay_seconds
+    recs = tuple(r for r in history.recommendations if r.time > window_start) + (Recommendation(now, desired_cap),)
+    new_hist = History(recommendations=recs, panic_until=panic_until)
+
+    if desired_cap > total_cap + _EPS:
+        room = targets.max_replicas - total_now
+        step = room if in_panic else min(room, max(targets.scale_up_pods, total_now))
+        counts = place_scale_up(pools, current, desired_cap - total_cap, step)
+        added = {k: counts[k] - current[k] for k in counts if counts[k] != current[k]}
+        if not added:
+            why = "maxReplicas reached" if room <= 0 else "no free GPUs in any allowed pool"
+            return result(
+                current,
+                "hold",
+                f"need capacity {desired_cap:.2f} > {total_cap:.2f} but {why}; {explain}",
+                new_hist,
+                ratio,
+                desired_cap,
+            )
+        what = ", ".join(f"+{n} {k}" for k, n in added.items())
+        kind: DecisionKind = "panic" if in_panic else "scale-up"
+        return result(
+            counts,
+            kind,
+            f"{what}: capacity {total_cap:.2f} -> {desired_cap:.2f} needed; {explain}",
+            new_hist,
+            ratio,
+            desired_cap,
+        )
+
+    if latency_missing:
+        return result(
+            current, "hold", f"holding: latency signal missing, no scale-down; {explain}", new_hist, ratio, desired_cap
+        )
+    if panic_until is not None and now < panic_until:
+        return result(
+            current,
+            "hold",
+            f"panic window until t={panic_until:.0f}s: no scale-down; {explain}",
+            new_hist,
+            ratio,
+            desired_cap,
+        )
+    stabilised = max(r.capacity for r in recs)
+    counts = place_scale_down(pools, current, stabilised, targets.scale_down_step, targets.min_replicas)
+    removed = {k: current[k] - counts[k] for k in counts if counts[k] != current[k]}
+    if removed:
+        what = ", ".join(f"-{n} {k}" for k, n in removed.items())
+        return result(
+            counts,
+            "scale-down",
+            f"{what}: max recommendation over {targets.scale_down_delay_seconds:g}s is {stabilised:.2f} "
+            f"< capacity {total_cap:.2f}; {explain}",
+            new_hist,
+            ratio,
+            desired_cap,
+        )
+    return result(
+        current, "hold", f"capacity {total_cap:.2f} covers {stabilised:.2f}; {explain}", new_hist, ratio, desired_cap
+    )
