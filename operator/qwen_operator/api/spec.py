@@ -1,0 +1,254 @@
+"""The ``QwenDeployment`` spec: the typed source the CRD schema is generated from.
+
+Every field's docstring becomes its CRD description (``use_attribute_docstrings``);
+defaults, enums and bounds become the schema's defaults, enums and min/max; the
+:class:`~qwen_operator.api.types.Rule` lists become CEL ``x-kubernetes-validations``.
+Models are strict (``"128"`` is not an integer, unknown fields are errors) so reading a
+file offline accepts exactly what the apiserver accepts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from .types import (
+    DNS_SUBDOMAIN_PATTERN,
+    Engine,
+    Quantity,
+    Quantization,
+    Rule,
+    TensorParallel,
+    check_rules,
+    rules_schema,
+)
+
+DEFAULT_CACHE_PATH = "/var/lib/qwen-operator/models"
+DEFAULT_GPU_TYPES = ("A10G", "L40S", "A100-80GB")
+_QWEN3 = re.compile(r"(?i)^(qwen/)?qwen3")
+
+
+def _config(rules: tuple[Rule, ...] = ()) -> ConfigDict:
+    return ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        use_attribute_docstrings=True,
+        json_schema_extra=rules_schema(rules) if rules else None,
+    )
+
+
+class _Checked(BaseModel):
+    """Runs the class's CEL-mirroring rules after field validation."""
+
+    RULES: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _rules(self) -> Any:
+        check_rules(self, type(self).RULES)
+        return self
+
+
+_CACHE_RULES = (
+    Rule(
+        cel="self.type != 'pvc' || has(self.claimName)",
+        message="claimName is required when type is pvc",
+        check=lambda c: c.type != "pvc" or c.claim_name is not None,
+        field_path=".claimName",
+        reason="FieldValueRequired",
+    ),
+)
+
+
+class ModelCache(_Checked):
+    """Where model files live on the node; the model-pull init container fills it."""
+
+    model_config = _config(_CACHE_RULES)
+    RULES = _CACHE_RULES
+
+    type: Literal["hostPath", "pvc"] = "hostPath"
+    """hostPath: a node-local directory shared by every replica on the node (layer-diff pulls only move
+    missing chunks); pvc: a PersistentVolumeClaim (ReadWriteMany when replicas span nodes)."""
+    path: str = Field(default=DEFAULT_CACHE_PATH, max_length=512, pattern=r"^/")
+    """Absolute directory on the node used when type is hostPath (created if missing)."""
+    claim_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """Name of the PersistentVolumeClaim in the same namespace; required when type is pvc."""
+
+
+class ModelSpec(BaseModel):
+    """Which model to serve and where its weights come from."""
+
+    model_config = _config()
+
+    name: str = Field(max_length=128, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    """Model catalog entry, e.g. Qwen/Qwen3-14B (architecture, parameters and heads come from the catalog)."""
+    registry: str = Field(max_length=512, pattern=r"^(s3|hf)://[^\s]+$")
+    """Private model registry holding the weights: s3://bucket/prefix (layer-diff) or hf://org/repo."""
+    version: str = Field(default="stable", max_length=128, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
+    """A tag to track (e.g. stable) or a pinned version / digest; a change rolls the pods."""
+    quantization: Quantization = "none"
+    """Weight quantization: none (bf16), fp8, awq or gptq; must be supported by the engine for this model."""
+    credentials_secret: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """Secret in the same namespace whose keys (e.g. AWS_ACCESS_KEY_ID) become the model-pull environment."""
+    cache: ModelCache = Field(default_factory=ModelCache)
+    """Node-local model cache the weights are pulled into and served from (read-only for the server)."""
+
+
+class ResourceRequests(BaseModel):
+    """CPU and memory per replica, on top of the GPUs the planner assigns."""
+
+    model_config = _config()
+
+    cpu: Quantity | None = None
+    """CPU request and limit per replica (a Kubernetes quantity, e.g. 8 or 7500m); unset means none."""
+    memory: Quantity | None = None
+    """Memory request and limit per replica (e.g. 64Gi); weights pass through host memory while loading."""
+
+
+_RUNTIME_RULES = (
+    Rule(
+        cel="self.maxInputTokens < self.maxTotalTokens",
+        message="maxInputTokens must be less than maxTotalTokens",
+        check=lambda r: r.max_input_tokens < r.max_total_tokens,
+        field_path=".maxInputTokens",
+        reason="FieldValueInvalid",
+    ),
+)
+
+
+class RuntimeSpec(_Checked):
+    """The inference server running in each replica."""
+
+    model_config = _config(_RUNTIME_RULES)
+    RULES = _RUNTIME_RULES
+
+    engine: Engine = "tgi"
+    """Inference server: tgi (text-generation-inference, default) or vllm."""
+    image: str | None = Field(default=None, max_length=512, min_length=1)
+    """Container image; unset means the operator's default image for the engine."""
+    max_concurrent_requests: int = Field(default=128, ge=1, le=4096)
+    """Requests a replica accepts at once; more are rejected with HTTP 429 (TGI --max-concurrent-requests)."""
+    max_input_tokens: int = Field(default=8192, ge=1, le=1048576)
+    """Longest prompt in tokens (TGI --max-input-tokens)."""
+    max_total_tokens: int = Field(default=16384, ge=2, le=1048576)
+    """Longest prompt plus generated tokens (TGI --max-total-tokens, vLLM --max-model-len); sizes the KV cache."""
+    reasoning: Literal["enabled", "disabled"] = "enabled"
+    """Qwen3 thinking mode by default: enabled, or disabled (clients can still switch per request)."""
+    shm_size: Quantity = "1Gi"
+    """Size of the in-memory /dev/shm volume (NCCL uses it between tensor-parallel shards)."""
+    resources: ResourceRequests = Field(default_factory=ResourceRequests)
+    """CPU and memory per replica."""
+
+
+class PlacementSpec(BaseModel):
+    """Which GPU types replicas may use and how they are split across GPUs."""
+
+    model_config = _config()
+
+    gpu_types: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_GPU_TYPES),
+        min_length=1,
+        max_length=8,
+        json_schema_extra={
+            "default": list(DEFAULT_GPU_TYPES),
+            "x-kubernetes-list-type": "set",
+            "items": {"type": "string", "maxLength": 32, "pattern": r"^[A-Za-z0-9][A-Za-z0-9-]*$"},
+        },
+    )
+    """Allowed GPU catalog types (e.g. A10G, L40S, A100-80GB); the cheapest per unit of throughput that
+    fits is filled first and replicas spill over to the next when its GPUs run out."""
+    tensor_parallel: TensorParallel = "auto"
+    """GPUs per replica: auto (the smallest degree that fits on each GPU type) or 1, 2, 4 or 8
+    (must divide the model's attention and KV heads)."""
+
+
+_SCALING_RULES = (
+    Rule(
+        cel="self.minReplicas <= self.maxReplicas",
+        message="minReplicas must be less than or equal to maxReplicas",
+        check=lambda s: s.min_replicas <= s.max_replicas,
+        field_path=".minReplicas",
+        reason="FieldValueInvalid",
+    ),
+)
+
+
+class ScalingSpec(_Checked):
+    """Autoscaling from queue depth and P95 latency; when disabled spec.replicas is used."""
+
+    model_config = _config(_SCALING_RULES)
+    RULES = _SCALING_RULES
+
+    enabled: bool = False
+    """Let the operator size the deployment from metrics (status.autoscaler.desiredReplicas); when false
+    spec.replicas (kubectl scale, HPA, KEDA) decides."""
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    """Fewest replicas the autoscaler keeps (0 allows scale to zero)."""
+    max_replicas: int = Field(default=4, ge=1, le=1000)
+    """Most replicas the autoscaler creates."""
+    target_queue_depth: float = Field(default=4.0, gt=0, le=10000)
+    """Waiting requests per ready replica the autoscaler aims for."""
+    p95_latency_seconds: float = Field(default=1.2, gt=0, le=3600)
+    """P95 request latency SLO in seconds; above it the autoscaler adds replicas."""
+    scale_down_delay_seconds: int = Field(default=300, ge=0, le=86400)
+    """How long load must stay low before replicas are removed (stabilisation window)."""
+    interval_seconds: int = Field(default=15, ge=5, le=3600)
+    """How often the autoscaler evaluates metrics."""
+
+
+class RolloutSpec(BaseModel):
+    """How pods are replaced when the model version or the server configuration changes."""
+
+    model_config = _config()
+
+    max_surge: int = Field(default=1, ge=0, le=100)
+    """Extra pods per pool during a rolling update (pods are never taken down before replacements are ready)."""
+    canary_replicas: int = Field(default=0, ge=0, le=100)
+    """Replicas that receive a new model version first (0: roll all pools directly)."""
+
+
+_SPEC_RULES = (
+    Rule(
+        cel="!(self.runtime.engine == 'tgi' && self.model.quantization in ['awq', 'gptq']"
+        " && self.model.name.matches('(?i)^(qwen/)?qwen3'))",
+        message="TGI serves Qwen3 through its generic transformers path, which rejects awq/gptq;"
+        " use fp8 or none, or engine vllm",
+        check=lambda s: (
+            not (s.runtime.engine == "tgi" and s.model.quantization in ("awq", "gptq") and _QWEN3.match(s.model.name))
+        ),
+        field_path=".model.quantization",
+        reason="FieldValueForbidden",
+    ),
+)
+
+
+class QwenDeploymentSpec(_Checked):
+    """Desired state of a QwenDeployment."""
+
+    model_config = _config(_SPEC_RULES)
+    RULES = _SPEC_RULES
+
+    model: ModelSpec
+    """The model to serve."""
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    """Inference server settings."""
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    """GPU types and tensor parallelism."""
+    replicas: int = Field(default=1, ge=0, le=1000)
+    """Replicas when autoscaling is disabled; the scale subresource (kubectl scale, HPA, KEDA) sets it."""
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    """Autoscaling policy."""
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    """Rolling update policy."""
+
+    def desired_replicas(self, autoscaler_desired: int | None = None) -> int:
+        """Replicas to run: the autoscaler's figure (clamped) when enabled, else spec.replicas."""
+        if not self.scaling.enabled:
+            return self.replicas
+        want = self.scaling.min_replicas if autoscaler_desired is None else autoscaler_desired
+        return max(self.scaling.min_replicas, min(self.scaling.max_replicas, want))

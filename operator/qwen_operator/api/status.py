@@ -1,0 +1,145 @@
+"""The ``QwenDeployment`` status: what the controller and autoscaler report.
+
+Status is a contract read by ``kubectl get``/``wait``, Argo CD and humans: conditions in
+the metav1.Condition shape, the scale subresource's ``replicas``/``selector``, per-pool
+facts, and two preformatted strings (``poolSummary``, ``readySummary``) that exist only
+so printer columns can show them (JSONPath cannot join a list).
+
+Status models are lenient about extra keys (``extra="ignore"``) so an older operator
+reading a status written by a newer one does not fail; the CRD still prunes unknown keys.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+_CONFIG = ConfigDict(
+    alias_generator=to_camel,
+    populate_by_name=True,
+    extra="ignore",
+    use_attribute_docstrings=True,
+)
+
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "ModelSynced", "ScalingActive")
+
+
+class Condition(BaseModel):
+    """One observation of the resource's state (metav1.Condition)."""
+
+    model_config = _CONFIG
+
+    type: str = Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+    )
+    """Condition type: Ready, Progressing, Degraded, ModelSynced or ScalingActive."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds: True, False or Unknown."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """metadata.generation the condition was computed from."""
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
+    """When status last changed (RFC 3339); unchanged while status stays the same."""
+    reason: str = Field(max_length=1024, min_length=1, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """CamelCase reason for the last transition, e.g. PoolsReady or ModelNotInCatalog."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable details a user can act on."""
+
+
+class PoolStatus(BaseModel):
+    """One GPU pool: a Deployment of identical replicas on one GPU type."""
+
+    model_config = _CONFIG
+
+    gpu_type: str = Field(max_length=32)
+    """GPU catalog type of this pool, e.g. L40S."""
+    deployment: str = Field(default="", max_length=253)
+    """Name of the pool's Deployment."""
+    shards: int = Field(ge=1, le=64)
+    """Tensor-parallel shards (GPUs) per replica."""
+    replicas: int = Field(default=0, ge=0)
+    """Replicas the pool is sized to."""
+    ready_replicas: int = Field(default=0, ge=0)
+    """Replicas passing their readiness probe."""
+    cost_per_hour: float = Field(default=0.0, ge=0)
+    """Catalog price of the pool's GPUs in $/hour (replicas x shards x $/GPU-hour)."""
+
+
+class ModelStatus(BaseModel):
+    """Which model version is served and which is being synced."""
+
+    model_config = _CONFIG
+
+    current_version: str | None = None
+    """Version every ready replica serves."""
+    target_version: str | None = None
+    """Version the tag resolves to and replicas are moving to."""
+    last_sync_bytes: int | None = Field(default=None, ge=0)
+    """Bytes the last sync moved (only chunks missing from node caches)."""
+
+
+class AutoscalerStatus(BaseModel):
+    """The autoscaler's last decision; the reconciler sizes pools from desiredReplicas."""
+
+    model_config = _CONFIG
+
+    desired_replicas: int | None = Field(default=None, ge=0)
+    """Replicas the autoscaler wants (clamped to scaling.minReplicas..maxReplicas)."""
+    queue_depth: float | None = None
+    """Waiting requests per ready replica at the last evaluation."""
+    p95_seconds: float | None = None
+    """P95 request latency at the last evaluation (absent when idle: no signal)."""
+    last_scale_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When the autoscaler last changed desiredReplicas."""
+    last_decision: str | None = Field(default=None, max_length=1024)
+    """Why the last decision was taken, in one sentence."""
+
+
+class QwenDeploymentStatus(BaseModel):
+    """Observed state of a QwenDeployment."""
+
+    model_config = _CONFIG
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """metadata.generation the status describes."""
+    replicas: int | None = Field(default=None, ge=0)
+    """Replicas across all pools (the scale subresource's status replicas)."""
+    ready_replicas: int | None = Field(default=None, ge=0)
+    """Replicas ready to serve."""
+    desired_replicas: int | None = Field(default=None, ge=0)
+    """Replicas the reconciler is sizing to (spec.replicas, or the autoscaler's figure when enabled)."""
+    selector: str | None = Field(default=None, max_length=1024)
+    """Label selector of every server pod (the scale subresource's selector)."""
+    pool_summary: str | None = Field(default=None, max_length=256)
+    """Replicas per GPU pool for kubectl get, e.g. A10G:2,L40S:1."""
+    ready_summary: str | None = Field(default=None, max_length=32)
+    """Ready over desired replicas for kubectl get, e.g. 2/3."""
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Latest observations: Ready, Progressing, Degraded, ModelSynced, ScalingActive."""
+    pools: list[PoolStatus] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["gpuType"]},
+    )
+    """GPU pools as planned and observed."""
+    model: ModelStatus = Field(default_factory=ModelStatus)
+    """Model versions."""
+    autoscaler: AutoscalerStatus = Field(default_factory=AutoscalerStatus)
+    """Autoscaler state."""
+
+
+def pool_summary(pools: list[tuple[str, int]]) -> str:
+    """``A10G:2,L40S:1`` from (gpu type, replicas) pairs, in the given order."""
+    return ",".join(f"{gpu}:{n}" for gpu, n in pools)
+
+
+def ready_summary(ready: int, desired: int) -> str:
+    """``2/3``: ready over desired replicas."""
+    return f"{ready}/{desired}"
