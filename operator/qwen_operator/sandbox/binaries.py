@@ -34,7 +34,7 @@ KWOK_VERSION = "v0.8.0"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 WRAPPERS = REPO_ROOT / "e2e" / "controlplane"
 
-K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
 GO_INSTALL_HINT = (
     "Go >= 1.26 is needed to build the control plane: install it from your distribution "
@@ -65,6 +65,7 @@ class Binaries:
     kube_apiserver: Path
     kube_controller_manager: Path
     kube_scheduler: Path
+    kubectl: Path
     etcd: Path
     kwok: Path
 
@@ -73,6 +74,7 @@ class Binaries:
             "kube-apiserver": self.kube_apiserver,
             "kube-controller-manager": self.kube_controller_manager,
             "kube-scheduler": self.kube_scheduler,
+            "kubectl": self.kubectl,
             "etcd": self.etcd,
             "kwok": self.kwok,
         }
@@ -84,6 +86,7 @@ def expected() -> Binaries:
         kube_apiserver=d / "kube-apiserver",
         kube_controller_manager=d / "kube-controller-manager",
         kube_scheduler=d / "kube-scheduler",
+        kubectl=d / "kubectl",
         etcd=d / "etcd",
         kwok=d / "kwok",
     )
@@ -161,12 +164,16 @@ def write_kubernetes_gomod(go: str) -> Path:
     """(Re)derive e2e/controlplane/kubernetes/go.mod from upstream's go.mod."""
     out = subprocess.run(
         [go, "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     upstream = Path(json.loads(out.stdout)["GoMod"]).read_text()
     target = WRAPPERS / "kubernetes" / "go.mod"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(derive_kubernetes_gomod(upstream, KUBERNETES_VERSION))
+    # tidy adds upstream's pinned requires and go.sum for the commands in tools.go
+    _run([go, "mod", "tidy"], cwd=target.parent)
     return target
 
 
@@ -194,7 +201,8 @@ def build(force: bool = False) -> Binaries:
     go = _go()
     target = bin_dir()
     target.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false")
+    # A private build cache: a `go clean -cache` elsewhere must not break a long cold build.
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false", GOCACHE=str(cache_root() / "go-build"))
     started = time.monotonic()
     todo_k8s = [c for c in K8S_COMMANDS if c in gone]
     step, steps = 0, len(todo_k8s) + ("etcd" in gone) + ("kwok" in gone)
@@ -202,29 +210,48 @@ def build(force: bool = False) -> Binaries:
         step += 1
         print(f"[{step}/{steps}] building {cmd} {KUBERNETES_VERSION} (cold builds take minutes) ...", flush=True)
         t = time.monotonic()
-        _run([go, "build", "-trimpath", "-ldflags", _ldflags(KUBERNETES_VERSION), "-o", str(target / cmd),
-              f"k8s.io/kubernetes/cmd/{cmd}"], cwd=WRAPPERS / "kubernetes", env=env)
+        _run(
+            [
+                go,
+                "build",
+                "-trimpath",
+                "-ldflags",
+                _ldflags(KUBERNETES_VERSION),
+                "-o",
+                str(target / cmd),
+                f"k8s.io/kubernetes/cmd/{cmd}",
+            ],
+            cwd=WRAPPERS / "kubernetes",
+            env=env,
+        )
         print(f"      {cmd} built in {time.monotonic() - t:.0f}s", flush=True)
     if "etcd" in gone:
         step += 1
         print(f"[{step}/{steps}] building etcd {ETCD_VERSION} ...", flush=True)
         t = time.monotonic()
-        _run([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(target / "etcd"), "go.etcd.io/etcd/server/v3"],
-             cwd=WRAPPERS / "etcd", env=env)
+        _run(
+            [go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(target / "etcd"), "go.etcd.io/etcd/server/v3"],
+            cwd=WRAPPERS / "etcd",
+            env=env,
+        )
         print(f"      etcd built in {time.monotonic() - t:.0f}s", flush=True)
     if "kwok" in gone:
         step += 1
         print(f"[{step}/{steps}] installing kwok {KWOK_VERSION} ...", flush=True)
         t = time.monotonic()
-        _run([go, "install", "-trimpath", "-ldflags", "-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
-             env=dict(env, GOBIN=str(target)))
+        _run(
+            [go, "install", "-trimpath", "-ldflags", "-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
+            env=dict(env, GOBIN=str(target)),
+        )
         print(f"      kwok installed in {time.monotonic() - t:.0f}s", flush=True)
     print(f"control-plane binaries ready in {bin_dir()} ({time.monotonic() - started:.0f}s)", flush=True)
     return expected()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qwen_operator.sandbox.binaries", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m qwen_operator.sandbox.binaries", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build missing binaries into the cache")
     b.add_argument("--force", action="store_true", help="rebuild even if present")
