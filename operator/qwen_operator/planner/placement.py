@@ -1,0 +1,187 @@
+"""Per GPU type: the smallest tensor-parallel degree that fits, its cost and throughput.
+
+Memory model (per GPU, one replica split over ``shards`` GPUs)::
+
+    weights / shards + kv_reserve / shards + overhead  <=  memory x utilisation
+
+- ``weights``: :meth:`QwenModel.weight_bytes` for the quantization (tensor parallelism
+  splits every matrix, embeddings included, evenly across shards).
+- ``kv_reserve``: KV cache for ``maxTotalTokens x min_batch_sequences`` tokens at
+  2 bytes per element (:meth:`QwenModel.kv_bytes_per_token`; KV heads are split across
+  shards). TGI refuses to start unless ``max_batch_total_tokens >= max_total_tokens``,
+  i.e. unless one full-length sequence fits, and then gives the KV cache all memory left
+  after warm-up; so the default reserve is **one** full-length sequence, and the memory
+  left over is reported as extra KV capacity (``kv_tokens``) rather than required.
+  Raise ``min_batch_sequences`` to demand more concurrency headroom per replica.
+- ``overhead`` (default 2 GB per GPU): CUDA context and cuBLAS workspaces (~0.5-1 GB),
+  prefill activations, and NCCL buffers when sharded; measured TGI/vLLM footprints beyond
+  weights and KV are 1.5-2 GB per GPU for these model sizes.
+- ``utilisation`` (default 0.9): headroom for allocator fragmentation, as vLLM's
+  ``gpu_memory_utilization`` default.
+
+Valid degrees divide both the attention and the KV heads (``QwenModel.valid_shards``)
+and are at most the GPUs of one node (``GPUType.max_gpus_per_node``): a replica never
+spans nodes.
+
+Throughput is decode-bound: each output token reads every weight once, so tokens/s per
+sequence ~ ``bandwidth x shards x tp_efficiency / weight_bytes``. Tensor parallelism pays
+an all-reduce per layer: ``tp_efficiency = 0.9 ** log2(shards)`` over NVLink and
+``0.8 ** log2(shards)`` over PCIe (A10G, L40S). It is a relative figure to rank GPU
+types by $ per unit of throughput, not a benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..catalog import GB, GPUType, QwenModel
+
+
+@dataclass(frozen=True)
+class PlacementPolicy:
+    """Knobs of the memory model; the defaults are documented in the module docstring."""
+
+    overhead_bytes_per_gpu: float = 2.0 * GB
+    utilisation: float = 0.9
+    min_batch_sequences: int = 1
+    tp_efficiency_nvlink: float = 0.9
+    tp_efficiency_pcie: float = 0.8
+
+
+DEFAULT_POLICY = PlacementPolicy()
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one replica must hold: the model, its quantization and the token limits."""
+
+    model: QwenModel
+    quantization: str = "none"
+    max_total_tokens: int = 16384
+    max_concurrent_requests: int = 128
+    tensor_parallel: int | None = None  # None: auto
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.model.weight_bytes(self.quantization)
+
+    def kv_reserve_bytes(self, policy: PlacementPolicy) -> float:
+        sequences = max(1, min(policy.min_batch_sequences, self.max_concurrent_requests))
+        return float(self.model.kv_bytes_per_token() * self.max_total_tokens * sequences)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The best way to run one replica on one GPU type (or why there is none)."""
+
+    gpu_type: str
+    fits: bool
+    shards: int  # GPUs per replica (tensor-parallel degree); 0 when nothing fits
+    price_per_hour: float  # $/h per replica
+    throughput: float  # relative decode tokens/s per sequence (see module docstring)
+    reason: str
+    weights_per_gpu: float = 0.0  # bytes
+    kv_per_gpu: float = 0.0  # bytes reserved for the minimum batch
+    usable_per_gpu: float = 0.0  # memory x utilisation, bytes
+    kv_tokens: int = 0  # KV cache capacity in tokens with the memory left over
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.shards
+
+    @property
+    def cost_per_throughput(self) -> float:
+        """$/h per unit of relative throughput (lower is better; inf when it does not fit)."""
+        if not self.fits or self.throughput <= 0:
+            return math.inf
+        return self.price_per_hour / self.throughput
+
+
+def tp_efficiency(gpu: GPUType, shards: int, policy: PlacementPolicy = DEFAULT_POLICY) -> float:
+    per_doubling = policy.tp_efficiency_nvlink if gpu.interconnect == "nvlink" else policy.tp_efficiency_pcie
+    return float(per_doubling ** math.log2(shards)) if shards > 1 else 1.0
+
+
+def relative_throughput(work: Workload, gpu: GPUType, shards: int, policy: PlacementPolicy = DEFAULT_POLICY) -> float:
+    """Decode tokens/s per sequence ~ bandwidth x shards x efficiency / weight bytes."""
+    return gpu.bandwidth_bytes_per_s * shards * tp_efficiency(gpu, shards, policy) / work.weight_bytes
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / GB:.1f} GB"
+
+
+def _fit(work: Workload, gpu: GPUType, shards: int, policy: PlacementPolicy) -> tuple[bool, float, float, float, int]:
+    """(fits, weights/GPU, kv/GPU, usable/GPU, kv token capacity) for one degree."""
+    weights = work.weight_bytes / shards
+    kv = work.kv_reserve_bytes(policy) / shards
+    usable = gpu.memory_bytes * policy.utilisation
+    free_for_kv = usable - policy.overhead_bytes_per_gpu - weights
+    kv_per_token_per_gpu = work.model.kv_bytes_per_token() / shards
+    tokens = max(0, int(free_for_kv / kv_per_token_per_gpu))
+    return weights + kv + policy.overhead_bytes_per_gpu <= usable, weights, kv, usable, tokens
+
+
+def candidate_for(work: Workload, gpu: GPUType, policy: PlacementPolicy = DEFAULT_POLICY) -> Candidate:
+    """The smallest valid tensor-parallel degree on ``gpu`` that fits ``work`` (or why none does)."""
+    node_limit = gpu.max_gpus_per_node
+    valid = work.model.valid_shards(max_shards=64)
+    if work.tensor_parallel is not None:
+        tp = work.tensor_parallel
+        if tp not in valid:
+            return Candidate(
+                gpu.name,
+                False,
+                0,
+                0.0,
+                0.0,
+                f"tensorParallel {tp} does not divide {work.model.attention_heads} attention heads and "
+                f"{work.model.kv_heads} KV heads (valid: {', '.join(map(str, work.model.valid_shards()))})",
+            )
+        if tp > node_limit:
+            return Candidate(gpu.name, False, 0, 0.0, 0.0, f"tensorParallel {tp} exceeds {node_limit} GPUs per node")
+        degrees = [tp]
+    else:
+        degrees = [n for n in valid if n <= node_limit]
+    detail = ""
+    for shards in degrees:
+        fits, weights, kv, usable, tokens = _fit(work, gpu, shards, policy)
+        if fits:
+            price = shards * gpu.price_per_gpu_hour
+            return Candidate(
+                gpu_type=gpu.name,
+                fits=True,
+                shards=shards,
+                price_per_hour=price,
+                throughput=relative_throughput(work, gpu, shards, policy),
+                reason=(
+                    f"{shards}x {gpu.name}: {_gb(weights)} weights + {_gb(kv)} KV + "
+                    f"{_gb(policy.overhead_bytes_per_gpu)} overhead <= {_gb(usable)} per GPU; "
+                    f"KV room for {tokens} tokens ({tokens / work.max_total_tokens:.1f} full-length sequences)"
+                ),
+                weights_per_gpu=weights,
+                kv_per_gpu=kv,
+                usable_per_gpu=usable,
+                kv_tokens=tokens,
+            )
+        detail = (
+            f"at {shards} shard{'s' if shards > 1 else ''} needs {_gb(weights)} weights + {_gb(kv)} KV + "
+            f"{_gb(policy.overhead_bytes_per_gpu)} overhead > {_gb(usable)} usable per GPU"
+        )
+    largest = degrees[-1] if degrees else 0
+    why = f"does not fit: {detail}" if detail else "no valid tensor-parallel degree"
+    if work.tensor_parallel is None and largest:
+        why += f" (largest valid degree on one node: {largest})"
+    return Candidate(gpu.name, False, 0, 0.0, 0.0, why)
+
+
+def candidates(work: Workload, gpus: list[GPUType], policy: PlacementPolicy = DEFAULT_POLICY) -> list[Candidate]:
+    """One candidate per allowed GPU type, best (lowest $ per throughput) first, non-fitting last."""
+    found = [candidate_for(work, gpu, policy) for gpu in gpus]
+    return sorted(found, key=rank_key)
+
+
+def rank_key(c: Candidate) -> tuple[float, float, str]:
+    """Fill order: cheapest per unit of throughput, then cheapest per replica, then name."""
+    return (c.cost_per_throughput, c.price_per_hour, c.gpu_type)

@@ -1,0 +1,140 @@
+"""The planner's entry point: spec + catalog + free GPUs -> :class:`Plan`.
+
+A plan is always returned, never an exception: a model missing from the catalog, a model
+that fits no allowed GPU type or a cluster without free GPUs all give a plan whose
+``reason_code``/``reason`` the controller copies into a condition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..api.spec import QwenDeploymentSpec
+from ..catalog import Catalog, GPUType, resolve_gpu_name, resolve_model_name
+from .placement import DEFAULT_POLICY, Candidate, PlacementPolicy, Workload, candidates
+from .pools import FreeGPUs, Pool, resize
+
+#: ``Plan.reason_code`` values (CamelCase condition reasons).
+OK = "Planned"
+MODEL_NOT_IN_CATALOG = "ModelNotInCatalog"
+NO_GPU_TYPE_FITS = "NoGPUTypeFits"
+INSUFFICIENT_GPUS = "InsufficientGPUs"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the replicas of one QwenDeployment go."""
+
+    model: str
+    desired_replicas: int
+    candidates: tuple[Candidate, ...] = ()
+    pools: tuple[Pool, ...] = ()
+    unplaced: int = 0
+    reason_code: str = OK
+    reason: str = ""
+    unknown_gpu_types: tuple[str, ...] = field(default=())
+
+    @property
+    def placed(self) -> int:
+        return sum(p.replicas for p in self.pools)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason_code == OK
+
+    @property
+    def cost_per_hour(self) -> float:
+        return sum(p.cost_per_hour for p in self.pools)
+
+    @property
+    def pool_summary(self) -> str:
+        """``A10G:2,L40S:1`` (the status.poolSummary printer column)."""
+        return ",".join(f"{p.gpu_type}:{p.replicas}" for p in self.pools)
+
+    def pool(self, gpu_type: str) -> Pool | None:
+        return next((p for p in self.pools if p.gpu_type == gpu_type), None)
+
+    def candidate(self, gpu_type: str) -> Candidate | None:
+        return next((c for c in self.candidates if c.gpu_type == gpu_type), None)
+
+
+def workload_for(spec: QwenDeploymentSpec, catalog: Catalog) -> Workload:
+    """The sizing inputs of ``spec`` (raises KeyError when the model is not in the catalog)."""
+    model = catalog.models[resolve_model_name(spec.model.name, catalog.models)]
+    tp = spec.placement.tensor_parallel
+    return Workload(
+        model=model,
+        quantization=spec.model.quantization,
+        max_total_tokens=spec.runtime.max_total_tokens,
+        max_concurrent_requests=spec.runtime.max_concurrent_requests,
+        tensor_parallel=tp if isinstance(tp, int) else None,
+    )
+
+
+def allowed_gpus(spec: QwenDeploymentSpec, catalog: Catalog) -> tuple[list[GPUType], list[str]]:
+    """(catalog GPU types allowed by the spec, spellings not in the catalog)."""
+    known: list[GPUType] = []
+    unknown: list[str] = []
+    for name in spec.placement.gpu_types:
+        try:
+            gpu = catalog.gpus[resolve_gpu_name(name, catalog.gpus)]
+        except KeyError:
+            unknown.append(name)
+            continue
+        if gpu not in known:
+            known.append(gpu)
+    return known, unknown
+
+
+def plan(
+    spec: QwenDeploymentSpec,
+    catalog: Catalog,
+    *,
+    replicas: int | None = None,
+    free_gpus: FreeGPUs | None = None,
+    current: Mapping[str, int] | None = None,
+    policy: PlacementPolicy = DEFAULT_POLICY,
+) -> Plan:
+    """Plan ``replicas`` (default: :meth:`QwenDeploymentSpec.desired_replicas`) for ``spec``.
+
+    ``free_gpus``: GPUs not requested by any pod, per catalog GPU type (None: unlimited,
+    as in an offline ``qwenctl plan``). ``current``: replicas per GPU type the deployment
+    runs now; existing pools are kept and resized rather than re-planned from scratch.
+    """
+    desired = spec.desired_replicas() if replicas is None else max(0, replicas)
+    try:
+        work = workload_for(spec, catalog)
+    except KeyError:
+        return Plan(
+            model=spec.model.name,
+            desired_replicas=desired,
+            unplaced=desired,
+            reason_code=MODEL_NOT_IN_CATALOG,
+            reason=f"model {spec.model.name!r} is not in the catalog; known: {', '.join(sorted(catalog.models))}",
+        )
+    gpus, unknown = allowed_gpus(spec, catalog)
+    found = tuple(candidates(work, gpus, policy))
+    common = {"model": work.model.name, "desired_replicas": desired, "unknown_gpu_types": tuple(unknown)}
+    if not any(c.fits for c in found):
+        quant = "bf16" if work.quantization == "none" else work.quantization
+        detail = "; ".join(f"{c.gpu_type}: {c.reason}" for c in found) or "no allowed GPU type is in the catalog"
+        if unknown:
+            detail += f"; not in the catalog: {', '.join(unknown)}"
+        return Plan(
+            candidates=found,
+            unplaced=desired,
+            reason_code=NO_GPU_TYPE_FITS,
+            reason=f"{work.model.name} ({quant}, {work.weight_bytes / 1e9:.1f} GB of weights, "
+            f"maxTotalTokens {work.max_total_tokens}) fits no allowed GPU type: {detail}",
+            **common,  # type: ignore[arg-type]
+        )
+    pools, unplaced, why = resize(found, current or {}, desired, free_gpus)
+    return Plan(
+        candidates=found,
+        pools=tuple(pools),
+        unplaced=unplaced,
+        reason_code=INSUFFICIENT_GPUS if unplaced else OK,
+        reason=why,
+        **common,  # type: ignore[arg-type]
+    )
