@@ -12,11 +12,16 @@ Scheduling follows TGI's router (``backends/v3``):
   ``max_concurrent_requests`` the request is rejected (HTTP 429, ``err="overloaded"``);
   prompts over ``max_input_tokens`` or totals over ``max_total_tokens`` are rejected as
   ``validation`` (HTTP 422).
-* With an empty batch, the queue head is admitted at once (FIFO, within the prefill token
-  budget and the free KV cache: TGI reserves prompt + max_new_tokens up front).
-* With a running batch, new requests are admitted only when the queue holds at least
-  ``waiting_served_ratio x batch size`` entries or ``max_waiting_tokens`` decode steps
-  have passed since the last prefill; the running batch pauses during that prefill.
+* Admission is FIFO and stops at the first request that does not fit the free KV cache
+  (TGI reserves prompt + max_new_tokens up front) or the prefill token budget.
+* ``chunked_prefill=True`` (TGI 3's default where the attention backend supports it):
+  every forward pass may take new requests; their prompt tokens (up to
+  ``max_batch_prefill_tokens`` minus the running batch, a long prompt split over several
+  passes) run in the same forward as the running batch's decode step.
+* ``chunked_prefill=False`` (TGI 2, and backends without chunking): with a running batch,
+  new requests are admitted only when the queue holds ``waiting_served_ratio x batch
+  size`` entries or ``max_waiting_tokens`` decode steps have passed since the last
+  prefill, and the running batch pauses during that prefill.
 * Prefill yields each new request's first token; every decode step one more token per
   running request; a request leaves the batch (and frees its KV) after its last token.
 
@@ -99,8 +104,10 @@ class ReplicaEngine:
         start_time: float = 0.0,
         max_waiting_tokens: int = TGI_MAX_WAITING_TOKENS,
         waiting_served_ratio: float = TGI_WAITING_SERVED_RATIO,
+        chunked_prefill: bool = True,
     ) -> None:
         self.model = model
+        self.chunked_prefill = chunked_prefill
         self.max_waiting_tokens = max_waiting_tokens
         self.waiting_served_ratio = waiting_served_ratio
         self.kv_capacity = model.kv_capacity_tokens
@@ -114,6 +121,10 @@ class ReplicaEngine:
         self._ctx = 0  # tokens in the KV cache across the running batch
         self._reserved = 0  # KV tokens reserved (prompt + output of each running request)
         self._done: list[tuple[float, int, Request]] = []  # finished, not yet returned
+        self._partial: Request | None = None  # chunked prefill in progress (admitted, KV reserved)
+        self._partial_done = 0  # its prompt tokens already prefilled
+        self._last_finish_at = -_INF
+        self._last_finish_count = 0
         self.rejected = 0
         self.rejected_validation = 0
         self.completed = 0
@@ -132,13 +143,13 @@ class ReplicaEngine:
 
     @property
     def batch_size(self) -> int:
-        """Requests in the running batch (``tgi_batch_current_size``)."""
-        return len(self._running)
+        """Requests in the running batch (``tgi_batch_current_size``), a part-prefilled one included."""
+        return len(self._running) + (self._partial is not None)
 
     @property
     def in_flight(self) -> int:
         """Requests accepted and not yet returned (what max_concurrent_requests limits)."""
-        return len(self._queue) + len(self._running) + len(self._done)
+        return len(self._queue) + self.batch_size + len(self._done)
 
     @property
     def kv_tokens_reserved(self) -> int:
@@ -146,7 +157,7 @@ class ReplicaEngine:
 
     @property
     def idle(self) -> bool:
-        return not self._queue and not self._running and not self._done
+        return not self._queue and not self._running and not self._done and self._partial is None
 
     # --- driving -----------------------------------------------------------------------
     def submit(self, req: Request) -> bool:
@@ -167,13 +178,13 @@ class ReplicaEngine:
             req.status = VALIDATION
             self.rejected_validation += 1
             return False
-        in_flight = len(self._queue) + len(self._running) + sum(1 for d in self._done if d[0] > req.arrival)
+        in_flight = len(self._queue) + self.batch_size
+        if self._last_finish_at > req.arrival:  # finished inside the operation still in flight
+            in_flight += self._last_finish_count
         if in_flight >= m.max_concurrent_requests:
             req.status = OVERLOADED
             self.rejected += 1
             return False
-        if not self._queue and not self._running and self._t < req.arrival:
-            self._t = req.arrival  # idle replica: nothing happened in between
         self._queue.append(req)
         return True
 
@@ -193,56 +204,80 @@ class ReplicaEngine:
         boundary), but never skips a completion.
         """
         candidates = [self._done[0][0]] if self._done else []
-        if self._queue or self._running:
-            plan = self._plan(_INF)
-            if plan is not None:
-                candidates.append(self._t + plan[1] * (plan[2] if plan[0] == "decode" else 1))
+        plan = self._plan(_INF)
+        if plan is not None:
+            candidates.append(self._t + plan[1] * (plan[2] if plan[0] == "decode" else 1))
         return min(candidates) if candidates else _INF
 
     # --- internals ---------------------------------------------------------------------
+    def _fits(self, req: Request, reserved: int, batch: int) -> bool:
+        max_size = self.model.max_batch_size
+        if max_size is not None and batch >= max_size:
+            return False
+        return reserved + req.prompt_tokens + req.output_tokens <= self.kv_capacity
+
     def _admissible(self) -> list[Request]:
-        """Requests TGI's queue would hand out now (FIFO, stops at the first that does not fit)."""
+        """Legacy (unchunked) admission: what TGI's queue hands out now."""
         if not self._queue:
             return []
         n_run = len(self._running)
         if n_run and self._since_prefill < self.max_waiting_tokens:
             if len(self._queue) < int(n_run * self.waiting_served_ratio):
                 return []
-        max_size = self.model.max_batch_size
         picked: list[Request] = []
         prefill = 0
         reserved = self._reserved
         for req in self._queue:
-            if max_size is not None and n_run + len(picked) >= max_size:
-                break
-            need = req.prompt_tokens + req.output_tokens
-            if prefill + req.prompt_tokens > self.prefill_budget or reserved + need > self.kv_capacity:
+            if prefill + req.prompt_tokens > self.prefill_budget or not self._fits(req, reserved, n_run + len(picked)):
                 break
             picked.append(req)
             prefill += req.prompt_tokens
-            reserved += need
+            reserved += req.prompt_tokens + req.output_tokens
         return picked
 
-    def _head_fits(self) -> bool:
-        """Whether the queue head fits the free KV cache, prefill budget and batch size now."""
-        req = self._queue[0]
-        max_size = self.model.max_batch_size
-        if max_size is not None and len(self._running) >= max_size:
-            return False
-        return self._reserved + req.prompt_tokens + req.output_tokens <= self.kv_capacity
+    def _chunks(self) -> list[tuple[Request, int, int]]:
+        """Chunked admission: (request, chunk tokens, already prefilled) for the next forward."""
+        budget = self.model.max_batch_prefill_tokens - len(self._running)
+        out: list[tuple[Request, int, int]] = []
+        if budget <= 0:
+            return out
+        if self._partial is not None:
+            c = min(self._partial.prompt_tokens - self._partial_done, budget)
+            out.append((self._partial, c, self._partial_done))
+            budget -= c
+        reserved, batch = self._reserved, self.batch_size
+        for req in self._queue:
+            if budget <= 0 or not self._fits(req, reserved, batch):
+                break
+            c = min(req.prompt_tokens, budget)
+            out.append((req, c, 0))
+            budget -= c
+            reserved += req.prompt_tokens + req.output_tokens
+            batch += 1
+        return out
 
     def _plan(self, to_time: float) -> tuple[str, float, int] | None:
-        """The next operation at ``self._t``: ("prefill", seconds, n) or ("decode", seconds per step, k)."""
-        picked = self._admissible()
-        if picked:
-            return ("prefill", self.model.prefill_seconds([r.prompt_tokens for r in picked]), len(picked))
-        if not self._running:
-            return None
+        """The next operation at ``self._t``: (kind, seconds per operation, count).
+
+        kind is "prefill" (unchunked prefill of ``count`` requests), "mixed" (one chunked
+        forward) or "decode" (``count`` decode steps).
+        """
         b = len(self._running)
+        if self.chunked_prefill:
+            chunks = self._chunks()
+            if chunks:
+                prefill = [(c, o) for _, c, o in chunks]
+                return ("mixed", self.model.forward_seconds(b, self._ctx, prefill), len(chunks))
+        else:
+            picked = self._admissible()
+            if picked:
+                return ("prefill", self.model.prefill_seconds([r.prompt_tokens for r in picked]), len(picked))
+        if not b:
+            return None
         k = self._running[0][0] - self._step  # steps until the first completion
-        if self._queue and self._head_fits():
-            # admission is only waiting for TGI's max_waiting_tokens (or for more arrivals,
-            # which come at to_time): stop the chunk where the router would admit
+        if not self.chunked_prefill and self._queue and self._fits(self._queue[0], self._reserved, b):
+            # admission waits only for TGI's max_waiting_tokens (or for more arrivals, which
+            # come at to_time): stop the chunk where the router would admit
             k = min(k, max(1, self.max_waiting_tokens - self._since_prefill))
         k = max(1, min(k, int(_CHUNK_GROWTH * self._ctx / b) + 1))
         step = self.model.decode_step_seconds(b, self._ctx + b * (k - 1) / 2.0)
@@ -257,28 +292,55 @@ class ReplicaEngine:
                 self._t = to_time  # idle: nothing to do until the next arrival
                 return
             kind, seconds, n = plan
-            if kind == "prefill":
-                self._prefill(n, seconds)
-            else:
+            if kind == "decode":
                 self._decode(n, seconds)
+            elif kind == "mixed":
+                self._mixed(n, seconds)
+            else:
+                self._prefill(n, seconds)
+
+    def _join(self, req: Request, start: float, end: float) -> None:
+        """``req`` got its first token at ``end``: it joins the running batch (or is done)."""
+        req.first_token = end
+        if req.output_tokens == 1:
+            self._finish(req, end)
+            return
+        self._ctx += req.prompt_tokens + 1
+        req._end_step = self._step + req.output_tokens - 1
+        self._seq += 1
+        heapq.heappush(self._running, (req._end_step, self._seq, req))
+
+    def _take(self, start: float) -> Request:
+        req = self._queue.popleft()
+        req.start = start
+        self._reserved += req.prompt_tokens + req.output_tokens
+        return req
 
     def _prefill(self, n: int, seconds: float) -> None:
         start, end = self._t, self._t + seconds
         for _ in range(n):
-            req = self._queue.popleft()
-            req.start = start
-            req.first_token = end
-            self._reserved += req.prompt_tokens + req.output_tokens
-            if req.output_tokens == 1:
-                self._finish(req, end)
-                continue
-            self._ctx += req.prompt_tokens + 1
-            req._end_step = self._step + req.output_tokens - 1
-            self._seq += 1
-            heapq.heappush(self._running, (req._end_step, self._seq, req))
+            self._join(self._take(start), start, end)
         self._t = end
         self.busy_seconds += seconds
         self._since_prefill = 1
+
+    def _mixed(self, n: int, seconds: float) -> None:
+        start, end = self._t, self._t + seconds
+        chunks = self._chunks()[:n]
+        if self._running:
+            self._decode(1, seconds)  # the running batch's decode step shares this forward
+        else:
+            self._t = end
+            self.busy_seconds += seconds
+        for req, c, done in chunks:
+            if req is self._partial:
+                self._partial = None
+            else:
+                self._take(start)
+            if done + c < req.prompt_tokens:
+                self._partial, self._partial_done = req, done + c
+            else:
+                self._join(req, start, end)
 
     def _decode(self, k: int, step: float) -> None:
         b = len(self._running)
@@ -297,5 +359,9 @@ class ReplicaEngine:
         req.status = OK
         self._reserved -= req.prompt_tokens + req.output_tokens
         self.completed += 1
+        if at == self._last_finish_at:
+            self._last_finish_count += 1
+        else:
+            self._last_finish_at, self._last_finish_count = at, 1
         self._seq += 1
         heapq.heappush(self._done, (at, self._seq, req))

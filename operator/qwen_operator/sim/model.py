@@ -29,6 +29,7 @@ quoted by the articles the project grew from (A10G fp8 Qwen3-14B: ~20 concurrent
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..catalog.gpus import DEFAULT_GPUS, GPUType, resolve_gpu_name
@@ -210,17 +211,42 @@ class ReplicaModel:
         return 2 * self.model.layers * one
 
     # --- timings -----------------------------------------------------------------------
-    def prefill_seconds(self, prompt_tokens: int | list[int]) -> float:
-        """Time of one prefill forward over the prompts of the newly admitted requests."""
-        prompts = [prompt_tokens] if isinstance(prompt_tokens, int) else prompt_tokens
-        total = sum(prompts)
+    def forward_seconds(
+        self,
+        decode_batch: int = 0,
+        context_tokens: float = 0.0,
+        prefill: Sequence[tuple[int, int]] = (),
+    ) -> float:
+        """One forward pass: a decode step for ``decode_batch`` sequences holding
+        ``context_tokens`` KV tokens in all, plus prefill chunks ``(tokens, cached_prefix)``.
+
+        TGI 3 with chunked prefill mixes both in one forward; a plain prefill is
+        ``prefill`` alone and a plain decode step is ``decode_batch`` alone.
+        """
         m = self.model
-        flops = 2.0 * self._body_params * total
-        flops += sum(2.0 * m.layers * m.attention_heads * m.head_dim * p * p for p in prompts)
-        flops += 2.0 * self._lm_head_params * len(prompts)  # logits for the last token only
-        compute = flops / (self._flops_per_s * PREFILL_MFU)
-        memory = self.decode_weight_bytes_per_gpu / self._bandwidth
-        return max(compute, memory) + self._allreduce_s(total) + PREFILL_OVERHEAD_S
+        attn = 2.0 * m.layers * m.attention_heads * m.head_dim
+        p_tokens = sum(c for c, _ in prefill)
+        prefix = sum(o for _, o in prefill)
+        flops = 2.0 * self._body_params * (p_tokens + decode_batch)
+        flops += 2.0 * self._lm_head_params * (decode_batch + len(prefill))  # logits: last token only
+        flops += sum(attn * (2.0 * c * o + c * c) for c, o in prefill)  # causal attention of the chunks
+        flops += 2.0 * attn * context_tokens  # each decode token attends to its context
+        mfu = PREFILL_MFU if p_tokens else DECODE_MFU
+        compute = flops / (self._flops_per_s * mfu)
+        kv = (context_tokens + prefix) * self.kv_bytes_per_token_per_gpu
+        memory = (self.decode_weight_bytes_per_gpu + kv) / self._bandwidth
+        overhead = PREFILL_OVERHEAD_S if p_tokens else DECODE_STEP_OVERHEAD_S
+        return (
+            max(compute, memory)
+            + self._allreduce_s(p_tokens + decode_batch)
+            + overhead
+            + PER_SEQUENCE_OVERHEAD_S * decode_batch
+        )
+
+    def prefill_seconds(self, prompt_tokens: int | Sequence[int]) -> float:
+        """Time of one prefill forward over whole prompts (no decode in the same pass)."""
+        prompts = [prompt_tokens] if isinstance(prompt_tokens, int) else prompt_tokens
+        return self.forward_seconds(prefill=[(p, 0) for p in prompts])
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -235,17 +261,7 @@ class ReplicaModel:
         """
         if batch_size <= 0:
             return 0.0
-        m = self.model
-        memory = (self.decode_weight_bytes_per_gpu + context_tokens * self.kv_bytes_per_token_per_gpu) / self._bandwidth
-        flops = 2.0 * (self._body_params + self._lm_head_params) * batch_size
-        flops += 4.0 * m.layers * m.attention_heads * m.head_dim * context_tokens
-        compute = flops / (self._flops_per_s * DECODE_MFU)
-        return (
-            max(memory, compute)
-            + self._allreduce_s(batch_size)
-            + DECODE_STEP_OVERHEAD_S
-            + PER_SEQUENCE_OVERHEAD_S * batch_size
-        )
+        return self.forward_seconds(batch_size, context_tokens)
 
     def tokens_per_second_per_stream(self, batch_size: int = 1, context_per_sequence: int = 1000) -> float:
         """Decode speed one client sees with ``batch_size`` sequences of this context running."""
