@@ -1,0 +1,322 @@
+"""The model registry on an S3-compatible bucket (boto3).
+
+Layout under ``s3://BUCKET/PREFIX``::
+
+    blobs/sha256/<hex>       immutable content-addressed chunks
+    manifests/sha256/<hex>   one manifest per version (its digest is the version's identity)
+    versions/<name>          -> "sha256:<hex>" (written once, never moved)
+    tags/<tag>               -> "sha256:<hex>" (movable: stable, canary, ...)
+
+Everything a reader fetches is verified against its digest, so a bucket that serves
+wrong bytes produces a clear error, never a wrong model. Credentials and endpoint come
+from boto3's standard chain (``AWS_*`` variables, profiles, ``AWS_ENDPOINT_URL``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from qwen_operator.modelsync.manifest import DIGEST_RE, Manifest, ManifestError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+MIB = 1024 * 1024
+MULTIPART_THRESHOLD = 16 * MIB
+PART_SIZE = 8 * MIB
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken", "ExpiredToken"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+class RegistryError(Exception):
+    """An expected registry failure, worded for the user."""
+
+
+class NotFoundError(RegistryError):
+    pass
+
+
+class DigestMismatchError(RegistryError):
+    pass
+
+
+@dataclass(frozen=True)
+class RegistryURL:
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str) -> RegistryURL:
+        m = re.match(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$", url)
+        if not m:
+            raise RegistryError(f"registry {url!r} is not of the form s3://BUCKET/PREFIX (bucket: 3-63 chars a-z0-9.-)")
+        return cls(m.group(1), (m.group(2) or "").strip("/"))
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+def check_name(kind: str, name: str) -> str:
+    if not NAME_RE.match(name):
+        raise RegistryError(f"{kind} {name!r} is invalid: use 1-128 of [A-Za-z0-9._-], starting with a letter or digit")
+    return name
+
+
+def make_client(endpoint_url: str | None = None, max_connections: int = 16) -> S3Client:
+    """A boto3 S3 client from the standard AWS chain; path-style for custom endpoints."""
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    config = Config(
+        max_pool_connections=max_connections,
+        retries={"max_attempts": 5, "mode": "standard"},
+        # We verify sha256 of everything ourselves; don't require CRC support from the store.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"} if endpoint else {},
+    )
+    client: S3Client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+    return client
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn botocore exceptions into :class:`RegistryError` messages a user can act on."""
+    try:
+        yield
+    except botocore.exceptions.NoCredentialsError as exc:
+        raise RegistryError(
+            f"{what}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+        ) from exc
+    except botocore.exceptions.EndpointConnectionError as exc:
+        raise RegistryError(f"{what}: cannot reach the S3 endpoint ({exc})") from exc
+    except botocore.exceptions.ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _AUTH_CODES:
+            raise RegistryError(
+                f"{what}: access denied ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy"
+            ) from exc
+        if code == "NoSuchBucket":
+            raise NotFoundError(f"{what}: the bucket does not exist") from exc
+        if code in _MISSING_CODES:
+            raise NotFoundError(f"{what}: not found") from exc
+        raise RegistryError(f"{what}: S3 error {code}: {exc}") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise RegistryError(f"{what}: {exc}") from exc
+
+
+@dataclass
+class TransferStats:
+    """Bytes and requests this process exchanged with the registry (thread-safe)."""
+
+    get_requests: int = 0
+    bytes_downloaded: int = 0
+    put_requests: int = 0
+    bytes_uploaded: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, *, gets: int = 0, down: int = 0, puts: int = 0, up: int = 0) -> None:
+        with self._lock:
+            self.get_requests += gets
+            self.bytes_downloaded += down
+            self.put_requests += puts
+            self.bytes_uploaded += up
+
+
+class Registry:
+    """Read and write one registry (a bucket prefix)."""
+
+    def __init__(self, url: RegistryURL | str, client: S3Client | None = None) -> None:
+        self.url = RegistryURL.parse(url) if isinstance(url, str) else url
+        self.client = client or make_client()
+        self.stats = TransferStats()
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.url.prefix, *parts) if p)
+
+    def blob_key(self, digest: str) -> str:
+        return self.key("blobs", "sha256", _hex(digest))
+
+    # --- blobs ---------------------------------------------------------------------
+
+    def list_blobs(self) -> set[str]:
+        """Digests of every blob in the registry (one paginated listing)."""
+        out: set[str] = set()
+        prefix = self.key("blobs", "sha256") + "/"
+        with translate_errors(f"listing blobs in {self.url}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.url.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    out.add("sha256:" + obj["Key"][len(prefix) :])
+        return out
+
+    def put_blob(self, digest: str, stream: BinaryIO, offset: int, size: int) -> None:
+        """Upload ``size`` bytes of ``stream`` at ``offset`` as blob ``digest`` (multipart when large)."""
+        key = self.blob_key(digest)
+        bucket = self.url.bucket
+        with translate_errors(f"uploading blob {digest}"):
+            if size <= MULTIPART_THRESHOLD:
+                data = _pread(stream, offset, size)
+                _check(digest, data)
+                self.client.put_object(Bucket=bucket, Key=key, Body=data)
+                self.stats.add(puts=1, up=size)
+                return
+            upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+            try:
+                parts: list[CompletedPartTypeDef] = []
+                h = hashlib.sha256()
+                for number, start in enumerate(range(0, size, PART_SIZE), start=1):
+                    data = _pread(stream, offset + start, min(PART_SIZE, size - start))
+                    h.update(data)
+                    etag = self.client.upload_part(
+                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                    )["ETag"]
+                    parts.append({"PartNumber": number, "ETag": etag})
+                    self.stats.add(puts=1, up=len(data))
+                if "sha256:" + h.hexdigest() != digest:
+                    raise DigestMismatchError(f"blob {digest}: the local file changed while it was being uploaded")
+                self.client.complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+            except BaseException:
+                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+                raise
+
+    def get_blob(self, digest: str, start: int = 0) -> Iterator[bytes]:
+        """Stream blob bytes from ``start`` (a ranged GET when resuming)."""
+        with translate_errors(f"downloading blob {digest} from {self.url}"):
+            key = self.blob_key(digest)
+            if start:
+                resp = self.client.get_object(Bucket=self.url.bucket, Key=key, Range=f"bytes={start}-")
+            else:
+                resp = self.client.get_object(Bucket=self.url.bucket, Key=key)
+            body = resp["Body"]
+            self.stats.add(gets=1)
+            try:
+                for block in body.iter_chunks(1 * MIB):
+                    self.stats.add(down=len(block))
+                    yield block
+            finally:
+                body.close()
+
+    # --- manifests, versions, tags ----------------------------------------------------
+
+    def put_manifest(self, manifest: Manifest) -> str:
+        raw = manifest.to_json()
+        digest = manifest.digest()
+        with translate_errors(f"uploading manifest {digest}"):
+            self.client.put_object(
+                Bucket=self.url.bucket,
+                Key=self.key("manifests", "sha256", _hex(digest)),
+                Body=raw,
+                ContentType="application/json",
+            )
+        self.stats.add(puts=1, up=len(raw))
+        return digest
+
+    def get_manifest(self, digest: str) -> Manifest:
+        what = f"manifest {digest} in {self.url}"
+        with translate_errors(what):
+            raw = self.client.get_object(Bucket=self.url.bucket, Key=self.key("manifests", "sha256", _hex(digest)))[
+                "Body"
+            ].read()
+        self.stats.add(gets=1, down=len(raw))
+        _check(digest, raw, what=what)
+        try:
+            return Manifest.from_json(raw)
+        except ManifestError as exc:
+            raise RegistryError(f"{what}: {exc}") from exc
+
+    def _read_pointer(self, kind: str, name: str) -> str:
+        what = f"{kind[:-1]} {name!r} in {self.url}"
+        with translate_errors(what):
+            raw = self.client.get_object(Bucket=self.url.bucket, Key=self.key(kind, name))["Body"].read()
+        self.stats.add(gets=1, down=len(raw))
+        value = raw.decode(errors="replace").strip()
+        if not DIGEST_RE.match(value):
+            raise RegistryError(f"{what} holds {value[:80]!r}, not a manifest digest")
+        return value
+
+    def set_version(self, name: str, digest: str) -> None:
+        """Record version ``name`` (immutable: re-pushing identical content is a no-op)."""
+        check_name("version", name)
+        try:
+            with translate_errors(f"recording version {name!r}"):
+                self.client.put_object(
+                    Bucket=self.url.bucket, Key=self.key("versions", name), Body=digest.encode(), IfNoneMatch="*"
+                )
+        except RegistryError as exc:
+            if "PreconditionFailed" not in str(exc) and "412" not in str(exc):
+                raise
+            existing = self._read_pointer("versions", name)
+            if existing != digest:
+                raise RegistryError(
+                    f"version {name!r} already exists in {self.url} as {existing}; versions are immutable, "
+                    "push under a new version name (and move a tag to it)"
+                ) from exc
+
+    def set_tag(self, tag: str, digest: str) -> None:
+        check_name("tag", tag)
+        self.get_manifest(digest)  # never point a tag at nothing
+        with translate_errors(f"moving tag {tag!r}"):
+            self.client.put_object(Bucket=self.url.bucket, Key=self.key("tags", tag), Body=digest.encode())
+
+    def resolve(self, version: str | None = None, tag: str | None = None) -> str:
+        """Manifest digest of a version name, a ``sha256:`` digest, or a tag."""
+        if tag is not None:
+            return self._resolve_pointer("tags", check_name("tag", tag))
+        if version is None:
+            raise RegistryError("give a version (name or sha256: digest) or a tag")
+        if version.startswith("sha256:"):
+            if not DIGEST_RE.match(version):
+                raise RegistryError(f"{version!r} is not a valid digest (sha256: followed by 64 hex digits)")
+            self.get_manifest(version)
+            return version
+        return self._resolve_pointer("versions", check_name("version", version))
+
+    def _resolve_pointer(self, kind: str, name: str) -> str:
+        try:
+            return self._read_pointer(kind, name)
+        except NotFoundError as exc:
+            known = ", ".join(n for n, _ in self.list_pointers(kind)[:10]) or "none"
+            raise NotFoundError(f"{kind[:-1]} {name!r} not found in {self.url} (known: {known})") from exc
+
+    def list_pointers(self, kind: str) -> list[tuple[str, str]]:
+        """``(name, digest)`` of every version or tag, sorted by name."""
+        prefix = self.key(kind) + "/"
+        names: list[str] = []
+        with translate_errors(f"listing {kind} in {self.url}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.url.bucket, Prefix=prefix):
+                names += [obj["Key"][len(prefix) :] for obj in page.get("Contents", [])]
+        return [(n, self._read_pointer(kind, n)) for n in sorted(names)]
+
+
+def _hex(digest: str) -> str:
+    if not DIGEST_RE.match(digest):
+        raise RegistryError(f"not a sha256 digest: {digest!r}")
+    return digest[len("sha256:") :]
+
+
+def _check(digest: str, data: bytes, what: str | None = None) -> None:
+    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    if got != digest:
+        raise DigestMismatchError(f"{what or 'blob ' + digest}: content digest is {got}, expected {digest}")
+
+
+def _pread(stream: BinaryIO, offset: int, size: int) -> bytes:
+    data = os.pread(stream.fileno(), size, offset)
+    if len(data) != size:
+        raise RegistryError(f"short read at offset {offset}: the local file changed during the push")
+    return data
