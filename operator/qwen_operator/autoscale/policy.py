@@ -27,6 +27,7 @@ The rule (DESIGN.md, "Autoscaling"), in capacity units (replicas x relative thro
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -116,27 +117,42 @@ def _capacity(pools: dict[str, PoolState], counts: dict[str, int]) -> float:
 
 
 def place_scale_up(pools: list[PoolState], current: dict[str, int], need: float, max_new: int) -> dict[str, int]:
-    """Add replicas covering ``need`` capacity: cheapest per unit throughput with free GPUs.
+    """Add replicas covering ``need`` capacity at the least $/h, on pools with free GPUs.
 
-    The last replica goes to the cheapest pool (absolute $/h) whose one replica covers the
-    remainder, so a small shortfall does not buy a big GPU. Returns new counts.
+    Exact for the handful of pools a deployment has (a bounded enumeration: two A10G beat
+    one A100 when two cover the need); when the need cannot be covered, or is unbounded
+    (filling to minReplicas), replicas go cheapest per unit throughput first.
+    Returns the new counts.
     """
     counts = dict(current)
-    free = {p.gpu_type: p.free for p in pools}
+    open_pools = [p for p in pools if p.free > 0 and max_new > 0]
+    if not open_pools or need <= _EPS:
+        return counts
+    if not math.isinf(need):
+        ranges = [range(min(p.free, max_new, math.ceil(need / p.throughput - _EPS)) + 1) for p in open_pools]
+        if math.prod(len(r) for r in ranges) <= 50_000:
+            best: tuple[float, int, float] | None = None
+            best_combo: tuple[int, ...] = ()
+            for combo in itertools.product(*ranges):
+                n = sum(combo)
+                cap = sum(k * p.throughput for k, p in zip(combo, open_pools, strict=True))
+                if n > max_new or cap < need - _EPS:
+                    continue
+                key = (sum(k * p.cost_per_hour for k, p in zip(combo, open_pools, strict=True)), n, -cap)
+                if best is None or key < best:
+                    best, best_combo = key, combo
+            if best is not None:
+                for k, p in zip(best_combo, open_pools, strict=True):
+                    counts[p.gpu_type] += k
+                return counts
+    free = {p.gpu_type: p.free for p in open_pools}
     added = 0
-    while need > _EPS and added < max_new:
-        open_pools = [p for p in pools if free[p.gpu_type] > 0]
-        if not open_pools:
-            break
-        covering = [p for p in open_pools if p.throughput >= need - _EPS]
-        if covering:
-            pick = min(covering, key=lambda p: (p.cost_per_hour, p.unit_cost, p.gpu_type))
-        else:
-            pick = min(open_pools, key=lambda p: (p.unit_cost, p.cost_per_hour, p.gpu_type))
-        counts[pick.gpu_type] += 1
-        free[pick.gpu_type] -= 1
-        need -= pick.throughput
-        added += 1
+    for p in sorted(open_pools, key=lambda p: (p.unit_cost, p.cost_per_hour, p.gpu_type)):
+        while free[p.gpu_type] > 0 and added < max_new and need > _EPS:
+            counts[p.gpu_type] += 1
+            free[p.gpu_type] -= 1
+            need -= p.throughput
+            added += 1
     return counts
 
 

@@ -1,0 +1,164 @@
+"""Table-driven tests of the pure qwen autoscaling policy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from qwen_operator.autoscale.policy import (
+    History,
+    PoolState,
+    Recommendation,
+    Signals,
+    Targets,
+    decide,
+    place_scale_down,
+    place_scale_up,
+)
+
+NAN = float("nan")
+T = Targets(min_replicas=1, max_replicas=12, target_queue_depth=4, p95_latency_seconds=1.2)
+
+
+def a10g(ready: int = 0, starting: int = 0, free: int = 8) -> PoolState:
+    return PoolState("A10G", cost_per_hour=1.006, throughput=1.0, ready=ready, starting=starting, free=free)
+
+
+def l40s(ready: int = 0, starting: int = 0, free: int = 4) -> PoolState:
+    return PoolState("L40S", cost_per_hour=1.861, throughput=1.5, ready=ready, starting=starting, free=free)
+
+
+def a100(ready: int = 0, starting: int = 0, free: int = 2) -> PoolState:
+    return PoolState("A100-80GB", cost_per_hour=5.12, throughput=3.4, ready=ready, starting=starting, free=free)
+
+
+CASES = [
+    # id, pools, signals, expected kind, expected per-pool desired
+    ("within tolerance holds", [a10g(2)], Signals(8, 1.25, 10), "hold", {"A10G": 2}),
+    ("queue doubles -> panic up", [a10g(2)], Signals(16, 0.8, 30), "panic", {"A10G": 4}),
+    ("latency 1.5x -> up", [a10g(2)], Signals(0, 1.8, 10), "scale-up", {"A10G": 3}),
+    ("starting replica covers the need", [a10g(2, starting=1)], Signals(12, 1.0, 20), "hold", {"A10G": 3}),
+    ("queue missing holds", [a10g(3)], Signals(None, 0.2, 1), "hold", {"A10G": 3}),
+    ("queue NaN holds", [a10g(3)], Signals(NAN, 0.2, 1), "hold", {"A10G": 3}),
+    ("P95 NaN with work in flight: no scale-down", [a10g(3)], Signals(0, NAN, 5), "hold", {"A10G": 3}),
+    ("P95 NaN idle fleet shrinks one step", [a10g(3)], Signals(0, NAN, 0), "scale-down", {"A10G": 2}),
+    ("below min scales to min", [a10g(0)], Signals(None, None), "scale-up", {"A10G": 1}),
+    ("no ready but starting: wait", [a10g(0, starting=2)], Signals(40, NAN, 40), "hold", {"A10G": 2}),
+    ("low load sheds one replica", [a10g(4)], Signals(0, 0.3, 1), "scale-down", {"A10G": 3}),
+    ("never below min", [a10g(1)], Signals(0, 0.1, 0), "hold", {"A10G": 1}),
+    ("cheapest per throughput gets capacity", [a10g(1, free=0), l40s(1, free=4), a100(0, free=2)],
+     Signals(0, 1.8, 10), "scale-up", {"A10G": 1, "L40S": 2, "A100-80GB": 0}),
+    ("no free GPUs: hold and say so", [a10g(2, free=0)], Signals(20, 2.0, 30), "hold", {"A10G": 2}),
+    ("scale-down removes the most expensive first", [a10g(3), a100(1)], Signals(0, 0.2, 1), "scale-down",
+     {"A10G": 3, "A100-80GB": 0}),
+]
+
+
+@pytest.mark.parametrize(("pools", "signals", "kind", "desired"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_decision_table(pools: list[PoolState], signals: Signals, kind: str, desired: dict[str, int]) -> None:
+    d = decide(1000.0, pools, signals, T)
+    assert d.kind == kind, d.reason
+    assert d.desired == desired, d.reason
+    assert d.total == sum(desired.values())
+    assert d.reason
+
+
+def test_above_max_trims_most_expensive_first() -> None:
+    d = decide(0.0, [a10g(6), l40s(4)], Signals(0, 0.5, 5), Targets(max_replicas=8))
+    assert d.kind == "scale-down"
+    assert d.desired == {"A10G": 6, "L40S": 2}
+
+
+def test_stabilisation_window_uses_max_of_recent_recommendations() -> None:
+    hist = History(recommendations=(Recommendation(900.0, 4.0),))
+    d = decide(1000.0, [a10g(4)], Signals(0, 0.2, 1), T, hist)
+    assert d.kind == "hold"
+    assert d.desired == {"A10G": 4}
+    # once the 300 s window has passed, the old high recommendation no longer holds it
+    later = decide(1201.0, [a10g(4)], Signals(0, 0.2, 1), T, d.history)
+    assert later.kind == "scale-down"
+    assert later.desired == {"A10G": 3}
+
+
+def test_scale_down_is_one_step_per_decision() -> None:
+    d = decide(0.0, [a10g(8)], Signals(0, 0.1, 0), T)
+    assert d.total == 7
+
+
+def test_panic_blocks_scale_down_for_its_window() -> None:
+    first = decide(0.0, [a10g(2)], Signals(40, 3.0, 60), T)
+    assert first.kind == "panic"
+    assert first.history.panic_until == pytest.approx(T.panic_window_seconds)
+    calm = decide(30.0, [a10g(10)], Signals(0, 0.2, 2), T, History(panic_until=first.history.panic_until))
+    assert calm.kind == "hold"
+    assert "panic" in calm.reason
+
+
+def test_non_panic_scale_up_is_rate_limited_like_hpa() -> None:
+    # ratio 1.9 (< panic 2.0) on 10 replicas wants 19; the step allows max(+4, +100%) = +10
+    d = decide(0.0, [a10g(10, free=20)], Signals(76, 0.5, 80), Targets(max_replicas=30))
+    assert d.kind == "scale-up"
+    assert d.total == 19
+    big = decide(0.0, [a10g(2, free=20)], Signals(15, 0.5, 20), Targets(max_replicas=30))
+    assert big.total == 4  # ratio 1.875 on 2: need 3.75 -> 4 replicas, inside the +4 step
+
+
+def test_panic_scale_up_is_not_rate_limited() -> None:
+    d = decide(0.0, [a10g(2, free=30)], Signals(80, 1.0, 90), Targets(max_replicas=30))
+    assert d.kind == "panic"
+    assert d.total == 20
+
+
+def test_respects_max_replicas_on_scale_up() -> None:
+    d = decide(0.0, [a10g(3)], Signals(100, 5.0, 120), Targets(max_replicas=5))
+    assert d.total == 5
+
+
+def test_in_flight_target_drives_scale_up_without_queue() -> None:
+    pool = PoolState("A10G", 1.0, ready=2, free=6, target_in_flight=10)
+    d = decide(0.0, [pool], Signals(0, 0.9, 30), T)
+    assert d.kind == "scale-up"
+    assert d.total == 3
+    assert d.ratio == pytest.approx(1.5)
+
+
+def test_pre_warm_floor_raises_capacity_ahead_of_load() -> None:
+    d = decide(0.0, [a10g(2)], Signals(0, 0.5, 2), T, floor_capacity=5.0)
+    assert d.kind == "scale-up"
+    assert d.total == 5
+    assert "pre-warm" in d.reason
+
+
+def test_scale_down_respects_recorded_history_across_calls() -> None:
+    hist = History()
+    pools = [a10g(5)]
+    totals = []
+    for i in range(30):
+        d = decide(i * 15.0, pools, Signals(0, 0.2, 1), T, hist)
+        hist = d.history
+        totals.append(d.total)
+        pools = [a10g(d.total)]
+    # the first decision records capacity 5 * 0.2 = 1, so nothing holds it up: 1 replica per tick
+    assert totals[:4] == [4, 3, 2, 1]
+    assert min(totals) == 1
+
+
+@pytest.mark.parametrize(
+    ("need", "expected"),
+    [
+        (0.5, {"A10G": 1, "L40S": 0, "A100-80GB": 0}),  # a small need buys the cheapest replica
+        (2.0, {"A10G": 2, "L40S": 0, "A100-80GB": 0}),
+        (math.inf, {"A10G": 8, "L40S": 4, "A100-80GB": 2}),  # spill over in price-per-throughput order
+    ],
+)
+def test_place_scale_up(need: float, expected: dict[str, int]) -> None:
+    pools = [a10g(), l40s(), a100()]
+    assert place_scale_up(pools, {"A10G": 0, "L40S": 0, "A100-80GB": 0}, need, 100) == expected
+
+
+def test_place_scale_down_keeps_capacity_above_target() -> None:
+    pools = [a10g(), a100()]
+    # removing the A100 (3.4) would drop 5.4 to 2.0 < 3: remove an A10G instead
+    assert place_scale_down(pools, {"A10G": 2, "A100-80GB": 1}, 3.0, 1, 1) == {"A10G": 1, "A100-80GB": 1}
+    assert place_scale_down(pools, {"A10G": 2, "A100-80GB": 1}, 1.5, 1, 1) == {"A10G": 2, "A100-80GB": 0}
