@@ -1,0 +1,30 @@
+"""The renderer's entry point: spec + plan -> every manifest the operator applies.
+
+Output is plain dicts, ordered Service, PodDisruptionBudget, [ServiceMonitor], then one
+Deployment per pool in plan order. Pools with zero replicas are not rendered: the
+controller deletes owned Deployments that are absent from this list (after their
+replacements are ready).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.spec import QwenDeploymentSpec
+from ..catalog import Catalog, resolve_gpu_name
+from ..planner.plan import Plan
+from .service import pod_disruption_budget, service, service_monitor
+from .workload import RenderContext, pool_deployment
+
+
+def render(spec: QwenDeploymentSpec, plan: Plan, ctx: RenderContext, catalog: Catalog) -> list[dict[str, Any]]:
+    """All manifests for one QwenDeployment; pure and deterministic."""
+    out = [service(spec, ctx), pod_disruption_budget(spec, ctx)]
+    if ctx.service_monitor:
+        out.append(service_monitor(spec, ctx))
+    for pool in plan.pools:
+        if pool.replicas <= 0:
+            continue
+        gpu = catalog.gpus[resolve_gpu_name(pool.gpu_type, catalog.gpus)]
+        out.append(pool_deployment(spec, ctx, pool, gpu))
+    return out

@@ -1,0 +1,234 @@
+"""One Deployment per GPU pool: the inference server plus the model-pull init container.
+
+Pod shape, and why:
+- ``model-pull`` init container (operator image, ``qwenctl model pull``) fills the model
+  cache and switches ``current`` atomically; the server then reads
+  ``/models/models/<namespace>.<name>/current`` read-only with ``HF_HUB_OFFLINE=1``.
+- ``nvidia.com/gpu`` = shards, a nodeSelector on ``nvidia.com/gpu.product`` and a
+  toleration for the usual ``nvidia.com/gpu:NoSchedule`` taint.
+- ``/dev/shm`` is a memory emptyDir (NCCL between shards); ``/tmp`` an emptyDir for caches.
+- Probes: the port refuses connections until the model is loaded and warmed up, so a
+  startup probe with a 30-minute budget guards readiness and liveness on ``/health``.
+- ``terminationGracePeriodSeconds`` 120 (TGI drains for up to 90 s).
+- Restricted pod security (non-root, no privilege escalation, all capabilities dropped,
+  RuntimeDefault seccomp). A hostPath cache is created root-owned, so with a hostPath the
+  model-pull container alone runs as root (still without capabilities or escalation);
+  hostPath volumes need a namespace at the "privileged" Pod Security level anyway.
+- RollingUpdate with ``maxUnavailable: 0``: capacity never drops during a version roll;
+  the model version is a pod template label and annotation, so a new version rolls pods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from ..api import API_VERSION, KIND
+from ..api.spec import QwenDeploymentSpec
+from ..catalog import GPUType
+from ..planner.pools import Pool
+from .names import (
+    ANNOTATION_MODEL,
+    ANNOTATION_MODEL_VERSION,
+    LABEL_MODEL_VERSION,
+    LABEL_POOL,
+    common_labels,
+    label_value,
+    pool_deployment_name,
+    pool_selector,
+    pool_slug,
+)
+from .runtimes import runtime_for
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+MODELS_MOUNT = "/models"
+SERVER_UID = 1000
+STARTUP_BUDGET_SECONDS = 1800
+TERMINATION_GRACE_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Facts about the resource that are not in its spec."""
+
+    name: str
+    namespace: str
+    model_version: str | None = None  # status.model.targetVersion when known, else spec.model.version
+    operator_image: str | None = None  # None: ghcr.io/qwenops/qwen-operator:<package version>
+    owner_uid: str | None = None  # adds an ownerReference when set
+    service_monitor: bool = False  # render a ServiceMonitor (only when that CRD exists)
+
+
+def operator_version() -> str:
+    try:
+        return version("qwen-operator")
+    except PackageNotFoundError:
+        return "latest"
+
+
+def default_operator_image() -> str:
+    return f"ghcr.io/qwenops/qwen-operator:{operator_version()}"
+
+
+def model_key(ctx: RenderContext) -> str:
+    """The model-sync name of this deployment: ``<namespace>.<name>``."""
+    return f"{ctx.namespace}.{ctx.name}"
+
+
+def model_path(ctx: RenderContext) -> str:
+    return f"{MODELS_MOUNT}/models/{model_key(ctx)}/current"
+
+
+def version_of(spec: QwenDeploymentSpec, ctx: RenderContext) -> str:
+    return ctx.model_version or spec.model.version
+
+
+def owner_references(ctx: RenderContext) -> list[dict[str, Any]]:
+    if not ctx.owner_uid:
+        return []
+    return [
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": ctx.name,
+            "uid": ctx.owner_uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def metadata(ctx: RenderContext, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": ctx.namespace, "labels": labels}
+    refs = owner_references(ctx)
+    if refs:
+        meta["ownerReferences"] = refs
+    return meta
+
+
+def _cache_volume(spec: QwenDeploymentSpec) -> dict[str, Any]:
+    cache = spec.model.cache
+    if cache.type == "pvc":
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
+    return {"name": "model-cache", "hostPath": {"path": cache.path, "type": "DirectoryOrCreate"}}
+
+
+def _restricted(run_as_root: bool = False) -> dict[str, Any]:
+    ctx: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if run_as_root:
+        ctx.update(runAsNonRoot=False, runAsUser=0)
+    return ctx
+
+
+def model_pull_container(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
+    """The init container that syncs the model version into the node cache (agreed contract)."""
+    container: dict[str, Any] = {
+        "name": "model-pull",
+        "image": ctx.operator_image or default_operator_image(),
+        "command": ["qwenctl", "model", "pull"],
+        "args": [
+            "--registry",
+            spec.model.registry,
+            "--version",
+            version_of(spec, ctx),
+            "--cache",
+            MODELS_MOUNT,
+            "--name",
+            model_key(ctx),
+        ],
+        "volumeMounts": [{"name": "model-cache", "mountPath": MODELS_MOUNT}],
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        "securityContext": _restricted(run_as_root=spec.model.cache.type == "hostPath"),
+    }
+    if spec.model.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
+    return container
+
+
+def _probe(path: str, period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def server_container(spec: QwenDeploymentSpec, ctx: RenderContext, shards: int) -> dict[str, Any]:
+    rt = runtime_for(spec)
+    limits: dict[str, Any] = {GPU_RESOURCE: str(shards)}
+    requests: dict[str, Any] = {GPU_RESOURCE: str(shards)}
+    for key, value in (("cpu", spec.runtime.resources.cpu), ("memory", spec.runtime.resources.memory)):
+        if value is not None:
+            limits[key] = requests[key] = value
+    return {
+        "name": rt.name,
+        "image": spec.runtime.image or rt.default_image,
+        "args": rt.args(spec, shards, model_path(ctx)),
+        "env": rt.env(spec, shards),
+        "ports": [{"name": "http", "containerPort": rt.port, "protocol": "TCP"}],
+        "resources": {"requests": requests, "limits": limits},
+        "startupProbe": _probe(rt.health_path, 10, STARTUP_BUDGET_SECONDS // 10),
+        "readinessProbe": _probe(rt.health_path, 5, 3),
+        "livenessProbe": _probe(rt.health_path, 15, 4),
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": MODELS_MOUNT, "readOnly": True},
+            {"name": "shm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": _restricted(),
+    }
+
+
+def pool_deployment(spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gpu: GPUType) -> dict[str, Any]:
+    """The Deployment of one GPU pool."""
+    model_version = version_of(spec, ctx)
+    labels = {**common_labels(ctx.name), LABEL_POOL: pool_slug(pool.gpu_type)}
+    pod_labels = {**labels, LABEL_MODEL_VERSION: label_value(model_version)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(ctx, pool_deployment_name(ctx.name, pool.gpu_type), labels),
+        "spec": {
+            "replicas": pool.replicas,
+            "selector": {"matchLabels": pool_selector(ctx.name, pool.gpu_type)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": spec.rollout.max_surge, "maxUnavailable": 0},
+            },
+            "progressDeadlineSeconds": STARTUP_BUDGET_SECONDS + 600,
+            "revisionHistoryLimit": 3,
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {ANNOTATION_MODEL_VERSION: model_version, ANNOTATION_MODEL: spec.model.name},
+                },
+                "spec": {
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                    "nodeSelector": {GPU_PRODUCT_LABEL: gpu.product_label},
+                    "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": SERVER_UID,
+                        "runAsGroup": SERVER_UID,
+                        "fsGroup": SERVER_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "enableServiceLinks": False,
+                    "initContainers": [model_pull_container(spec, ctx)],
+                    "containers": [server_container(spec, ctx, pool.shards)],
+                    "volumes": [
+                        _cache_volume(spec),
+                        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.runtime.shm_size}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
