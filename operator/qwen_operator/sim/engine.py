@@ -129,6 +129,7 @@ class ReplicaEngine:
         self.rejected_validation = 0
         self.completed = 0
         self.busy_seconds = 0.0
+        self.operations = 0  # forwards or decode chunks executed (a cost measure, not tokens)
 
     # --- observable state --------------------------------------------------------------
     @property
@@ -292,6 +293,7 @@ class ReplicaEngine:
                 self._t = to_time  # idle: nothing to do until the next arrival
                 return
             kind, seconds, n = plan
+            self.operations += 1
             if kind == "decode":
                 self._decode(n, seconds)
             elif kind == "mixed":

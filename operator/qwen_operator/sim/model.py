@@ -23,8 +23,17 @@ The model is a roofline per forward pass:
 
 Every figure it produces is SIMULATED: an estimate from datasheet numbers, not a
 measurement of real hardware. ``tests/unit/test_sim_model.py`` checks it against the figures
-quoted by the articles the project grew from (A10G fp8 Qwen3-14B: ~20 concurrent chats under
-1.2 s P95 time to first token; A100 fp8: ~120 tokens/s per stream at low batch).
+quoted by the articles the project grew from:
+
+* A100 fp8 Qwen3-14B, ~120 tokens/s per stream at low batch: the model gives ~113.
+* A10G fp8 Qwen3-14B, "~20 concurrent chats at P95 < 1.2 s". At ~32 ms per decode step an
+  A10G needs ~4 s just to stream a 128-token reply, so end-to-end P95 < 1.2 s is physically
+  impossible for ordinary replies; the figure can only mean **time to first token** (what a
+  chat user waits before text streams), or end-to-end for replies of a handful of tokens.
+  We read it as TTFT for 20 closed-loop chat sessions (512-token prompts, 128-token replies,
+  20 s mean think time): the model gives P95 TTFT ~1.0 s at 20 sessions and ~1.6 s at 40,
+  while end-to-end P95 is ~8 s. An autoscaler SLO of 1.2 s on ``tgi_request_duration``
+  (end to end) cannot be met on A10G for Azure-trace-sized replies (median 129 tokens).
 """
 
 from __future__ import annotations
