@@ -157,7 +157,12 @@ class PlacementSpec(BaseModel):
         json_schema_extra={
             "default": list(DEFAULT_GPU_TYPES),
             "x-kubernetes-list-type": "set",
-            "items": {"type": "string", "maxLength": 32, "pattern": r"^[A-Za-z0-9][A-Za-z0-9-]*$"},
+            "items": {
+                "description": "A GPU type from the operator's catalog.",
+                "type": "string",
+                "maxLength": 32,
+                "pattern": r"^[A-Za-z0-9][A-Za-z0-9-]*$",
+            },
         },
     )
     """Allowed GPU catalog types (e.g. A10G, L40S, A100-80GB); the cheapest per unit of throughput that
