@@ -152,6 +152,14 @@ class ReplicaEngine:
         """Requests accepted and not yet returned (what max_concurrent_requests limits)."""
         return len(self._queue) + self.batch_size + len(self._done)
 
+    def generated_tokens(self, req: Request) -> int:
+        """Output tokens ``req`` has produced by the engine's clock (for streaming)."""
+        if req.status == OK:
+            return req.output_tokens
+        if math.isnan(req.first_token) or req.first_token > self._t:
+            return 0
+        return max(1, req.output_tokens - (req._end_step - self._step))
+
     @property
     def kv_tokens_reserved(self) -> int:
         return self._reserved
@@ -290,7 +298,8 @@ class ReplicaEngine:
         while self._t < to_time:
             plan = self._plan(to_time)
             if plan is None:
-                self._t = to_time  # idle: nothing to do until the next arrival
+                if to_time < _INF:
+                    self._t = to_time  # idle: nothing to do until the next arrival
                 return
             kind, seconds, n = plan
             self.operations += 1
