@@ -10,7 +10,8 @@ Envelopes are explicit data (:data:`ENVELOPES`):
 
 * ``flat`` replays the hour as recorded (arrival times and sizes untouched).
 * ``diurnal`` is one synthetic day. The arrival rate is ``base x envelope(hour) x
-  burst(minute)`` where ``base`` is the real hour's mean rate times ``rate_scale``,
+  burst(minute)`` where ``base`` is the real hour's mean rate times ``rate_scale`` (0.5
+  by default, so that the 4x peak with its real bursts fits the default simulated fleet),
   ``envelope`` is the piecewise-linear multiplier below (0.08 at night: ~70% of the day
   is trough; 1.0 daytime base; 4.0 = +300% from 09:00 to 11:00) and ``burst`` is the real
   hour's per-minute arrival count over its mean, cycled every hour, so the real trace's
@@ -61,6 +62,7 @@ class Envelope:
     points: tuple[tuple[float, float], ...] = ()  # (hour of day, rate multiplier), linear between
     day_factors: tuple[float, ...] = (1.0,) * 7  # per weekday, Monday first
     batches: tuple[Batch, ...] = ()
+    rate_scale: float = 1.0  # base rate = the CSV's mean rate x this (default fleet fits the peak)
 
 
 _DAY = (
@@ -82,6 +84,7 @@ ENVELOPES: dict[str, Envelope] = {
         "diurnal",
         "one day: night trough x0.08 (~70% of the day), daytime base x1, 09:00-11:00 x4 (+300%)",
         points=_DAY,
+        rate_scale=0.5,
     ),
     "week": Envelope(
         "week",
@@ -89,6 +92,7 @@ ENVELOPES: dict[str, Envelope] = {
         days=7,
         points=_DAY,
         day_factors=(1.0, 1.0, 1.0, 1.0, 1.0, 0.4, 0.3),
+        rate_scale=0.5,
         batches=(
             Batch(
                 day=4, hour=14.0, count=150, spread_seconds=120.0, prompt_tokens=(3000, 7000), output_tokens=(300, 900)
@@ -190,6 +194,8 @@ def build_trace(
         envelope = ENVELOPES[envelope]
     if not rows:
         raise TraceError("no requests to build a trace from")
+    if rate_scale is None:
+        rate_scale = envelope.rate_scale
     if rate_scale <= 0:
         raise TraceError(f"rate scale must be > 0, got {rate_scale}")
     rng = random.Random(seed)
