@@ -152,13 +152,18 @@ class ReplicaEngine:
         """Requests accepted and not yet returned (what max_concurrent_requests limits)."""
         return len(self._queue) + self.batch_size + len(self._done)
 
-    def generated_tokens(self, req: Request) -> int:
-        """Output tokens ``req`` has produced by the engine's clock (for streaming)."""
-        if req.status == OK:
-            return req.output_tokens
-        if math.isnan(req.first_token) or req.first_token > self._t:
+    def generated_tokens(self, req: Request, at: float | None = None) -> int:
+        """Output tokens ``req`` has produced by time ``at`` (default: the engine's clock).
+
+        For streaming. Decode progress is known per committed chunk, so a token may show
+        up to one decode step early; the first and the last token are exact.
+        """
+        at = self._t if at is None else at
+        if math.isnan(req.first_token) or req.first_token > at:
             return 0
-        return max(1, req.output_tokens - (req._end_step - self._step))
+        if req.status == OK and req.finish <= at:
+            return req.output_tokens
+        return max(1, min(req.output_tokens - 1, req.output_tokens - (req._end_step - self._step)))
 
     @property
     def kv_tokens_reserved(self) -> int:

@@ -1,0 +1,424 @@
+"""A simulated TGI server: TGI's HTTP API with timing from the replica model, no GPU.
+
+TGI needs GPUs; the sandbox and the closed-loop e2e tests have none. This server stands
+in for one TGI pod: the same routes (``/generate``, ``/generate_stream``, ``/``,
+``/v1/chat/completions``, ``/health``, ``/info``, ``/metrics``), status codes, error bodies
+and metric names, so ``huggingface_hub.InferenceClient`` and the operator's PromQL work
+against it unchanged. Timing comes from :class:`~qwen_operator.sim.engine.ReplicaEngine`
+driven by the wall clock, optionally sped up by ``time_scale`` (virtual seconds per wall
+second) for compressed demos. Everything it reports is SIMULATED and says so (``/info``
+``"simulated": true``, a comment line in ``/metrics``, an ``x-simulated`` header).
+
+Simplifications (documented, deliberate): prompt length is estimated as ~4 characters per
+token; the reply is filler words, exactly ``max_new_tokens`` long (default
+``default_max_new_tokens``); durations in ``/metrics`` are virtual seconds (equal to wall
+seconds at ``time_scale`` 1). Start-up: like TGI, the port refuses connections until the
+modelled cold start is over (``startup="refuse"``: the socket is bound, so the port is
+known, but only listens once ready); ``startup="503"`` listens at once and answers 503.
+
+Run: ``python -m qwen_operator.sim.server --model Qwen/Qwen3-14B --gpu A10G --shards 1
+--quantization fp8 --port 0`` (prints ``listening on 127.0.0.1:PORT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .engine import OVERLOADED, ReplicaEngine, Request
+from .model import ReplicaModel
+from .tgi_metrics import TGIMetrics
+
+TGI_VERSION = "3.3.5"
+CHARS_PER_TOKEN = 4
+_WORDS = ("simulated", "tokens", "from", "a", "roofline", "model", "of", "one", "replica", "served", "here")
+_POLL_WALL_S = 0.005
+
+
+def estimate_tokens(text: str) -> int:
+    """Prompt tokens estimated from text (~4 characters per token for English BPE)."""
+    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
+
+
+def _error(status: int, message: str, error_type: str) -> web.Response:
+    return web.json_response({"error": message, "error_type": error_type}, status=status)
+
+
+def _token(i: int) -> dict[str, Any]:
+    return {"id": 1000 + i % len(_WORDS), "text": " " + _WORDS[i % len(_WORDS)], "logprob": -0.5, "special": False}
+
+
+class SimulatedTGI:
+    """One simulated replica: the engine, the virtual clock and TGI's metrics."""
+
+    def __init__(
+        self,
+        model: ReplicaModel,
+        time_scale: float = 1.0,
+        cold_start_seconds: float | None = None,
+        default_max_new_tokens: int = 100,
+    ) -> None:
+        self.model = model
+        self.time_scale = time_scale
+        self.default_max_new_tokens = default_max_new_tokens
+        self._t0 = time.monotonic()
+        self.engine = ReplicaEngine(model, start_time=0.0)
+        self.metrics = TGIMetrics()
+        cold = model.cold_start_seconds if cold_start_seconds is None else cold_start_seconds
+        self.ready_at = cold  # virtual seconds after start
+        self._wakeup = asyncio.Event()
+        self._driver: asyncio.Task[None] | None = None
+
+    # --- virtual clock -----------------------------------------------------------------
+    def now(self) -> float:
+        return (time.monotonic() - self._t0) * self.time_scale
+
+    @property
+    def ready(self) -> bool:
+        return self.now() >= self.ready_at
+
+    def seconds_until_ready(self) -> float:
+        """Wall seconds left of the cold start."""
+        return max(0.0, (self.ready_at - self.now()) / self.time_scale)
+
+    def sync(self) -> None:
+        """Advance the engine to now and settle finished requests."""
+        for req in self.engine.advance(self.now()):
+            fut = req.tag
+            self.metrics.request_success += 1
+            self.metrics.duration.observe(req.duration)
+            self.metrics.queue_duration.observe(req.queue_time)
+            if isinstance(fut, asyncio.Future) and not fut.done():
+                fut.set_result(req)
+
+    async def drive(self) -> None:
+        """Background task: wake at the engine's next event (or a submission) and sync."""
+        while True:
+            self.sync()
+            nxt = self.engine.next_event_time()
+            wait = None if nxt == math.inf else max(0.0, (nxt - self.now()) / self.time_scale)
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+
+    # --- request life cycle ------------------------------------------------------------
+    def submit(self, prompt_tokens: int, max_new_tokens: int | None) -> Request | web.Response:
+        """Validate and enqueue; an error response (TGI's shape) when refused."""
+        self.metrics.request_count += 1
+        if not self.ready:
+            self.metrics.failure("unhealthy")
+            return _error(503, "Model is loading (simulated cold start)", "unhealthy")
+        new = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
+        m = self.model
+        if new < 1 or prompt_tokens > m.max_input_tokens or prompt_tokens + new > m.max_total_tokens:
+            self.metrics.failure("validation")
+            return _error(
+                422,
+                f"Input validation error: `inputs` tokens ({prompt_tokens}) + `max_new_tokens` ({new}) must be "
+                f"<= {m.max_total_tokens} and inputs <= {m.max_input_tokens}",
+                "validation",
+            )
+        self.sync()
+        req = Request(self.now(), prompt_tokens, new, tag=asyncio.get_running_loop().create_future())
+        if not self.engine.submit(req):
+            err = "overloaded" if req.status == OVERLOADED else "validation"
+            self.metrics.failure(err)
+            if err == "overloaded":
+                return _error(429, "Model is overloaded", "overloaded")
+            return _error(422, "Input validation error", "validation")
+        self._wakeup.set()
+        return req
+
+    async def finished(self, req: Request) -> Request:
+        fut = req.tag
+        assert isinstance(fut, asyncio.Future)
+        result: Request = await fut
+        return result
+
+    async def tokens(self, req: Request) -> AsyncIterator[int]:
+        """Yield output token indexes as the engine produces them (wall-clock paced)."""
+        sent = 0
+        while sent < req.output_tokens:
+            self.sync()
+            n = self.engine.generated_tokens(req, self.now())
+            while sent < n:
+                yield sent
+                sent += 1
+            if sent < req.output_tokens:
+                await asyncio.sleep(_POLL_WALL_S)
+
+    def headers(self, req: Request) -> dict[str, str]:
+        return {
+            "x-simulated": "true",
+            "x-compute-type": "simulated",
+            "x-queue-time": str(int(req.queue_time * 1000)),
+            "x-total-time": str(int(req.duration * 1000)),
+            "x-generated-tokens": str(req.output_tokens),
+            "x-prompt-tokens": str(req.prompt_tokens),
+        }
+
+    def info(self) -> dict[str, Any]:
+        m = self.model
+        return {
+            "model_id": m.model.name,
+            "model_sha": None,
+            "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": m.max_concurrent_requests,
+            "max_best_of": 2,
+            "max_stop_sequences": 4,
+            "max_input_tokens": m.max_input_tokens,
+            "max_total_tokens": m.max_total_tokens,
+            "validation_workers": 2,
+            "max_client_batch_size": 4,
+            "router": "text-generation-router",
+            "version": TGI_VERSION,
+            "sha": None,
+            "docker_label": None,
+            "simulated": True,
+            "simulation": {**m.describe(), "time_scale": self.time_scale, "cold_start_s": self.ready_at},
+        }
+
+
+def _text(n: int) -> str:
+    return "".join(_token(i)["text"] for i in range(n))
+
+
+def _details(req: Request, with_tokens: bool) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "finish_reason": "length",
+        "generated_tokens": req.output_tokens,
+        "seed": None,
+        "input_length": req.prompt_tokens,
+    }
+    if with_tokens:
+        details.update(prefill=[], tokens=[_token(i) for i in range(req.output_tokens)], top_tokens=None)
+        details["best_of_sequences"] = None
+    return details
+
+
+async def _sse(request: web.Request, sim: SimulatedTGI, req: Request, chunks: AsyncIterator[str]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    resp.headers.update({"x-simulated": "true", "x-compute-type": "simulated"})
+    await resp.prepare(request)
+    async for chunk in chunks:
+        await resp.write(f"data: {chunk}\n\n".encode())
+    await resp.write_eof()
+    return resp
+
+
+def build_app(sim: SimulatedTGI) -> web.Application:
+    """The aiohttp application serving TGI's routes from ``sim``."""
+
+    async def generate(request: web.Request, stream: bool | None = None) -> web.StreamResponse:
+        body = await request.json()
+        params = body.get("parameters") or {}
+        stream = bool(body.get("stream", False)) if stream is None else stream
+        got = sim.submit(estimate_tokens(str(body.get("inputs", ""))), params.get("max_new_tokens"))
+        if isinstance(got, web.Response):
+            return got
+        req = got
+        if not stream:
+            await sim.finished(req)
+            out: dict[str, Any] = {"generated_text": _text(req.output_tokens)}
+            if params.get("details"):
+                out["details"] = _details(req, with_tokens=True)
+            return web.json_response(out, headers=sim.headers(req))
+
+        async def events() -> AsyncIterator[str]:
+            async for i in sim.tokens(req):
+                last = i == req.output_tokens - 1
+                if last:
+                    await sim.finished(req)
+                yield json.dumps(
+                    {
+                        "index": i,
+                        "token": _token(i),
+                        "top_tokens": None,
+                        "generated_text": _text(req.output_tokens) if last else None,
+                        "details": _details(req, with_tokens=False) if last else None,
+                    }
+                )
+
+        return await _sse(request, sim, req, events())
+
+    async def generate_stream(request: web.Request) -> web.StreamResponse:
+        return await generate(request, stream=True)
+
+    async def generate_once(request: web.Request) -> web.StreamResponse:
+        return await generate(request, stream=False)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        messages = body.get("messages") or []
+        text = "".join(str(m.get("content") or "") for m in messages if isinstance(m, dict))
+        prompt = estimate_tokens(text) + 4 * len(messages)  # chat template: ~4 tokens per message
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        got = sim.submit(prompt, max_tokens)
+        if isinstance(got, web.Response):
+            return got
+        req = got
+        base = {"id": "", "created": int(time.time()), "model": sim.model.model.name}
+        base["system_fingerprint"] = f"{TGI_VERSION}-simulated"
+        usage = {
+            "prompt_tokens": req.prompt_tokens,
+            "completion_tokens": req.output_tokens,
+            "total_tokens": req.prompt_tokens + req.output_tokens,
+        }
+        if not body.get("stream"):
+            await sim.finished(req)
+            message = {"role": "assistant", "content": _text(req.output_tokens)}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "length"}
+            return web.json_response(
+                {**base, "object": "chat.completion", "choices": [choice], "usage": usage}, headers=sim.headers(req)
+            )
+
+        async def events() -> AsyncIterator[str]:
+            async for i in sim.tokens(req):
+                last = i == req.output_tokens - 1
+                if last:
+                    await sim.finished(req)
+                delta = {"role": "assistant", "content": _token(i)["text"]}
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": "length" if last else None}
+                chunk = {**base, "object": "chat.completion.chunk", "choices": [choice]}
+                if last and (body.get("stream_options") or {}).get("include_usage"):
+                    chunk["usage"] = usage
+                yield json.dumps(chunk)
+            yield "[DONE]"
+
+        return await _sse(request, sim, req, events())
+
+    async def health(request: web.Request) -> web.Response:
+        if not sim.ready:
+            return _error(503, "Model is loading (simulated cold start)", "unhealthy")
+        return web.Response(status=200, headers={"x-simulated": "true"})
+
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response(sim.info())
+
+    async def metrics(request: web.Request) -> web.Response:
+        sim.sync()
+        header = f"SIMULATED TGI replica ({sim.model.model.name} on {sim.model.shards}x {sim.model.gpu.name})"
+        eng = sim.engine
+        text = sim.metrics.render(eng.queue_size, eng.batch_size, eng.kv_tokens_reserved, header)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    async def start_driver(app: web.Application) -> None:
+        sim._driver = asyncio.get_running_loop().create_task(sim.drive())
+
+    async def stop_driver(app: web.Application) -> None:
+        if sim._driver is not None:
+            sim._driver.cancel()
+
+    app = web.Application()
+    app.router.add_post("/", generate)
+    app.router.add_post("/generate", generate_once)
+    app.router.add_post("/generate_stream", generate_stream)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/health", health)
+    app.router.add_get("/info", info)
+    app.router.add_get("/metrics", metrics)
+    app.on_startup.append(start_driver)
+    app.on_cleanup.append(stop_driver)
+    return app
+
+
+@dataclass
+class ServedTGI:
+    """A running simulated server: its bound port and how to stop it."""
+
+    sim: SimulatedTGI
+    runner: web.AppRunner
+    port: int
+    listen_task: asyncio.Task[None] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def close(self) -> None:
+        if self.listen_task is not None:
+            self.listen_task.cancel()
+        await self.runner.cleanup()
+
+
+async def serve(sim: SimulatedTGI, host: str = "127.0.0.1", port: int = 0, startup: str = "refuse") -> ServedTGI:
+    """Start serving ``sim`` on ``host:port`` (0 picks a free port).
+
+    ``startup="refuse"`` binds now but listens only after the cold start (connections are
+    refused meanwhile, as with TGI); ``"503"`` listens now and answers 503 until ready.
+    """
+    runner = web.AppRunner(build_app(sim), access_log=None)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    site = web.SockSite(runner, sock)
+    served = ServedTGI(sim, runner, int(sock.getsockname()[1]))
+    if startup == "refuse" and not sim.ready:
+
+        async def listen_when_ready() -> None:
+            await asyncio.sleep(sim.seconds_until_ready())
+            await site.start()
+
+        served.listen_task = asyncio.get_running_loop().create_task(listen_when_ready())
+    else:
+        await site.start()
+    return served
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m qwen_operator.sim.server", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="Qwen/Qwen3-14B")
+    ap.add_argument("--gpu", default="A10G")
+    ap.add_argument("--shards", type=int, default=1)
+    ap.add_argument("--quantization", default="fp8")
+    ap.add_argument("--max-concurrent-requests", type=int, default=128)
+    ap.add_argument("--max-input-tokens", type=int, default=8192)
+    ap.add_argument("--max-total-tokens", type=int, default=16384)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--time-scale", type=float, default=1.0, help="virtual seconds per wall second")
+    ap.add_argument("--cold-start", type=float, default=None, help="virtual seconds (default: the model's)")
+    ap.add_argument("--startup", choices=("refuse", "503"), default="refuse")
+    ap.add_argument("--default-max-new-tokens", type=int, default=100)
+    args = ap.parse_args(argv)
+    replica = ReplicaModel.build(
+        args.model,
+        args.gpu,
+        args.shards,
+        args.quantization,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens,
+    )
+
+    async def run() -> None:
+        sim = SimulatedTGI(replica, args.time_scale, args.cold_start, args.default_max_new_tokens)
+        served = await serve(sim, args.host, args.port, args.startup)
+        ready_in = sim.seconds_until_ready()
+        print(f"listening on {args.host}:{served.port} (SIMULATED TGI; ready in {ready_in:.1f}s)", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await served.close()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
