@@ -244,7 +244,12 @@ def build(force: bool = False) -> Binaries:
             env=dict(env, GOBIN=str(target)),
         )
         print(f"      kwok installed in {time.monotonic() - t:.0f}s", flush=True)
-    print(f"control-plane binaries ready in {bin_dir()} ({time.monotonic() - started:.0f}s)", flush=True)
+    total = time.monotonic() - started
+    print(f"control-plane binaries ready in {bin_dir()} ({total:.0f}s)", flush=True)
+    record = bin_dir().parent / "build-times.json"
+    history = json.loads(record.read_text()) if record.exists() else []
+    history.append({"built": sorted(gone), "seconds": round(total, 1), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    record.write_text(json.dumps(history, indent=2))
     return expected()
 
 

@@ -1,0 +1,139 @@
+"""``qwenctl operator run``: run the operator against the current kubeconfig (or in-cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..cli import UserError
+
+
+def register(sub: Any) -> None:
+    op = sub.add_parser("operator", help="run the qwen-operator controller")
+    ops = op.add_subparsers(dest="operator_command", metavar="ACTION", required=True)
+    run = ops.add_parser("run", help="run the operator (locally against the current kubeconfig, or in-cluster)")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch QwenDeployments in NS only (repeatable)",
+    )
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
+    run.add_argument("--config", type=Path, help="operator config YAML (catalog overrides, prices, image, ...)")
+    run.add_argument("--kubeconfig", type=Path, help="kubeconfig (default: $KUBECONFIG, ~/.kube/config or in-cluster)")
+    run.add_argument("--resync-seconds", type=float, default=None, help="periodic re-reconcile (default 60)")
+    run.add_argument(
+        "--liveness", default=None, metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    run.add_argument("--log-format", choices=["plain", "json"], default="plain")
+    run.add_argument("--verbose", "-v", action="store_true")
+    run.set_defaults(handler=_run)
+
+
+def _load_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        env = os.environ.get("QWEN_OPERATOR_CONFIG")
+        path = Path(env) if env else None
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise UserError(f"--config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--config {path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping at the top level")
+    return data
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+    from kubernetes import client, config
+
+    from ..catalog import CatalogError, load_catalog
+    from .handlers import Controller, ControllerConfig, register
+    from .kube import Kube
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
+        if args.log_format == "json"
+        else "%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    for noisy in ("kopf.objects", "kopf.activities.startup", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    raw = _load_config(args.config)
+    try:
+        catalog = load_catalog(raw)
+    except CatalogError as exc:
+        raise UserError(f"operator config: {exc}") from None
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = str(args.kubeconfig)
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not args.kubeconfig and not os.environ.get("KUBECONFIG"):
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        else:
+            config.load_kube_config(config_file=str(args.kubeconfig) if args.kubeconfig else None)  # type: ignore[no-untyped-call]
+    except config.ConfigException as exc:
+        raise UserError(f"no Kubernetes credentials: {exc}") from None
+    api = client.ApiClient()
+    ctl_config = ControllerConfig(
+        resync_seconds=args.resync_seconds or float(raw.get("resyncSeconds", 60)),
+        operator_image=raw.get("operatorImage"),
+        service_monitor_crd=_crd_exists(api, "servicemonitors.monitoring.coreos.com"),
+    )
+    controller = Controller(Kube(api), catalog, ctl_config)
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # Events are posted deliberately, never as log spam
+        settings.peering.standalone = True
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
+    register(registry, controller)
+    namespaces = args.namespace
+    logging.getLogger("qwen_operator").info(
+        "qwen-operator starting: %s; catalog has %d GPU types, %d models",
+        f"namespaces {', '.join(namespaces)}" if namespaces else "all namespaces",
+        len(catalog.gpus),
+        len(catalog.models),
+    )
+    try:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                standalone=True,
+                liveness_endpoint=args.liveness,
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _crd_exists(api: Any, name: str) -> bool:
+    from kubernetes import client
+
+    try:
+        client.ApiextensionsV1Api(api).read_custom_resource_definition(name)
+        return True
+    except client.ApiException:
+        return False

@@ -1,0 +1,265 @@
+"""The kopf wiring: watch caches, one reconcile loop per QwenDeployment, nothing else.
+
+kopf's ``on.create/update`` handlers keep progress in annotations and daemons add a
+finalizer; both are writes a level-based controller does not need. So every watch here
+is an ``on.event`` handler that updates an in-memory cache (an informer) and *triggers*
+the owning QwenDeployment's loop; the loop reconciles on trigger or every resync period,
+serialised per object. Deletion is the garbage collector's job (owner references): no
+finalizer can ever block ``kubectl delete``.
+
+Applied hashes are remembered for a short while (controller-runtime's "expectations"),
+so a reconcile racing its own watch events does not write twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from ..api import GROUP, PLURAL, VERSION
+from ..catalog import Catalog
+from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
+from .kube import Kube
+from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute
+
+log = logging.getLogger("qwen_operator.controller")
+Key = tuple[str, str]
+EXPECTATION_TTL = 30.0
+
+
+@dataclass
+class ControllerConfig:
+    resync_seconds: float = 60.0
+    operator_image: str | None = None
+    service_monitor_crd: bool = False
+
+
+def _gpu_pod(spec: Mapping[str, Any], **_: Any) -> bool:
+    for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+        if "nvidia.com/gpu" in ((c.get("resources") or {}).get("limits") or {}):
+            return True
+    return False
+
+
+@dataclass
+class Controller:
+    kube: Kube
+    catalog: Catalog
+    config: ControllerConfig = field(default_factory=ControllerConfig)
+    qwds: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    owned: dict[Key, dict[tuple[str, str], dict[str, Any]]] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    triggers: dict[Key, asyncio.Event] = field(default_factory=dict)
+    expected: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
+    last_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    reconciles: int = 0
+
+    # -- cache updates ---------------------------------------------------------------
+    def trigger(self, key: Key) -> None:
+        ev = self.triggers.get(key)
+        if ev is not None:
+            ev.set()
+
+    def trigger_all(self) -> None:
+        for key in list(self.triggers):
+            self.trigger(key)
+
+    def on_qwd(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event_type == "DELETED":
+            self.qwds.pop(key, None)
+            self.last_status.pop(key, None)
+            task = self.tasks.pop(key, None)
+            self.triggers.pop(key, None)
+            if task is not None:
+                task.cancel()
+            return
+        self.qwds[key] = copy.deepcopy(dict(body))
+        if key not in self.tasks:
+            self.triggers[key] = asyncio.Event()
+            self.tasks[key] = asyncio.create_task(self._loop(key), name=f"reconcile {key[0]}/{key[1]}")
+        self.trigger(key)
+
+    def on_owned(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        owner = (meta.get("labels") or {}).get(LABEL_DEPLOYMENT)
+        if not owner:
+            return
+        key = (meta["namespace"], owner)
+        bucket = self.owned.setdefault(key, {})
+        ident = (body["kind"], meta["name"])
+        if event_type == "DELETED":
+            bucket.pop(ident, None)
+        else:
+            bucket[ident] = copy.deepcopy(dict(body))
+        self.trigger(key)
+
+    def on_node(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        before = self.nodes.get(name)
+        if event_type == "DELETED":
+            self.nodes.pop(name, None)
+        else:
+            self.nodes[name] = copy.deepcopy(dict(body))
+        if before is None or event_type == "DELETED" or _capacity_view(before) != _capacity_view(self.nodes[name]):
+            self.trigger_all()  # GPUs appeared or vanished: pools may spill back or over
+
+    def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event_type == "DELETED" or body.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            if self.pods.pop(key, None) is not None:
+                self.trigger_all()  # GPUs were freed: unplaced replicas may fit now
+            return
+        if key not in self.pods and body.get("spec", {}).get("nodeName"):
+            self.pods[key] = copy.deepcopy(dict(body))
+        elif key in self.pods:
+            self.pods[key] = copy.deepcopy(dict(body))
+        elif not body.get("spec", {}).get("nodeName"):
+            return
+
+    # -- the loop --------------------------------------------------------------------
+    async def _loop(self, key: Key) -> None:
+        backoff = 1.0
+        while key in self.qwds:
+            ev = self.triggers[key]
+            ev.clear()
+            try:
+                await self.reconcile(key)
+                backoff = 1.0
+                timeout = self.config.resync_seconds
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed reconcile is retried, never fatal
+                log.exception("reconcile of %s/%s failed: %s", key[0], key[1], exc)
+                timeout, backoff = backoff, min(backoff * 2, 60.0)
+            try:
+                await asyncio.wait_for(ev.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def observed(self, key: Key) -> Observed:
+        owned = list(self.owned.get(key, {}).values())
+        return Observed(
+            qwd=self.qwds[key],
+            deployments=[o for o in owned if o["kind"] == "Deployment"],
+            others=[o for o in owned if o["kind"] != "Deployment"],
+            nodes=list(self.nodes.values()),
+            pods=list(self.pods.values()),
+            service_monitor_crd=self.config.service_monitor_crd,
+            operator_image=self.config.operator_image,
+        )
+
+    def _filter_expected(self, out: Outcome) -> None:
+        now = time.monotonic()
+        self.expected = {k: v for k, v in self.expected.items() if now - v[1] < EXPECTATION_TTL}
+        keep = []
+        for m in out.apply:
+            ident = (m["kind"], m["metadata"]["namespace"], m["metadata"]["name"])
+            h = m["metadata"]["annotations"][HASH_ANNOTATION]
+            if self.expected.get(ident, ("", 0.0))[0] != h:
+                keep.append(m)
+        if len(keep) != len(out.apply):
+            applied = {(m["kind"], m["metadata"]["name"]) for m in keep}
+            out.events = [
+                e
+                for e in out.events
+                if not e.reason.startswith("Pool")
+                or e.reason == "PoolRemoved"
+                or any(name in e.message for _, name in applied)
+            ]
+        out.apply = keep
+        out.delete = [
+            d
+            for d in out.delete
+            if self.expected.get(("delete", d["metadata"]["namespace"], d["metadata"]["name"]), ("", 0))[0]
+            != d["metadata"].get("uid")
+        ]
+
+    async def reconcile(self, key: Key) -> Outcome:
+        self.reconciles += 1
+        out = compute(self.observed(key), self.catalog)
+        self._filter_expected(out)
+        if out.status is not None and self.last_status.get(key) == out.status:
+            out.status = None  # already written; the watch has not caught up yet
+        qwd = self.qwds[key]
+        now = time.monotonic()
+        for m in out.apply:
+            await asyncio.to_thread(self.kube.apply, m)
+            self.expected[(m["kind"], key[0], m["metadata"]["name"])] = (
+                m["metadata"]["annotations"][HASH_ANNOTATION],
+                now,
+            )
+        for d in out.delete:
+            await asyncio.to_thread(
+                self.kube.delete_deployment, key[0], d["metadata"]["name"], d["metadata"].get("uid")
+            )
+            self.expected[("delete", key[0], d["metadata"]["name"])] = (d["metadata"].get("uid") or "", now)
+        if out.status is not None:
+            await asyncio.to_thread(self.kube.apply_status, key[0], key[1], out.status)
+            self.last_status[key] = out.status
+        for e in out.events:
+            try:
+                await asyncio.to_thread(self.kube.event, qwd, e.type, e.reason, e.message)
+            except Exception as exc:  # noqa: BLE001 - an Event is best effort
+                log.warning("could not post event %s: %s", e.reason, exc)
+        if out.writes:
+            log.info(
+                "reconciled %s/%s: %d apply, %d delete, status %s; plan %s",
+                key[0],
+                key[1],
+                len(out.apply),
+                len(out.delete),
+                "updated" if out.status is not None else "unchanged",
+                out.plan.pool_summary if out.plan else "-",
+            )
+        return out
+
+
+def _capacity_view(node: Mapping[str, Any]) -> tuple[Any, ...]:
+    st = node.get("status", {})
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+    return ((st.get("allocatable") or {}).get("nvidia.com/gpu"), ready, node.get("spec", {}).get("unschedulable"))
+
+
+def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    """Attach the controller's watch handlers to a kopf registry."""
+    managed = {LABEL_MANAGED_BY: MANAGED_BY}
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def qwd_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+        controller.on_qwd(event.get("type"), body)
+
+    @kopf.on.event("apps", "v1", "deployments", labels=managed, registry=registry)
+    def deployment_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+        controller.on_owned(event.get("type"), _with_kind(body, "Deployment"))
+
+    @kopf.on.event("", "v1", "services", labels=managed, registry=registry)
+    def service_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+        controller.on_owned(event.get("type"), _with_kind(body, "Service"))
+
+    @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=managed, registry=registry)
+    def pdb_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+        controller.on_owned(event.get("type"), _with_kind(body, "PodDisruptionBudget"))
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    def node_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+        controller.on_node(event.get("type"), body)
+
+    @kopf.on.event("", "v1", "pods", when=lambda spec, **_: _gpu_pod(spec), registry=registry)
+    def pod_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+        controller.on_pod(event.get("type"), body)
+
+
+def _with_kind(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    out = dict(body)
+    out.setdefault("kind", kind)
+    return out

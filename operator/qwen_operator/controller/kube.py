@@ -1,0 +1,138 @@
+"""Thin Kubernetes I/O for the controller: server-side apply, delete, status apply, Events.
+
+One field manager per concern (``qwen-operator`` for workloads and the reconciler's
+status, ``qwen-operator-autoscaler`` for ``status.autoscaler`` and ``ScalingActive``,
+``qwen-operator-modelsync`` for ``status.model`` and ``ModelSynced``): the CRD declares
+``status.conditions`` a map list keyed by ``type``, so each manager owns exactly its own
+conditions and nobody does read-modify-write on shared lists.
+
+The official ``kubernetes`` client is synchronous: every call here is meant to run in a
+worker thread (``asyncio.to_thread``) so kopf's event loop never blocks. A ``WriteCounter``
+counts every mutating call, which tests and the steady-state benchmark read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, cast
+
+from kubernetes import client
+
+from ..api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+
+FIELD_MANAGER = "qwen-operator"
+APPLY = "application/apply-patch+yaml"
+
+
+class WriteCounter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, what: str) -> None:
+        with self._lock:
+            self.counts[what] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+WRITES = WriteCounter()
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.policy = client.PolicyV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    # -- workloads -----------------------------------------------------------------------
+    def apply(self, manifest: Mapping[str, Any], manager: str = FIELD_MANAGER) -> None:
+        """Server-side apply ``manifest`` (force: this operator owns what it renders)."""
+        obj = dict(manifest)
+        kind, meta = obj["kind"], obj["metadata"]
+        name, ns = meta["name"], meta["namespace"]
+        kw: dict[str, Any] = {"field_manager": manager, "force": True, "_content_type": APPLY}
+        WRITES.add(f"apply:{kind}")
+        if kind == "Deployment":
+            self.apps.patch_namespaced_deployment(name, ns, obj, **kw)
+        elif kind == "Service":
+            self.core.patch_namespaced_service(name, ns, obj, **kw)
+        elif kind == "PodDisruptionBudget":
+            self.policy.patch_namespaced_pod_disruption_budget(name, ns, obj, **kw)
+        elif kind == "ServiceMonitor":
+            self.custom.patch_namespaced_custom_object(
+                "monitoring.coreos.com", "v1", ns, "servicemonitors", name, obj, **kw
+            )
+        else:
+            raise ValueError(f"the controller does not apply {kind}")
+
+    def delete_deployment(self, namespace: str, name: str, uid: str | None = None) -> None:
+        WRITES.add("delete:Deployment")
+        body = client.V1DeleteOptions(
+            propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid) if uid else None
+        )
+        try:
+            self.apps.delete_namespaced_deployment(name, namespace, body=body)
+        except client.ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    # -- the custom resource -------------------------------------------------------------
+    def get_qwd(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return cast(dict[str, Any], obj)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def apply_status(self, namespace: str, name: str, status: Mapping[str, Any], manager: str = FIELD_MANAGER) -> None:
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": dict(status),
+        }
+        WRITES.add(f"status:{manager}")
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, body, field_manager=manager, force=True, _content_type=APPLY
+        )
+
+    # -- events --------------------------------------------------------------------------
+    def event(self, qwd: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the QwenDeployment (what `kubectl describe qwd` shows)."""
+        meta = qwd["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        WRITES.add("event")
+        self.core.create_namespaced_event(
+            meta["namespace"],
+            client.CoreV1Event(
+                metadata=client.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}"),
+                involved_object=client.V1ObjectReference(
+                    api_version=API_VERSION,
+                    kind=KIND,
+                    name=meta["name"],
+                    namespace=meta["namespace"],
+                    uid=meta.get("uid"),
+                    resource_version=meta.get("resourceVersion"),
+                ),
+                type=type_,
+                reason=reason,
+                message=message[:1024],
+                first_timestamp=now,
+                last_timestamp=now,
+                count=1,
+                source=client.V1EventSource(component="qwen-operator"),
+                reporting_component="qwen-operator",
+                reporting_instance="qwen-operator",
+            ),
+        )

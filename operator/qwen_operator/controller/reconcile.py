@@ -1,0 +1,357 @@
+"""One reconcile, computed purely: observed world in, the writes that converge it out.
+
+Inputs are plain dicts (the QwenDeployment, the objects it owns, nodes and GPU pods);
+the output says which manifests to apply, which pool Deployments to delete, the status
+this controller owns, and the Events to post. The kopf handlers only gather the inputs
+and execute the outcome (KubeAI's ``calculatePodPlan`` / ``execute`` split).
+
+Zero writes when nothing changed: every rendered manifest carries a hash of itself
+(``serving.qwenops.io/applied-hash``); a manifest is applied only when the live object is
+missing or carries another hash. Status is applied only when this controller's fields
+differ from what is live. Pools that leave the plan are deleted only once the planned
+pools have all their replicas Ready, so capacity never drops during a move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..api.spec import QwenDeploymentSpec
+from ..api.status import pool_summary, ready_summary
+from ..api.validate import validate_spec
+from ..catalog import Catalog
+from ..planner.plan import INSUFFICIENT_GPUS, OK, Plan, plan
+from ..render.manifests import render
+from ..render.names import LABEL_DEPLOYMENT, LABEL_POOL, pool_deployment_name, selector_string
+from ..render.workload import RenderContext
+from . import conditions as cond
+from .inventory import compute_inventory
+
+HASH_ANNOTATION = "serving.qwenops.io/applied-hash"
+GPU_TYPE_ANNOTATION = "serving.qwenops.io/gpu-type"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[dict[str, Any]] = field(default_factory=list)  # live Deployments to delete
+    status: dict[str, Any] | None = None  # this controller's status fields, None = unchanged
+    events: list[Event] = field(default_factory=list)
+    plan: Plan | None = None
+    spec: QwenDeploymentSpec | None = None
+
+    @property
+    def writes(self) -> int:
+        return len(self.apply) + len(self.delete) + (1 if self.status is not None else 0)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything one reconcile reads."""
+
+    qwd: Mapping[str, Any]
+    deployments: Sequence[Mapping[str, Any]] = ()  # pool Deployments owned by this resource
+    others: Sequence[Mapping[str, Any]] = ()  # other owned objects (Service, PDB, ServiceMonitor)
+    nodes: Sequence[Mapping[str, Any]] = ()
+    pods: Sequence[Mapping[str, Any]] = ()  # pods requesting GPUs, any namespace
+    service_monitor_crd: bool = False
+    operator_image: str | None = None
+
+
+def manifest_hash(obj: Mapping[str, Any]) -> str:
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _stamp(obj: dict[str, Any]) -> dict[str, Any]:
+    """Add the hash annotation (of the manifest without it)."""
+    digest = manifest_hash(obj)
+    meta = obj.setdefault("metadata", {})
+    meta.setdefault("annotations", {})[HASH_ANNOTATION] = digest
+    return obj
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    return (str(obj.get("kind")), str(obj.get("metadata", {}).get("name")))
+
+
+def _live_hash(obj: Mapping[str, Any] | None) -> str | None:
+    if obj is None:
+        return None
+    return (obj.get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
+
+
+def _replicas(obj: Mapping[str, Any]) -> int:
+    return int(obj.get("spec", {}).get("replicas") or 0)
+
+
+def _ready(obj: Mapping[str, Any]) -> int:
+    return int(obj.get("status", {}).get("readyReplicas") or 0)
+
+
+def _gpu_type(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata", {})
+    return str((meta.get("annotations") or {}).get(GPU_TYPE_ANNOTATION) or (meta.get("labels") or {}).get(LABEL_POOL))
+
+
+def _settled(dep: Mapping[str, Any]) -> bool:
+    """The Deployment controller has acted on the latest spec and every replica is new and ready."""
+    st, spec_replicas = dep.get("status", {}), _replicas(dep)
+    gen, observed = dep.get("metadata", {}).get("generation"), st.get("observedGeneration")
+    return (
+        (gen is None or observed == gen)
+        and int(st.get("updatedReplicas") or 0) == spec_replicas
+        and int(st.get("readyReplicas") or 0) == spec_replicas
+        and int(st.get("replicas") or 0) == spec_replicas
+    )
+
+
+def _status_subset(status: Mapping[str, Any]) -> dict[str, Any]:
+    keys = (
+        "observedGeneration",
+        "replicas",
+        "readyReplicas",
+        "desiredReplicas",
+        "selector",
+        "poolSummary",
+        "readySummary",
+        "pools",
+    )
+    out = {k: status[k] for k in keys if k in status}
+    mine = {cond.READY, cond.PROGRESSING, cond.DEGRADED}
+    out["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") in mine]
+    return out
+
+
+def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
+    qwd = obs.qwd
+    meta, live_status = qwd.get("metadata", {}), qwd.get("status") or {}
+    name, namespace = meta["name"], meta["namespace"]
+    generation = int(meta.get("generation") or 1)
+    out = Outcome()
+    existing_conditions = live_status.get("conditions") or []
+
+    def finish(conditions: list[cond.Condition], extra: dict[str, Any]) -> Outcome:
+        merged, _ = cond.merge(
+            [c for c in existing_conditions if c.get("type") in {cond.READY, cond.PROGRESSING, cond.DEGRADED}],
+            conditions,
+            generation,
+            now=now,
+        )
+        status = {"observedGeneration": generation, "selector": selector_string(name), **extra, "conditions": merged}
+        if status != _status_subset(live_status):
+            out.status = status
+        return out
+
+    try:
+        spec = QwenDeploymentSpec.model_validate(qwd.get("spec") or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "spec." + ".".join(str(p) for p in first["loc"])
+        message = f"{where}: {first['msg']}. The operator made no changes; fix the resource."
+        return finish(
+            [
+                cond.Condition(cond.DEGRADED, True, "InvalidSpec", message),
+                cond.Condition(cond.READY, False, "InvalidSpec", message),
+                cond.Condition(cond.PROGRESSING, False, "InvalidSpec", "Waiting for a valid spec."),
+            ],
+            {},
+        )
+    out.spec = spec
+    problems = validate_spec(spec, catalog)
+    blocking = [p for p in problems if p.reason != "GPUTypeNotInCatalog"]
+    if blocking:
+        message = " ".join(f"{p.field}: {p.message}" for p in blocking)
+        return finish(
+            [
+                cond.Condition(cond.DEGRADED, True, blocking[0].reason, message),
+                cond.Condition(cond.READY, False, blocking[0].reason, message),
+                cond.Condition(cond.PROGRESSING, False, blocking[0].reason, "Waiting for a servable spec."),
+            ],
+            {},
+        )
+
+    live_by_type = {_gpu_type(d): d for d in obs.deployments}
+    current = {t: _replicas(d) for t, d in live_by_type.items()}
+    inventory = compute_inventory(
+        obs.nodes,
+        obs.pods,
+        catalog.gpus,
+        exclude_pod=lambda p: (
+            p.get("metadata", {}).get("namespace") == namespace
+            and (p.get("metadata", {}).get("labels") or {}).get(LABEL_DEPLOYMENT) == name
+        ),
+    )
+    autoscaler = (live_status.get("autoscaler") or {}).get("desiredReplicas")
+    desired = spec.desired_replicas(autoscaler)
+    free = {t: inventory.free_per_node.get(t, []) for t in catalog.gpus}
+    the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=current)
+    out.plan = the_plan
+    model_version = (live_status.get("model") or {}).get("targetVersion")
+    ctx = RenderContext(
+        name=name,
+        namespace=namespace,
+        model_version=model_version,
+        operator_image=obs.operator_image,
+        owner_uid=meta.get("uid"),
+        service_monitor=obs.service_monitor_crd,
+    )
+    rendered = render(spec, the_plan, ctx, catalog)
+    by_name = {pool_deployment_name(name, p.gpu_type): p.gpu_type for p in the_plan.pools}
+    for m in rendered:
+        if m["kind"] == "Deployment" and m["metadata"]["name"] in by_name:
+            m["metadata"].setdefault("annotations", {})[GPU_TYPE_ANNOTATION] = by_name[m["metadata"]["name"]]
+    manifests = [_stamp(m) for m in rendered]
+    live = {_key(d): d for d in [*obs.deployments, *obs.others]}
+    for m in manifests:
+        prev = live.get(_key(m))
+        if _live_hash(prev) == m["metadata"]["annotations"][HASH_ANNOTATION]:
+            continue
+        out.apply.append(m)
+        if m["kind"] == "Deployment":
+            gpu = _gpu_type(m)
+            if prev is None:
+                out.events.append(
+                    Event(
+                        "Normal",
+                        "PoolCreated",
+                        f"Created pool {gpu}: {_replicas(m)} replica(s) "
+                        f"of {_shards(the_plan, gpu)} GPU(s) in Deployment {m['metadata']['name']}.",
+                    )
+                )
+            elif _replicas(prev) != _replicas(m):
+                out.events.append(
+                    Event(
+                        "Normal",
+                        "PoolResized",
+                        f"Resized pool {gpu} from {_replicas(prev)} to {_replicas(m)} replica(s).",
+                    )
+                )
+            else:
+                out.events.append(Event("Normal", "PoolUpdated", f"Updated pool {gpu} (template changed)."))
+
+    planned_names = {m["metadata"]["name"] for m in manifests if m["kind"] == "Deployment"}
+    planned_live = [d for d in obs.deployments if d["metadata"]["name"] in planned_names]
+    planned_ready = sum(_ready(d) for d in planned_live)
+    applying = {m["metadata"]["name"] for m in out.apply if m["kind"] == "Deployment"}
+    replacement_ready = not applying and planned_ready >= the_plan.placed and all(_settled(d) for d in planned_live)
+    leaving = [d for d in obs.deployments if d["metadata"]["name"] not in planned_names]
+    waiting_on_replacement = False
+    for dep in leaving:
+        if replacement_ready or _ready(dep) == 0:
+            out.delete.append(dict(dep))
+            out.events.append(
+                Event(
+                    "Normal",
+                    "PoolRemoved",
+                    f"Removed pool {_gpu_type(dep)} "
+                    f"(Deployment {dep['metadata']['name']}, {_replicas(dep)} replica(s)).",
+                )
+            )
+        else:
+            waiting_on_replacement = True
+
+    # status, from the live pools (what actually runs), planned first
+    pools_status = []
+    for dep in sorted(obs.deployments, key=lambda d: (d["metadata"]["name"] not in planned_names, _gpu_type(d))):
+        gpu = _gpu_type(dep)
+        cand = the_plan.candidate(gpu)
+        pools_status.append(
+            {
+                "gpuType": gpu,
+                "deployment": dep["metadata"]["name"],
+                "shards": cand.shards if cand and cand.shards else _shards_of(dep),
+                "replicas": _replicas(dep),
+                "readyReplicas": _ready(dep),
+                "costPerHour": round(_replicas(dep) * (cand.price_per_hour if cand else 0.0), 3),
+            }
+        )
+    ready_total = sum(p["readyReplicas"] for p in pools_status)
+    replicas_total = sum(int(d.get("status", {}).get("replicas") or 0) for d in obs.deployments)
+    extra = {
+        "replicas": replicas_total,
+        "readyReplicas": ready_total,
+        "desiredReplicas": desired,
+        "poolSummary": pool_summary([(p["gpuType"], p["replicas"]) for p in pools_status]) or "-",
+        "readySummary": ready_summary(ready_total, desired),
+        "pools": pools_status,
+    }
+    conds: list[cond.Condition] = []
+    if the_plan.reason_code == OK:
+        missing_types = [t for t in spec.placement.gpu_types if t not in inventory.allocatable]
+        if missing_types and not the_plan.pools:
+            conds.append(
+                cond.Condition(
+                    cond.DEGRADED,
+                    True,
+                    "GPUTypeNotInCluster",
+                    f"No schedulable node has {', '.join(missing_types)} GPUs.",
+                )
+            )
+        else:
+            conds.append(
+                cond.Condition(
+                    cond.DEGRADED,
+                    False,
+                    "AsExpected",
+                    f"Placement: {the_plan.pool_summary}." if the_plan.pools else "Nothing to place.",
+                )
+            )
+    else:
+        reason = the_plan.reason_code
+        absent = [t for t in spec.placement.gpu_types if t in catalog.gpus and t not in inventory.allocatable]
+        message = the_plan.reason
+        if reason == INSUFFICIENT_GPUS and absent:
+            message += f" No schedulable node has {', '.join(absent)} GPUs."
+            if len(absent) == len(spec.placement.gpu_types):
+                reason = "GPUTypeNotInCluster"
+        conds.append(cond.Condition(cond.DEGRADED, True, reason, message))
+    all_settled = all(_settled(d) for d in obs.deployments)
+    if out.apply or out.delete or waiting_on_replacement or not all_settled:
+        why = (
+            "WaitingForReplacement"
+            if waiting_on_replacement
+            else "Applying"
+            if out.apply or out.delete
+            else "RollingOut"
+        )
+        conds.append(
+            cond.Condition(
+                cond.PROGRESSING, True, why, f"{ready_total}/{desired} replicas ready; pools {extra['poolSummary']}."
+            )
+        )
+    else:
+        conds.append(cond.Condition(cond.PROGRESSING, False, "Stable", "All pools match the plan."))
+    if desired == 0:
+        conds.append(cond.Condition(cond.READY, True, "ScaledToZero", "Desired replicas is 0."))
+    elif ready_total >= desired and all_settled and not out.apply:
+        conds.append(cond.Condition(cond.READY, True, "AllReplicasReady", f"{ready_total}/{desired} replicas ready."))
+    else:
+        conds.append(cond.Condition(cond.READY, False, "ReplicasNotReady", f"{ready_total}/{desired} replicas ready."))
+    return finish(conds, extra)
+
+
+def _shards(the_plan: Plan, gpu: str) -> int:
+    c = the_plan.candidate(gpu)
+    return c.shards if c else 0
+
+
+def _shards_of(dep: Mapping[str, Any]) -> int:
+    for c in dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+        limit = (c.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu")
+        if limit:
+            return int(limit)
+    return 1

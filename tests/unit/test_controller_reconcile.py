@@ -1,0 +1,154 @@
+"""The pure reconcile: level-based, zero writes at rest, safe pool moves, status contract."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from qwen_operator.catalog import load_catalog
+from qwen_operator.controller.reconcile import HASH_ANNOTATION, Observed, compute
+
+CATALOG = load_catalog(None)
+
+
+def qwd(**spec_over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"name": "Qwen/Qwen3-14B", "registry": "s3://models/qwen3-14b", "quantization": "fp8"},
+        "placement": {"gpuTypes": ["A10G", "L40S"]},
+        "replicas": 2,
+    }
+    spec.update(spec_over)
+    return {
+        "apiVersion": "serving.qwenops.io/v1alpha1",
+        "kind": "QwenDeployment",
+        "metadata": {"name": "chat", "namespace": "llm", "uid": "u-1", "generation": 3},
+        "spec": spec,
+        "status": {},
+    }
+
+
+def node(name: str, product: str, gpus: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": product}},
+        "spec": {},
+        "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+NODES = [node("a0", "NVIDIA-A10G", 1), node("l0", "NVIDIA-L40S", 4)]
+
+
+def as_live(manifest: dict[str, Any], ready: int | None = None) -> dict[str, Any]:
+    """What the API server would hold after applying ``manifest`` and the Deployment controller settling."""
+    live = copy.deepcopy(manifest)
+    live["metadata"]["generation"] = 1
+    if manifest["kind"] == "Deployment":
+        n = manifest["spec"]["replicas"]
+        r = n if ready is None else ready
+        live["status"] = {"observedGeneration": 1, "replicas": n, "updatedReplicas": n, "readyReplicas": r}
+    return live
+
+
+def converge(obs: Observed, rounds: int = 5) -> Observed:
+    """Apply outcomes as the API server + controllers would, until nothing changes."""
+    for _ in range(rounds):
+        out = compute(obs, CATALOG, now="T")
+        if not out.writes:
+            return obs
+        live = {(o["kind"], o["metadata"]["name"]): o for o in [*obs.deployments, *obs.others]}
+        for m in out.apply:
+            live[(m["kind"], m["metadata"]["name"])] = as_live(m)
+        for d in out.delete:
+            live.pop(("Deployment", d["metadata"]["name"]))
+        new_qwd = copy.deepcopy(dict(obs.qwd))
+        if out.status is not None:
+            new_qwd["status"] = {**new_qwd.get("status", {}), **out.status}
+        objs = list(live.values())
+        obs = Observed(
+            qwd=new_qwd,
+            deployments=[o for o in objs if o["kind"] == "Deployment"],
+            others=[o for o in objs if o["kind"] != "Deployment"],
+            nodes=obs.nodes,
+            pods=obs.pods,
+        )
+    raise AssertionError("did not converge")
+
+
+def test_first_reconcile_creates_pools_cheapest_first_and_spills_over() -> None:
+    out = compute(Observed(qwd=qwd(), nodes=NODES), CATALOG, now="T")
+    deps = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
+    # one A10G GPU free -> one fp8 replica there, the second spills to L40S
+    assert {n: d["spec"]["replicas"] for n, d in deps.items()} == {"chat-a10g": 1, "chat-l40s": 1}
+    assert all(HASH_ANNOTATION in m["metadata"]["annotations"] for m in out.apply)
+    assert {m["kind"] for m in out.apply} >= {"Service", "PodDisruptionBudget", "Deployment"}
+    assert [e.reason for e in out.events] == ["PoolCreated", "PoolCreated"]
+    assert out.status is not None and out.status["observedGeneration"] == 3
+    ready = next(c for c in out.status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False"
+
+
+def test_converged_world_needs_zero_writes_and_reports_ready() -> None:
+    obs = converge(Observed(qwd=qwd(), nodes=NODES))
+    again = compute(obs, CATALOG, now="T-later")
+    assert again.writes == 0 and not again.events
+    status = obs.qwd["status"]
+    assert status["readyReplicas"] == 2 and status["replicas"] == 2 and status["readySummary"] == "2/2"
+    assert status["poolSummary"] == "A10G:1,L40S:1"
+    assert status["selector"].startswith("app.kubernetes.io/component=server")
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Ready"]["status"] == "True" and conds["Degraded"]["status"] == "False"
+    assert conds["Progressing"]["status"] == "False"
+
+
+def test_changing_gpu_types_keeps_old_pool_until_replacement_is_ready() -> None:
+    obs = converge(Observed(qwd=qwd(), nodes=NODES))
+    moved = copy.deepcopy(dict(obs.qwd))
+    moved["spec"]["placement"]["gpuTypes"] = ["L40S"]
+    obs = Observed(qwd=moved, deployments=obs.deployments, others=obs.others, nodes=NODES)
+    out = compute(obs, CATALOG, now="T")
+    assert not out.delete  # replacement not applied yet
+    resized = {m["metadata"]["name"]: m["spec"]["replicas"] for m in out.apply if m["kind"] == "Deployment"}
+    assert resized == {"chat-l40s": 2}
+    # replacement applied but only 1/2 ready: the A10G pool must stay
+    live = [d for d in obs.deployments if d["metadata"]["name"] != "chat-l40s"]
+    l40s = next(m for m in out.apply if m["metadata"]["name"] == "chat-l40s")
+    half = Observed(qwd=moved, deployments=[*live, as_live(l40s, ready=1)], others=obs.others, nodes=NODES)
+    out2 = compute(half, CATALOG, now="T")
+    assert not out2.delete and not out2.apply
+    prog = next(c for c in out2.status["conditions"] if c["type"] == "Progressing")  # type: ignore[index]
+    assert prog["status"] == "True" and prog["reason"] == "WaitingForReplacement"
+    # fully ready: now the old pool goes
+    full = Observed(qwd=moved, deployments=[*live, as_live(l40s)], others=obs.others, nodes=NODES)
+    out3 = compute(full, CATALOG, now="T")
+    assert [d["metadata"]["name"] for d in out3.delete] == ["chat-a10g"]
+    assert [e.reason for e in out3.events] == ["PoolRemoved"]
+
+
+def test_invalid_spec_becomes_degraded_condition_without_touching_workloads() -> None:
+    bad = qwd()
+    bad["spec"]["model"]["name"] = "Qwen/Qwen9-1T"
+    out = compute(Observed(qwd=bad, nodes=NODES), CATALOG, now="T")
+    assert not out.apply and not out.delete
+    conds = {c["type"]: c for c in out.status["conditions"]}  # type: ignore[index]
+    assert conds["Degraded"]["status"] == "True" and conds["Degraded"]["reason"] == "ModelNotInCatalog"
+    assert "Qwen9-1T" in conds["Degraded"]["message"]
+
+
+def test_gpu_type_absent_from_cluster_is_degraded_with_reason() -> None:
+    spec = qwd(placement={"gpuTypes": ["A100-80GB"]})
+    out = compute(Observed(qwd=spec, nodes=NODES), CATALOG, now="T")
+    conds = {c["type"]: c for c in out.status["conditions"]}  # type: ignore[index]
+    assert conds["Degraded"]["status"] == "True"
+    assert conds["Degraded"]["reason"] == "GPUTypeNotInCluster"
+    assert "A100-80GB" in conds["Degraded"]["message"]
+
+
+def test_autoscaler_status_drives_replicas_only_when_scaling_enabled() -> None:
+    on = qwd(scaling={"enabled": True, "minReplicas": 1, "maxReplicas": 5})
+    on["status"] = {"autoscaler": {"desiredReplicas": 4}}
+    out = compute(Observed(qwd=on, nodes=[node("l0", "NVIDIA-L40S", 8)]), CATALOG, now="T")
+    assert sum(m["spec"]["replicas"] for m in out.apply if m["kind"] == "Deployment") == 4
+    off = qwd(replicas=1)
+    off["status"] = {"autoscaler": {"desiredReplicas": 4}}
+    out = compute(Observed(qwd=off, nodes=[node("l0", "NVIDIA-L40S", 8)]), CATALOG, now="T")
+    assert sum(m["spec"]["replicas"] for m in out.apply if m["kind"] == "Deployment") == 1
