@@ -120,8 +120,10 @@ def test_async_client_and_streaming_timing(server: ServerThread) -> None:
         text = await client.text_generation("hi", max_new_tokens=4)
         t0 = loop.time()
         pieces = [p async for p in await client.text_generation("hi " * 200, max_new_tokens=60, stream=True)]
+        virtual = (loop.time() - t0) * SCALE
         chat = await client.chat_completion([{"role": "user", "content": "hi"}], max_tokens=3)
-        return text, pieces, (loop.time() - t0) * SCALE
+        assert chat.usage.completion_tokens == 3
+        return text, pieces, virtual
 
     text, pieces, virtual = asyncio.run(go())
     assert len(text.split()) == 4 and len(pieces) == 60

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import socket
@@ -37,24 +38,9 @@ from aiohttp import web
 from .engine import OVERLOADED, ReplicaEngine, Request
 from .model import ReplicaModel
 from .tgi_metrics import TGIMetrics
+from .tgi_payloads import TGI_VERSION, details, error, estimate_tokens, text_of, token
 
-TGI_VERSION = "3.3.5"
-CHARS_PER_TOKEN = 4
-_WORDS = ("simulated", "tokens", "from", "a", "roofline", "model", "of", "one", "replica", "served", "here")
 _POLL_WALL_S = 0.005
-
-
-def estimate_tokens(text: str) -> int:
-    """Prompt tokens estimated from text (~4 characters per token for English BPE)."""
-    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
-
-
-def _error(status: int, message: str, error_type: str) -> web.Response:
-    return web.json_response({"error": message, "error_type": error_type}, status=status)
-
-
-def _token(i: int) -> dict[str, Any]:
-    return {"id": 1000 + i % len(_WORDS), "text": " " + _WORDS[i % len(_WORDS)], "logprob": -0.5, "special": False}
 
 
 class SimulatedTGI:
@@ -77,6 +63,7 @@ class SimulatedTGI:
         self.ready_at = cold  # virtual seconds after start
         self._wakeup = asyncio.Event()
         self._driver: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Future[Request]] = set()
 
     # --- virtual clock -----------------------------------------------------------------
     def now(self) -> float:
@@ -97,8 +84,10 @@ class SimulatedTGI:
             self.metrics.request_success += 1
             self.metrics.duration.observe(req.duration)
             self.metrics.queue_duration.observe(req.queue_time)
-            if isinstance(fut, asyncio.Future) and not fut.done():
-                fut.set_result(req)
+            if isinstance(fut, asyncio.Future):
+                self._pending.discard(fut)
+                if not fut.done():
+                    fut.set_result(req)
 
     async def drive(self) -> None:
         """Background task: wake at the engine's next event (or a submission) and sync."""
@@ -118,27 +107,35 @@ class SimulatedTGI:
         self.metrics.request_count += 1
         if not self.ready:
             self.metrics.failure("unhealthy")
-            return _error(503, "Model is loading (simulated cold start)", "unhealthy")
+            return error(503, "Model is loading (simulated cold start)", "unhealthy")
         new = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         m = self.model
         if new < 1 or prompt_tokens > m.max_input_tokens or prompt_tokens + new > m.max_total_tokens:
             self.metrics.failure("validation")
-            return _error(
+            return error(
                 422,
                 f"Input validation error: `inputs` tokens ({prompt_tokens}) + `max_new_tokens` ({new}) must be "
                 f"<= {m.max_total_tokens} and inputs <= {m.max_input_tokens}",
                 "validation",
             )
         self.sync()
-        req = Request(self.now(), prompt_tokens, new, tag=asyncio.get_running_loop().create_future())
+        fut: asyncio.Future[Request] = asyncio.get_running_loop().create_future()
+        req = Request(self.now(), prompt_tokens, new, tag=fut)
         if not self.engine.submit(req):
             err = "overloaded" if req.status == OVERLOADED else "validation"
             self.metrics.failure(err)
             if err == "overloaded":
-                return _error(429, "Model is overloaded", "overloaded")
-            return _error(422, "Input validation error", "validation")
+                return error(429, "Model is overloaded", "overloaded")
+            return error(422, "Input validation error", "validation")
+        self._pending.add(fut)
         self._wakeup.set()
         return req
+
+    def cancel_pending(self) -> None:
+        """Shutting down: the requests still in flight get no answer."""
+        for fut in self._pending:
+            fut.cancel()
+        self._pending.clear()
 
     async def finished(self, req: Request) -> Request:
         fut = req.tag
@@ -186,25 +183,8 @@ class SimulatedTGI:
             "sha": None,
             "docker_label": None,
             "simulated": True,
-            "simulation": {**m.describe(), "time_scale": self.time_scale, "cold_start_s": self.ready_at},
+            "simulation": {**m.describe(), "time_scale": self.time_scale, "startup_delay_s": self.ready_at},
         }
-
-
-def _text(n: int) -> str:
-    return "".join(_token(i)["text"] for i in range(n))
-
-
-def _details(req: Request, with_tokens: bool) -> dict[str, Any]:
-    details: dict[str, Any] = {
-        "finish_reason": "length",
-        "generated_tokens": req.output_tokens,
-        "seed": None,
-        "input_length": req.prompt_tokens,
-    }
-    if with_tokens:
-        details.update(prefill=[], tokens=[_token(i) for i in range(req.output_tokens)], top_tokens=None)
-        details["best_of_sequences"] = None
-    return details
 
 
 async def _sse(request: web.Request, sim: SimulatedTGI, req: Request, chunks: AsyncIterator[str]) -> web.StreamResponse:
@@ -230,9 +210,9 @@ def build_app(sim: SimulatedTGI) -> web.Application:
         req = got
         if not stream:
             await sim.finished(req)
-            out: dict[str, Any] = {"generated_text": _text(req.output_tokens)}
+            out: dict[str, Any] = {"generated_text": text_of(req.output_tokens)}
             if params.get("details"):
-                out["details"] = _details(req, with_tokens=True)
+                out["details"] = details(req, with_tokens=True)
             return web.json_response(out, headers=sim.headers(req))
 
         async def events() -> AsyncIterator[str]:
@@ -243,10 +223,10 @@ def build_app(sim: SimulatedTGI) -> web.Application:
                 yield json.dumps(
                     {
                         "index": i,
-                        "token": _token(i),
+                        "token": token(i),
                         "top_tokens": None,
-                        "generated_text": _text(req.output_tokens) if last else None,
-                        "details": _details(req, with_tokens=False) if last else None,
+                        "generated_text": text_of(req.output_tokens) if last else None,
+                        "details": details(req, with_tokens=False) if last else None,
                     }
                 )
 
@@ -277,7 +257,7 @@ def build_app(sim: SimulatedTGI) -> web.Application:
         }
         if not body.get("stream"):
             await sim.finished(req)
-            message = {"role": "assistant", "content": _text(req.output_tokens)}
+            message = {"role": "assistant", "content": text_of(req.output_tokens)}
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "length"}
             return web.json_response(
                 {**base, "object": "chat.completion", "choices": [choice], "usage": usage}, headers=sim.headers(req)
@@ -288,7 +268,7 @@ def build_app(sim: SimulatedTGI) -> web.Application:
                 last = i == req.output_tokens - 1
                 if last:
                     await sim.finished(req)
-                delta = {"role": "assistant", "content": _token(i)["text"]}
+                delta = {"role": "assistant", "content": token(i)["text"]}
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": "length" if last else None}
                 chunk = {**base, "object": "chat.completion.chunk", "choices": [choice]}
                 if last and (body.get("stream_options") or {}).get("include_usage"):
@@ -300,7 +280,7 @@ def build_app(sim: SimulatedTGI) -> web.Application:
 
     async def health(request: web.Request) -> web.Response:
         if not sim.ready:
-            return _error(503, "Model is loading (simulated cold start)", "unhealthy")
+            return error(503, "Model is loading (simulated cold start)", "unhealthy")
         return web.Response(status=200, headers={"x-simulated": "true"})
 
     async def info(request: web.Request) -> web.Response:
@@ -319,6 +299,8 @@ def build_app(sim: SimulatedTGI) -> web.Application:
     async def stop_driver(app: web.Application) -> None:
         if sim._driver is not None:
             sim._driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sim._driver
 
     app = web.Application()
     app.router.add_post("/", generate)
@@ -349,6 +331,7 @@ class ServedTGI:
     async def close(self) -> None:
         if self.listen_task is not None:
             self.listen_task.cancel()
+        self.sim.cancel_pending()
         await self.runner.cleanup()
 
 
@@ -358,7 +341,8 @@ async def serve(sim: SimulatedTGI, host: str = "127.0.0.1", port: int = 0, start
     ``startup="refuse"`` binds now but listens only after the cold start (connections are
     refused meanwhile, as with TGI); ``"503"`` listens now and answers 503 until ready.
     """
-    runner = web.AppRunner(build_app(sim), access_log=None)
+    # in-flight requests get 1 s on shutdown (TGI drains for up to 90 s; a simulation needn't)
+    runner = web.AppRunner(build_app(sim), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
