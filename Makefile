@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup venv tools controlplane prometheus s3server test lint types imports unit integration e2e crds check-generated demo bench clean
+.PHONY: setup venv tools controlplane prometheus s3server helm generate test lint types imports unit integration e2e crds check-generated demo bench clean
 
 ## setup: virtualenv + editable package with test extras + every tool the tests need
 setup: venv tools
@@ -19,7 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
-tools: controlplane prometheus s3server
+tools: controlplane prometheus s3server helm
+
+## helm: the Helm CLI built from the Go module proxy (cached)
+helm: venv
+	$(PY) -m qwen_operator.packaging.helm build
 
 ## s3server: the real S3-compatible object store for model-sync tests (Go module proxy, cached)
 s3server: venv
@@ -60,9 +64,12 @@ integration:
 e2e:
 	$(BIN)/pytest e2e $(PYTEST_ARGS)
 
-## crds: regenerate crds/ (and the chart's copy) from the API models
-crds:
+## generate: regenerate crds/, the chart's CRD template and values schema, manifests/install.yaml
+generate:
 	$(PY) -m qwen_operator.api.crdgen --write
+	$(PY) -m qwen_operator.packaging.generate --write
+
+crds: generate
 
 ## demo: the main job on a laptop
 demo:

@@ -120,6 +120,10 @@ def namespace(request: pytest.FixtureRequest, kube_api: Any) -> Iterator[str]:
     except client.ApiException as exc:
         if exc.status != 404:
             raise
+    # GPUs are shared by every test: wait until this namespace's pods are gone
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and core.list_namespaced_pod(name).items:
+        time.sleep(0.2)
 
 
 class Kubectl:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-for _name in ("cluster", "prometheus", "s3"):
+for _name in ("cluster", "prometheus", "s3", "operator"):
     try:
         _module = importlib.import_module(f"qwen_operator.testing.{_name}")
     except ModuleNotFoundError as _exc:
