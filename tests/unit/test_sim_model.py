@@ -132,3 +132,17 @@ def test_a100_serves_the_same_chats_with_room_to_spare() -> None:
     r = ReplicaModel.build("Qwen3-14B", "A100-80GB", 1, "fp8")
     stats = run_chat_sessions(r, 40, **A10G_CHAT)  # type: ignore[arg-type]
     assert stats.ttft_p95 < 0.5
+
+
+@pytest.mark.parametrize(
+    ("model", "gpu", "shards", "quant"),
+    [("Qwen3-14B", "A10G", 1, "fp8"), ("Qwen3-14B", "A10G", 2, "none"), ("Qwen2.5-72B", "A100-80GB", 4, "none")],
+)
+@pytest.mark.parametrize(("batch", "context"), [(1, 100), (20, 20_000), (300, 30_000)])
+def test_decode_coefficients_reproduce_the_step_time(
+    model: str, gpu: str, shards: int, quant: str, batch: int, context: int
+) -> None:
+    r = ReplicaModel.build(model, gpu, shards, quant)
+    m0, m1, c_b, c_ctx, o0, o_b = r.decode_coefficients()
+    fast = max(m0 + m1 * context, c_b * batch + c_ctx * context) + o0 + o_b * batch
+    assert fast == pytest.approx(r.decode_step_seconds(batch, context), rel=1e-9)

@@ -112,6 +112,7 @@ class ReplicaEngine:
         self.waiting_served_ratio = waiting_served_ratio
         self.kv_capacity = model.kv_capacity_tokens
         self.prefill_budget = max(model.max_batch_prefill_tokens, model.max_input_tokens)
+        self._coef = model.decode_coefficients()
         self._t = start_time  # operations have been executed up to here
         self._queue: deque[Request] = deque()
         self._running: list[tuple[int, int, Request]] = []  # heap of (end_step, seq, request)
@@ -294,12 +295,18 @@ class ReplicaEngine:
             # come at to_time): stop the chunk where the router would admit
             k = min(k, max(1, self.max_waiting_tokens - self._since_prefill))
         k = max(1, min(k, int(_CHUNK_GROWTH * self._ctx / b) + 1))
-        step = self.model.decode_step_seconds(b, self._ctx + b * (k - 1) / 2.0)
+        m0, m1, c_b, c_ctx, o0, o_b = self._coef
+        ctx = self._ctx + b * (k - 1) / 2.0
+        step = max(m0 + m1 * ctx, c_b * b + c_ctx * ctx) + o0 + o_b * b
         if to_time < _INF:
             k = max(1, min(k, math.ceil((to_time - self._t) / step)))
         return ("decode", step, k)
 
     def _run(self, to_time: float) -> None:
+        if self._t < to_time and not self._running and not self._queue and self._partial is None:
+            if to_time < _INF:
+                self._t = to_time  # idle
+            return
         while self._t < to_time:
             plan = self._plan(to_time)
             if plan is None:

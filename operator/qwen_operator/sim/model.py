@@ -272,6 +272,25 @@ class ReplicaModel:
             return 0.0
         return self.forward_seconds(batch_size, context_tokens)
 
+    def decode_coefficients(self) -> tuple[float, float, float, float, float, float]:
+        """``(m0, m1, c_b, c_ctx, o0, o_b)`` with decode step = max(m0 + m1*ctx, c_b*b + c_ctx*ctx) + o0 + o_b*b.
+
+        The same figure as :meth:`decode_step_seconds`, precomputed so the engine's inner
+        loop costs a few multiplications.
+        """
+        m = self.model
+        bw, fl = self._bandwidth, self._flops_per_s * DECODE_MFU
+        ar0 = self._allreduce_s(0)
+        ar_b = (self._allreduce_s(1) - ar0) if self.shards > 1 else 0.0
+        return (
+            self.decode_weight_bytes_per_gpu / bw,
+            self.kv_bytes_per_token_per_gpu / bw,
+            2.0 * (self._body_params + self._lm_head_params) / fl,
+            4.0 * m.layers * m.attention_heads * m.head_dim / fl,
+            ar0 + DECODE_STEP_OVERHEAD_S,
+            ar_b + PER_SEQUENCE_OVERHEAD_S,
+        )
+
     def tokens_per_second_per_stream(self, batch_size: int = 1, context_per_sequence: int = 1000) -> float:
         """Decode speed one client sees with ``batch_size`` sequences of this context running."""
         return 1.0 / self.decode_step_seconds(batch_size, batch_size * context_per_sequence)
