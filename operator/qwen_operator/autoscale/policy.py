@@ -6,7 +6,9 @@ lives here with no Kubernetes, kopf or Prometheus import and is tested with tabl
 
 The rule (DESIGN.md, "Autoscaling"), in capacity units (replicas x relative throughput):
 
-* ``ratio = max(queue / (targetQueueDepth x ready), p95 / SLO, in-flight / target in-flight)``
+* ``ratio = max(queue / (targetQueueDepth x ready), p95 / SLO, in-flight / target in-flight,
+  request rate / (ready throughput x utilisation))``; the last two only when the pools say
+  how many requests (in flight, per second) a replica carries within the SLO
   and ``desired capacity = ready capacity x ratio``; within ``tolerance`` (10%, as the
   Kubernetes HPA) the ratio counts as 1.
 * Starting replicas count as capacity: a scale-up only adds what ready + starting
@@ -15,7 +17,8 @@ The rule (DESIGN.md, "Autoscaling"), in capacity units (replicas x relative thro
   default); at ``ratio >= panic_threshold`` (Knative's panic, 2x) straight to the need,
   and no scale-down for ``panic_window_seconds`` after the last panic reading.
 * Down slowly: the target is the *maximum* recommendation over the last
-  ``scale_down_delay_seconds`` (HPA's stabilisation window), and at most
+  ``scale_down_delay_seconds`` (HPA's stabilisation window) plus the tolerance (hysteresis:
+  a replica goes only if the rest covers that with 10% to spare), and at most
   ``scale_down_step`` replicas go per decision, most expensive per unit throughput first.
 * Missing signals (``None``/NaN queue, or a NaN P95 while requests are in flight) hold:
   never a scale-down on missing data. A NaN P95 with a zero queue and zero in-flight is a
@@ -42,7 +45,7 @@ class PoolState:
 
     gpu_type: str
     cost_per_hour: float  # $/h for one replica (all its shards)
-    throughput: float = 1.0  # relative throughput of one replica
+    throughput: float = 1.0  # requests/s one replica carries within the SLO (or relative units)
     ready: int = 0
     starting: int = 0  # created, model still loading: counted as capacity
     free: int = 0  # more replicas that fit on free GPUs of this type
@@ -64,6 +67,7 @@ class Signals:
     queue_depth: float | None  # waiting requests, summed over pods
     p95_seconds: float | None  # P95 request duration over the last minute
     in_flight: float | None = None  # running + waiting requests, summed over pods
+    request_rate: float | None = None  # requests/s over the last minute (needs throughput in req/s)
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class Targets:
     panic_window_seconds: float = 60.0
     scale_down_step: int = 1
     scale_up_pods: int = 4  # non-panic step: max(+scale_up_pods, +100%)
+    utilisation: float = 0.75  # request rate target as a fraction of the pools' throughput at the SLO
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,7 @@ def place_scale_down(
 def _load_ratio(pools: list[PoolState], signals: Signals, targets: Targets) -> tuple[float | None, list[str], bool]:
     """(ratio, explanation parts, latency_missing). ratio None means no usable signal."""
     ready = sum(p.ready for p in pools)
+    ready_cap = sum(p.ready * p.throughput for p in pools)
     queue, p95, in_flight = signals.queue_depth, signals.p95_seconds, signals.in_flight
     if not _valid(queue):
         return None, ["queue depth unavailable"], True
@@ -203,6 +209,11 @@ def _load_ratio(pools: list[PoolState], signals: Signals, targets: Targets) -> t
         target_total = sum(p.ready * (p.target_in_flight or 0.0) for p in pools)
         ratios.append(in_flight / target_total)
         parts.append(f"in-flight {in_flight:.0f} / target {target_total:.0f} -> {ratios[-1]:.2f}")
+    rate = signals.request_rate
+    if _valid(rate) and ready_cap > 0:
+        assert rate is not None
+        ratios.append(rate / (ready_cap * targets.utilisation))
+        parts.append(f"rate {rate:.2f}/s over capacity {ready_cap:.2f}/s x {targets.utilisation:g} -> {ratios[-1]:.2f}")
     return max(ratios), parts, latency_missing
 
 
@@ -310,7 +321,9 @@ def decide(
             desired_cap,
         )
     stabilised = max(r.capacity for r in recs)
-    counts = place_scale_down(pools, current, stabilised, targets.scale_down_step, targets.min_replicas)
+    # hysteresis: the smaller fleet must cover the window's max *with* the tolerance to spare
+    keep = stabilised * (1.0 + targets.tolerance)
+    counts = place_scale_down(pools, current, keep, targets.scale_down_step, targets.min_replicas)
     removed = {k: current[k] - counts[k] for k in counts if counts[k] != current[k]}
     if removed:
         what = ", ".join(f"-{n} {k}" for k, n in removed.items())

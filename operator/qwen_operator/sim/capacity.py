@@ -49,7 +49,7 @@ def _probe(replica: ReplicaModel, rows: list[TraceRow], rate: float, metric: str
     rng = random.Random(seed)
     eng = ReplicaEngine(replica)
     t = 0.0
-    reqs = []
+    reqs: list[Request] = []
     limit_in, limit_total = replica.max_input_tokens, replica.max_total_tokens
     while len(reqs) < _PROBE_REQUESTS or t < _PROBE_SECONDS:
         t += rng.expovariate(rate)

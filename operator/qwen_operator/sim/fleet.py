@@ -56,6 +56,8 @@ class Fleet:
         self.stats = Stats()
         self._window: deque[tuple[float, float]] = deque()
         self._outstanding = 0
+        self._arrivals: deque[float] = deque()
+        self._weight = {name: max(p.concurrency_at_slo, 1.0) for name, p in profiles.items()}
 
     # --- shape of the fleet ------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -115,14 +117,30 @@ class Fleet:
         self.active, self.draining = [], []
 
     # --- traffic -----------------------------------------------------------------------
+    def request_rate(self, now: float) -> float:
+        """``sum(rate(tgi_request_count[1m]))``: requests per second that arrived in the last minute."""
+        while self._arrivals and self._arrivals[0] < now - P95_WINDOW_SECONDS:
+            self._arrivals.popleft()
+        return len(self._arrivals) / P95_WINDOW_SECONDS
+
     def route(self, t: float, prompt: int, output: int) -> None:
-        """Least outstanding requests among ready replicas (ties: oldest replica)."""
+        """Weighted least outstanding requests among ready replicas (ties: oldest replica).
+
+        The weight of a replica is its pool's concurrency at the SLO (what the operator
+        would publish as endpoint weights, e.g. Envoy's weighted ``LEAST_REQUEST``): plain
+        least-outstanding would hand an A100 replica, which holds ~7 streams within the
+        SLO, as many requests as an L40S holding ~70.
+        """
         self.stats.requests += 1
+        self._arrivals.append(t)
         minute = int(t // 60)
         best: Replica | None = None
+        best_load = math.inf
         for r in self.active:
-            if r.ready_at <= t and (best is None or r.outstanding < best.outstanding):
-                best = r
+            if r.ready_at <= t:
+                load = r.outstanding / self._weight[r.pool]
+                if load < best_load:
+                    best, best_load = r, load
         if best is None:
             self._reject(minute)
             return

@@ -65,7 +65,7 @@ class SimConfig:
     max_replicas: int | None = None  # default: all the GPUs hold
     target_queue_depth: float = 4.0
     scale_down_delay_seconds: float = 300.0
-    utilisation: float = 0.7  # qwen: in-flight target = this x concurrency at the SLO
+    utilisation: float = 0.75  # qwen: target fraction of throughput (and concurrency) at the SLO
     oracle_lookahead_seconds: float = 120.0
     seed: int = 0
 
@@ -179,6 +179,7 @@ def simulate_policy(
         target_queue_depth=cfg.target_queue_depth,
         p95_latency_seconds=cfg.slo_seconds,
         scale_down_delay_seconds=cfg.scale_down_delay_seconds,
+        utilisation=cfg.utilisation,
     )
     rates = minute_rates(trace)
     ahead = max(1, math.ceil(cfg.oracle_lookahead_seconds / 60.0))
@@ -217,7 +218,8 @@ def simulate_policy(
         before = fleet.counts()
         if name == "qwen":
             queue, in_flight = fleet.queue_and_in_flight(now)
-            d = decide(now, _pools(fleet, now, cfg), Signals(queue, p95, in_flight), targets, history)
+            rate = fleet.request_rate(now)
+            d = decide(now, _pools(fleet, now, cfg), Signals(queue, p95, in_flight, rate), targets, history)
             history = d.history
             fleet.apply(now, d.desired)
         elif name == "hpa-queue":

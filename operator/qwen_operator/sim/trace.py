@@ -185,9 +185,17 @@ def _burst_profile(rows: list[TraceRow]) -> list[float]:
 
 
 def build_trace(
-    rows: list[TraceRow], envelope: str | Envelope, seed: int = 0, rate_scale: float = 1.0, days: int | None = None
+    rows: list[TraceRow],
+    envelope: str | Envelope,
+    seed: int = 0,
+    rate_scale: float | None = None,
+    days: int | None = None,
 ) -> Trace:
-    """Requests for ``envelope`` (a name in :data:`ENVELOPES` or an :class:`Envelope`)."""
+    """Requests for ``envelope`` (a name in :data:`ENVELOPES` or an :class:`Envelope`).
+
+    ``rate_scale`` (default: the envelope's) multiplies the arrival rate; for ``flat`` it
+    compresses time instead (2.0 = the hour replayed in 30 minutes).
+    """
     if isinstance(envelope, str):
         if envelope not in ENVELOPES:
             raise TraceError(f"unknown envelope {envelope!r}; valid: {', '.join(ENVELOPES)}")
@@ -246,7 +254,11 @@ def build_trace(
 
 
 def load_trace(
-    path: str | Path | None, envelope: str = "flat", seed: int = 0, rate_scale: float = 1.0, days: int | None = None
+    path: str | Path | None,
+    envelope: str = "flat",
+    seed: int = 0,
+    rate_scale: float | None = None,
+    days: int | None = None,
 ) -> Trace:
     """Load the CSV (default: :func:`default_trace_path`) and apply ``envelope``."""
     return build_trace(load_azure_csv(path or default_trace_path()), envelope, seed, rate_scale, days)
