@@ -31,8 +31,15 @@ def test_external_average_value(status: int, metric: float, target: float, expec
 
 def test_not_ready_pods_count_as_replicas_for_external_metrics() -> None:
     # 2 ready + 2 loading: status.replicas = 4, so 16 waiting over target 4 is on target
-    d = hpa_queue_decide(0.0, current_replicas=4, status_replicas=4, queue_total=16.0, target_average=4.0,
-                         min_replicas=1, max_replicas=20)
+    d = hpa_queue_decide(
+        0.0,
+        current_replicas=4,
+        status_replicas=4,
+        queue_total=16.0,
+        target_average=4.0,
+        min_replicas=1,
+        max_replicas=20,
+    )
     assert d.desired == 4
 
 

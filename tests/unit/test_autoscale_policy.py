@@ -47,11 +47,21 @@ CASES = [
     ("no ready but starting: wait", [a10g(0, starting=2)], Signals(40, NAN, 40), "hold", {"A10G": 2}),
     ("low load sheds one replica", [a10g(4)], Signals(0, 0.3, 1), "scale-down", {"A10G": 3}),
     ("never below min", [a10g(1)], Signals(0, 0.1, 0), "hold", {"A10G": 1}),
-    ("cheapest per throughput gets capacity", [a10g(1, free=0), l40s(1, free=4), a100(0, free=2)],
-     Signals(0, 1.8, 10), "scale-up", {"A10G": 1, "L40S": 2, "A100-80GB": 0}),
+    (
+        "cheapest per throughput gets capacity",
+        [a10g(1, free=0), l40s(1, free=4), a100(0, free=2)],
+        Signals(0, 1.8, 10),
+        "scale-up",
+        {"A10G": 1, "L40S": 2, "A100-80GB": 0},
+    ),
     ("no free GPUs: hold and say so", [a10g(2, free=0)], Signals(20, 2.0, 30), "hold", {"A10G": 2}),
-    ("scale-down removes the most expensive first", [a10g(3), a100(1)], Signals(0, 0.2, 1), "scale-down",
-     {"A10G": 3, "A100-80GB": 0}),
+    (
+        "scale-down removes the most expensive first",
+        [a10g(3), a100(1)],
+        Signals(0, 0.2, 1),
+        "scale-down",
+        {"A10G": 3, "A100-80GB": 0},
+    ),
 ]
 
 

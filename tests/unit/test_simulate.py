@@ -1,0 +1,141 @@
+"""Tests of the fleet simulator and ``qwenctl simulate`` on small synthetic traces (fast)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from qwen_operator.cli import UserError, main
+from qwen_operator.sim.cli import parse_gpus
+from qwen_operator.sim.simulate import METRIC_KEYS, SimConfig, build_profiles, minute_rates, simulate_policy
+from qwen_operator.sim.trace import Trace, TraceRow
+
+ROWS = [TraceRow(i * 1.0, 300 + (i * 37) % 900, 40 + (i * 13) % 160) for i in range(400)]
+CFG = SimConfig(gpus={"L40S": 4, "A10G": 2}, seed=1)
+
+
+@pytest.fixture(scope="module")
+def profiles() -> dict:  # type: ignore[type-arg]
+    return build_profiles(ROWS, CFG)[0]
+
+
+def spike_trace(base: float = 1.0, peak: float = 12.0, minutes: int = 30) -> Trace:
+    """``base`` req/s, then ``peak`` req/s from minute 8 to 16, then ``base`` again."""
+    rng = random.Random(5)
+    tr = Trace("spike", "test")
+    t = 0.0
+    while t < minutes * 60:
+        rate = peak if 8 * 60 <= t < 16 * 60 else base
+        t += rng.expovariate(rate)
+        if t >= minutes * 60:
+            break
+        row = ROWS[rng.randrange(len(ROWS))]
+        tr.arrivals.append(t)
+        tr.prompt_tokens.append(row.prompt_tokens)
+        tr.output_tokens.append(row.output_tokens)
+    tr.duration = minutes * 60.0
+    return tr
+
+
+def test_pools_that_miss_the_slo_are_left_out_with_a_reason() -> None:
+    profiles, notes = build_profiles(ROWS, SimConfig(gpus={"L40S": 1, "A10G": 1}, slo_seconds=0.05))
+    assert "A10G" not in profiles
+    assert any(n.startswith("A10G") and "exceeds the SLO" in n for n in notes)
+
+
+def test_static_fleet_gpu_hours_are_replicas_times_duration(profiles: dict) -> None:  # type: ignore[type-arg]
+    tr = spike_trace()
+    r = simulate_policy("static-peak", tr, profiles, CFG)
+    replicas = {p: c[0] for p, c in r.timeline.replicas.items()}
+    shards = sum(profiles[p].shards * n for p, n in replicas.items())
+    assert r.gpu_hours == pytest.approx(shards * tr.duration / 3600, rel=1e-6)
+    assert r.scale_events == 0
+    assert r.requests == len(tr)
+
+
+def test_qwen_scales_up_for_the_spike_and_back_down(profiles: dict) -> None:  # type: ignore[type-arg]
+    r = simulate_policy("qwen", spike_trace(), profiles, CFG)
+    totals = [sum(c) for c in zip(*r.timeline.replicas.values(), strict=True)]
+    at = {round(t): n for t, n in zip(r.timeline.t, totals, strict=True)}
+    assert at[7 * 60] < at[12 * 60]  # more replicas during the spike
+    assert at[29 * 60] < at[12 * 60]  # fewer after it
+    assert r.rejected_fraction < 0.01
+    assert set(r.metrics()) == set(METRIC_KEYS)
+
+
+def test_oracle_needs_no_more_than_static_peak(profiles: dict) -> None:  # type: ignore[type-arg]
+    tr = spike_trace()
+    oracle = simulate_policy("oracle", tr, profiles, CFG)
+    peak = simulate_policy("static-peak", tr, profiles, CFG)
+    assert oracle.gpu_hours < peak.gpu_hours
+    assert oracle.rejected_fraction <= 0.01
+
+
+def test_undersized_static_fleet_rejects_and_misses_the_slo(profiles: dict) -> None:  # type: ignore[type-arg]
+    tr = spike_trace(base=2.0, peak=30.0)
+    r = simulate_policy("static-mean", tr, profiles, CFG)
+    assert r.rejected_fraction > 0
+    assert r.slo_minutes_fraction < 1.0
+
+
+def test_minute_rates() -> None:
+    tr = Trace("t", "t", arrivals=[1.0, 2.0, 61.0], prompt_tokens=[1, 1, 1], output_tokens=[1, 1, 1], duration=180.0)
+    assert minute_rates(tr) == pytest.approx([2 / 60, 1 / 60, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("a10g=8,l40s=4,a100-80gb=2", {"A10G": 8, "L40S": 4, "A100-80GB": 2}), ("L40S=1", {"L40S": 1})],
+)
+def test_parse_gpus(text: str, expected: dict[str, int]) -> None:
+    assert parse_gpus(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--gpus", "h200=1"], "--gpus: unknown GPU type 'h200'; valid: A10G"),
+        (["--gpus", "a10g=x"], "--gpus: 'a10g=x' must be TYPE=COUNT"),
+        (["--envelope", "monthly"], "--envelope: 'monthly' is not valid; valid: flat, diurnal, week"),
+        (["--policy", "kpa"], "--policy: 'kpa' is not valid; valid: qwen, hpa-queue"),
+        (["--model", "llama"], "--model: unknown model 'llama'"),
+        (["--slo-p95", "-1"], "--slo-p95: must be a positive"),
+        (["--trace", "/nonexistent.csv"], "--trace: trace file /nonexistent.csv does not exist"),
+    ],
+)
+def test_bad_flags_raise_user_errors(argv: list[str], message: str) -> None:
+    from qwen_operator.cli import build_parser
+
+    args = build_parser().parse_args(["simulate", *argv])
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        args.handler(args)
+
+
+def test_cli_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "t.csv"
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    rng = random.Random(2)
+    t = 0.0
+    while t < 600:
+        t += rng.expovariate(2.0)
+        row = ROWS[rng.randrange(len(ROWS))]
+        lines.append(f"2023-11-16 18:{int(t // 60):02d}:{t % 60:09.6f},{row.prompt_tokens},{row.output_tokens}")
+    csv.write_text("\n".join(lines) + "\n")
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    rc = main(
+        ["simulate", "--trace", str(csv), "--gpus", "l40s=2", "--policy", "all", "--json", str(out), "--plot", str(png)]
+    )
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert set(data["policies"]) == {"qwen", "hpa-queue", "static-peak", "static-mean", "oracle"}
+    for metrics in data["policies"].values():
+        assert set(metrics) == set(METRIC_KEYS)
+        assert all(isinstance(v, int | float) and not math.isnan(v) for v in metrics.values())
+    assert png.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "SIMULATED" in printed
+    assert "qwen" in printed
