@@ -50,7 +50,8 @@ def queries(metrics: MetricNames, sel: str, window: str = "1m", quantile: float 
     return {
         "queue_per_pod": f"sum by (pod)({metrics.queue_gauge}{{{sel}}})",
         "in_flight": f"sum({metrics.running_gauge}{{{sel}}})",
-        "p95": f"histogram_quantile({quantile}, sum by (le)(rate({metrics.latency_histogram}_bucket{{{sel}}}[{window}])))",
+        "p95": f"histogram_quantile({quantile}, sum by (le)"
+        f"(rate({metrics.latency_histogram}_bucket{{{sel}}}[{window}])))",
         "rate": f"sum(rate({metrics.requests_counter}{{{sel}}}[{window}]))",
     }
 
