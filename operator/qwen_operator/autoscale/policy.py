@@ -84,7 +84,7 @@ class Targets:
     panic_window_seconds: float = 60.0
     scale_down_step: int = 1
     scale_up_pods: int = 4  # non-panic step: max(+scale_up_pods, +100%)
-    utilisation: float = 0.75  # request rate target as a fraction of the pools' throughput at the SLO
+    utilisation: float = 0.8  # request rate target as a fraction of the pools' throughput at the SLO
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ class SimConfig:
     max_replicas: int | None = None  # default: all the GPUs hold
     target_queue_depth: float = 4.0
     scale_down_delay_seconds: float = 300.0
-    utilisation: float = 0.75  # qwen: target fraction of throughput (and concurrency) at the SLO
+    utilisation: float = 0.8  # qwen: target fraction of throughput (and concurrency) at the SLO
     oracle_lookahead_seconds: float = 120.0
     seed: int = 0
 
