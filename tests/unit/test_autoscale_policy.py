@@ -172,3 +172,26 @@ def test_place_scale_down_keeps_capacity_above_target() -> None:
     # removing the A100 (3.4) would drop 5.4 to 2.0 < 3: remove an A10G instead
     assert place_scale_down(pools, {"A10G": 2, "A100-80GB": 1}, 3.0, 1, 1) == {"A10G": 1, "A100-80GB": 1}
     assert place_scale_down(pools, {"A10G": 2, "A100-80GB": 1}, 1.5, 1, 1) == {"A10G": 2, "A100-80GB": 0}
+
+
+@pytest.mark.parametrize(
+    ("rate", "kind", "total"),
+    [
+        (12.0, "scale-up", 3),  # 12 req/s over 2 x 5 req/s x 0.8 = 1.5 -> capacity 15 -> 3 replicas
+        (8.0, "hold", 2),  # exactly at the utilisation target
+        (2.0, "scale-down", 1),  # 0.25: the rest (5 req/s) covers 2.5 x 1.1
+    ],
+)
+def test_request_rate_signal_in_throughput_units(rate: float, kind: str, total: int) -> None:
+    pool = PoolState("L40S", 1.861, throughput=5.0, ready=2, free=4)
+    d = decide(0.0, [pool], Signals(0, 0.3, 1, rate), T)
+    assert (d.kind, d.total) == (kind, total), d.reason
+
+
+def test_scale_down_hysteresis_keeps_a_replica_that_would_leave_no_margin() -> None:
+    pool = PoolState("L40S", 1.861, throughput=5.0, ready=2, free=4)
+    # 3.8 req/s at 0.8 utilisation needs 4.75 of capacity: one replica (5.0) would cover it,
+    # but not with the 10% tolerance to spare, so both stay
+    d = decide(0.0, [pool], Signals(0, 0.3, 1, 3.8), T)
+    assert d.kind == "hold"
+    assert d.total == 2
