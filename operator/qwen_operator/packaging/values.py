@@ -1,0 +1,309 @@
+"""The Helm chart's values as typed models: the one source of ``values.yaml`` and its schema.
+
+Every chart value is a field here with a docstring; :mod:`.generate` writes
+``charts/qwen-operator/values.yaml`` (each value preceded by its documentation, defaults
+from the field defaults) and ``values.schema.json`` (JSON Schema, with ``$ref`` inlined
+so Helm's validator and editors see one plain document) from these models. A typo'd key,
+a wrong enum or an out-of-range number then fails at ``helm install`` with the value's
+path and what is accepted, instead of rendering a broken Deployment.
+
+Models are strict and forbid unknown keys; free-form Kubernetes snippets (resources,
+tolerations, affinity) stay ``dict`` because the API server validates those.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from ..api.spec import DEFAULT_CACHE_PATH
+from ..api.types import DNS_SUBDOMAIN_PATTERN
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DURATION = r"^[0-9]+(ms|s|m|h)$"
+IMAGE_REPOSITORY = r"^[a-z0-9]+([._/:-][a-z0-9]+)*$"
+Port = Annotated[int, Field(ge=1, le=65535)]
+Namespace = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+
+
+def _config() -> ConfigDict:
+    return ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+        use_attribute_docstrings=True,
+    )
+
+
+class _Values(BaseModel):
+    model_config = _config()
+
+
+class Image(_Values):
+    """The operator image (also used for the model-pull init container of every replica)."""
+
+    repository: str = Field(default="ghcr.io/qwenops/qwen-operator", pattern=IMAGE_REPOSITORY)
+    """Image repository, without tag."""
+    tag: str = Field(default="", pattern=r"^([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
+    """Image tag; empty means the chart's appVersion."""
+    digest: str = Field(default="", pattern=r"^(sha256:[a-f0-9]{64})?$")
+    """Image digest (sha256:...); when set it pins the image and wins over the tag."""
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """Kubernetes imagePullPolicy of the operator container."""
+
+
+class LocalObjectReference(_Values):
+    """A reference to a Secret by name."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    """Name of a Secret in the release namespace."""
+
+
+class Crds(_Values):
+    """The QwenDeployment CustomResourceDefinition (generated from the API models, never hand-edited)."""
+
+    enabled: bool = True
+    """Install and upgrade the CRD with the chart; turn off when CRDs are managed separately."""
+    keep: bool = True
+    """Annotate the CRD with helm.sh/resource-policy=keep so `helm uninstall` never deletes it (and every
+    QwenDeployment with it)."""
+
+
+class ServiceAccount(_Values):
+    """The operator's ServiceAccount (the identity every RBAC rule is granted to)."""
+
+    create: bool = True
+    """Create the operator's ServiceAccount."""
+    name: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$", max_length=253)
+    """ServiceAccount name; empty means the release's full name. Must exist when create is false."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations on the ServiceAccount (e.g. eks.amazonaws.com/role-arn for registry access)."""
+
+
+class Rbac(_Values):
+    """The operator's permissions."""
+
+    create: bool = True
+    """Create the (Cluster)Roles and bindings the operator needs; least privilege, each rule commented."""
+    service_monitors: bool = True
+    """Let the operator create a Prometheus Operator ServiceMonitor per QwenDeployment (and read whether that
+    CRD exists). Off: no ServiceMonitors are made and the autoscaler needs another scrape configuration."""
+
+
+class OperatorArgs(_Values):
+    """Command-line flags of `qwenctl operator run`."""
+
+    log_format: Literal["plain", "json"] = "json"
+    """Log line format: json for log pipelines, plain for people."""
+    verbose: bool = False
+    """Debug logging."""
+    liveness_port: Port = 8080
+    """Port of kopf's liveness endpoint (/healthz), probed by the kubelet."""
+    extra_args: list[str] = Field(default_factory=list)
+    """Extra arguments appended to `qwenctl operator run`."""
+    extra_env: list[dict[str, Any]] = Field(default_factory=list)
+    """Extra environment variables (Kubernetes EnvVar objects) for the operator container."""
+
+
+class Probe(_Values):
+    """Timing of the liveness and readiness probes on kopf's /healthz."""
+
+    initial_delay_seconds: int = Field(default=5, ge=0)
+    """Seconds before the first probe."""
+    period_seconds: int = Field(default=10, ge=1)
+    """Seconds between probes."""
+    timeout_seconds: int = Field(default=5, ge=1)
+    """Seconds before a probe times out."""
+    failure_threshold: int = Field(default=6, ge=1)
+    """Failed probes in a row before the container is restarted (liveness) or marked unready."""
+
+
+class GPUTypeOverride(_Values):
+    """A GPU type override or a new GPU type (a new one needs productLabel, memoryGB, bandwidthGBps, bf16TFLOPS,
+    pricePerGPUHour)."""
+
+    product_label: str | None = None
+    """Value of the node label nvidia.com/gpu.product for this GPU type."""
+    memory_gb: float | None = Field(default=None, gt=0, alias="memoryGB")
+    """GPU memory in GB."""
+    bandwidth_g_bps: float | None = Field(default=None, gt=0, alias="bandwidthGBps")
+    """Memory bandwidth in GB/s."""
+    bf16_tflops: float | None = Field(default=None, gt=0, alias="bf16TFLOPS")
+    """Dense BF16 tensor TFLOP/s."""
+    price_per_gpu_hour: float | None = Field(default=None, ge=0, alias="pricePerGPUHour")
+    """Price per GPU-hour in dollars."""
+    max_gpus_per_node: int | None = Field(default=None, ge=1, alias="maxGPUsPerNode")
+    """Most GPUs of this type on one node (bounds tensor parallelism)."""
+    fp8_native: bool | None = None
+    """FP8 tensor cores (Ada / Hopper)."""
+    interconnect: Literal["pcie", "nvlink"] | None = None
+    """GPU-to-GPU link used by tensor-parallel all-reduce."""
+
+
+class ModelOverride(_Values):
+    """A Qwen model catalog override or a new model (a new one needs every architecture field)."""
+
+    family: str | None = None
+    """Model family, e.g. qwen3."""
+    layers: int | None = Field(default=None, ge=1)
+    """Transformer layers."""
+    attention_heads: int | None = Field(default=None, ge=1)
+    """Query attention heads."""
+    kv_heads: int | None = Field(default=None, ge=1)
+    """Key/value heads (tensor parallelism must divide them)."""
+    head_dim: int | None = Field(default=None, ge=1)
+    """Dimension of one attention head."""
+    hidden_size: int | None = Field(default=None, ge=1)
+    """Hidden size."""
+    vocab_size: int | None = Field(default=None, ge=1)
+    """Vocabulary size."""
+    params: float | None = Field(default=None, gt=0)
+    """Parameter count."""
+    tie_word_embeddings: bool | None = None
+    """Input and output embeddings shared."""
+    max_position_embeddings: int | None = Field(default=None, ge=1)
+    """Longest context the model supports."""
+    quantizations: dict[Literal["tgi", "vllm"], list[Literal["none", "fp8", "awq", "gptq"]]] | None = None
+    """Quantizations each engine supports for this model."""
+
+
+class Catalog(_Values):
+    """GPU and model catalog overrides merged over the built-in catalog at operator start."""
+
+    gpu_types: dict[str, GPUTypeOverride] = Field(default_factory=dict, alias="gpuTypes")
+    """GPU types by catalog name (A10G, L40S, A100-40GB, A100-80GB, or new ones)."""
+    prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    """Price per GPU-hour by GPU type, e.g. your negotiated or spot prices (placement is cheapest-first)."""
+    models: dict[str, ModelOverride] = Field(default_factory=dict)
+    """Models by catalog name, e.g. Qwen/Qwen3-14B."""
+
+
+class PrometheusConfig(_Values):
+    """Where queue depth and latency metrics are read from."""
+
+    url: str = Field(default="", pattern=r"^(https?://[^\s]+)?$")
+    """Prometheus base URL the autoscaler queries for tgi_queue_size and tgi_request_duration (read by the
+    autoscaler; empty: autoscaling holds replicas, it never scales on missing metrics)."""
+
+
+class RegistryDefaults(_Values):
+    """Model registry defaults for QwenDeployments that do not set them (read by model sync)."""
+
+    endpoint_url: str = Field(default="", pattern=r"^(https?://[^\s]+)?$", alias="endpointURL")
+    """S3 endpoint URL of an S3-compatible registry (empty: AWS S3)."""
+    region: str = Field(default="", pattern=r"^([a-z0-9-]+)?$")
+    """S3 region."""
+    credentials_secret: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$", max_length=253)
+    """Secret (in each QwenDeployment's namespace) whose keys become the model-pull environment when
+    spec.model.credentialsSecret is unset."""
+
+
+class NodeCache(_Values):
+    """The node-local model cache."""
+
+    path: str = Field(default=DEFAULT_CACHE_PATH, pattern=r"^/")
+    """Default node-local model cache directory (read by model sync; spec.model.cache.path wins)."""
+
+
+class OperatorConfig(_Values):
+    """The operator config file (a ConfigMap mounted at /etc/qwen-operator/config.yaml)."""
+
+    catalog: Catalog = Field(default_factory=Catalog)
+    """GPU and model catalog overrides merged over the built-in catalog at operator start."""
+    resync_seconds: float = Field(default=60.0, gt=0)
+    """Seconds between periodic re-reconciles of every QwenDeployment (watch events reconcile at once)."""
+    operator_image: str = ""
+    """Image of the model-pull init container; empty means the operator image above."""
+    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
+    registry: RegistryDefaults = Field(default_factory=RegistryDefaults)
+    node_cache: NodeCache = Field(default_factory=NodeCache)
+
+
+class ServiceMonitor(_Values):
+    """A ServiceMonitor (and Service) scraping the operator's own /metrics."""
+
+    enabled: bool = False
+    """Create them (needs the Prometheus Operator CRDs). `qwenctl operator run` does not serve /metrics yet:
+    until it does the target reports down."""
+    port: Port = 9090
+    """Metrics port of the operator container."""
+    interval: str = Field(default="30s", pattern=DURATION)
+    """Scrape interval."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Extra labels, e.g. the release label your Prometheus selects ServiceMonitors by."""
+
+
+class GrafanaDashboard(_Values):
+    """A ConfigMap holding the Grafana dashboard (replicas per pool, queue, P95, $/h) for the sidecar."""
+
+    enabled: bool = False
+    """Create the dashboard ConfigMap."""
+    namespace: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length=63)
+    """Namespace of the ConfigMap; empty means the release namespace."""
+    labels: dict[str, str] = Field(default_factory=lambda: {"grafana_dashboard": "1"})
+    """Labels the Grafana sidecar selects dashboards by."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations, e.g. grafana_folder for the sidecar's folder."""
+
+
+def _restricted_pod() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _restricted_container() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+class Values(_Values):
+    """qwen-operator chart values."""
+
+    name_override: str = Field(default="", max_length=40)
+    """Replaces the chart name in object names."""
+    fullname_override: str = Field(default="", max_length=52)
+    """Replaces the full object name prefix (release-chart)."""
+    image: Image = Field(default_factory=Image)
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    """Secrets for pulling the operator image."""
+    crds: Crds = Field(default_factory=Crds)
+    service_account: ServiceAccount = Field(default_factory=ServiceAccount)
+    rbac: Rbac = Field(default_factory=Rbac)
+    watch_namespaces: list[Namespace] = Field(default_factory=list)
+    """Namespaces whose QwenDeployments the operator serves; empty means every namespace. With a list, RBAC is
+    Roles in those namespaces (plus a ClusterRole for nodes, which are cluster-scoped)."""
+    operator: OperatorArgs = Field(default_factory=OperatorArgs)
+    config: OperatorConfig = Field(default_factory=OperatorConfig)
+    resources: dict[str, Any] = Field(
+        default_factory=lambda: {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+    )
+    """Operator container resources (watch caches grow with the number of GPU pods and nodes)."""
+    liveness_probe: Probe = Field(default_factory=Probe)
+    pod_security_context: dict[str, Any] = Field(default_factory=_restricted_pod)
+    """Pod securityContext (restricted Pod Security Standard by default)."""
+    security_context: dict[str, Any] = Field(default_factory=_restricted_container)
+    """Container securityContext (restricted: non-root, read-only root filesystem, no privilege escalation,
+    every capability dropped, RuntimeDefault seccomp)."""
+    priority_class_name: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$")
+    """PriorityClass of the operator pod."""
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    """Extra annotations on the operator pod."""
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    """Extra labels on the operator pod."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node selector of the operator pod (it needs no GPU)."""
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    """Tolerations of the operator pod."""
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    """Affinity of the operator pod."""
+    service_monitor: ServiceMonitor = Field(default_factory=ServiceMonitor)
+    grafana_dashboard: GrafanaDashboard = Field(default_factory=GrafanaDashboard)
+    global_: dict[str, Any] = Field(default_factory=dict, alias="global")
+    """Values shared with a parent chart (unused here; accepted so the chart works as a dependency)."""
