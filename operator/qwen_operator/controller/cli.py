@@ -61,6 +61,7 @@ def _run(args: argparse.Namespace) -> int:
     from kubernetes import client, config
 
     from ..catalog import CatalogError, load_catalog
+    from .autoscaler import Autoscaler
     from .handlers import Controller, ControllerConfig, register
     from .kube import Kube
 
@@ -93,6 +94,13 @@ def _run(args: argparse.Namespace) -> int:
         service_monitor_crd=_crd_exists(api, "servicemonitors.monitoring.coreos.com"),
     )
     controller = Controller(Kube(api), catalog, ctl_config)
+    prom_url = args.prometheus_url or (raw.get("prometheus") or {}).get("url")
+    fetch = None
+    if prom_url:
+        from ..autoscale.prometheus import PrometheusSource
+
+        fetch = PrometheusSource(prom_url).fetch
+    controller.autoscaler = Autoscaler(controller.kube, catalog, fetch, controller.observed_or_none, prom_url)
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)

@@ -62,6 +62,7 @@ class Controller:
     expected: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
     last_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
     reconciles: int = 0
+    autoscaler: Any = None  # controller.autoscaler.Autoscaler, set by the CLI when wiring
 
     # -- cache updates ---------------------------------------------------------------
     def trigger(self, key: Key) -> None:
@@ -82,8 +83,13 @@ class Controller:
             self.triggers.pop(key, None)
             if task is not None:
                 task.cancel()
+            if self.autoscaler is not None:
+                self.autoscaler.stop(key)
             return
         self.qwds[key] = copy.deepcopy(dict(body))
+        if self.autoscaler is not None:
+            scaling = (body.get("spec") or {}).get("scaling") or {}
+            self.autoscaler.sync(key, bool(scaling.get("enabled")))
         if key not in self.tasks:
             self.triggers[key] = asyncio.Event()
             self.tasks[key] = asyncio.create_task(self._loop(key), name=f"reconcile {key[0]}/{key[1]}")
@@ -145,6 +151,9 @@ class Controller:
                 await asyncio.wait_for(ev.wait(), timeout)
             except TimeoutError:
                 pass
+
+    def observed_or_none(self, key: Key) -> Observed | None:
+        return self.observed(key) if key in self.qwds else None
 
     def observed(self, key: Key) -> Observed:
         owned = list(self.owned.get(key, {}).values())

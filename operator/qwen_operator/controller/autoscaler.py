@@ -1,0 +1,223 @@
+"""The autoscaler loop: Prometheus signals -> the pure policy -> ``status.autoscaler``.
+
+It never writes ``spec`` (GitOps tools would fight it, argo-cd#2913): it server-side
+applies ``status.autoscaler`` and the ``ScalingActive`` condition under its own field
+manager, and the reconciler sizes the pools from ``status.autoscaler.desiredReplicas``.
+It writes only a *total*; placement (cheapest pool with free GPUs first, most expensive
+removed first) stays with the planner, so there is one source of placement truth.
+
+Missing metrics hold: Prometheus down or unconfigured sets ``ScalingActive=False`` with
+the reason and keeps the last desired replicas. After an operator restart the policy's
+stabilisation window is seeded with the current size, so a restart never causes an
+immediate scale-down. Status is rewritten when the decision changes, or to refresh the
+observed numbers at most every ``REFRESH_SECONDS`` when they moved: an idle fleet costs
+zero writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.spec import QwenDeploymentSpec
+from ..autoscale.policy import Decision, History, PoolState, Recommendation, Signals, Targets, decide
+from ..autoscale.prometheus import FleetSignals
+from ..catalog import Catalog
+from ..planner.plan import plan
+from ..render.names import pool_deployment_name
+from ..render.runtimes import runtime_for
+from . import conditions as cond
+from .inventory import compute_inventory
+from .reconcile import GPU_TYPE_ANNOTATION, Observed
+
+log = logging.getLogger("qwen_operator.autoscaler")
+MANAGER = "qwen-operator-autoscaler"
+REFRESH_SECONDS = 60.0
+
+Fetch = Callable[[str, list[str], Any], FleetSignals]
+
+
+@dataclass
+class AutoscalerState:
+    history: History = field(default_factory=History)
+    last_written: dict[str, Any] | None = None
+    last_write_at: float = 0.0
+    last_scale_time: str | None = None
+
+
+def pool_states(obs: Observed, spec: QwenDeploymentSpec, catalog: Catalog) -> list[PoolState]:
+    """Ready/starting/free replicas per allowed GPU type, with cost and relative throughput (pure)."""
+    live = {(d["metadata"].get("annotations") or {}).get(GPU_TYPE_ANNOTATION): d for d in obs.deployments}
+    inventory = compute_inventory(obs.nodes, obs.pods, catalog.gpus)
+    current = {t: int(d.get("spec", {}).get("replicas") or 0) for t, d in live.items() if t}
+    the_plan = plan(spec, catalog, replicas=sum(current.values()), current=current)
+    out = []
+    for cand in the_plan.candidates:
+        if not cand.fits:
+            continue
+        dep = live.get(cand.gpu_type)
+        spec_replicas = int((dep or {}).get("spec", {}).get("replicas") or 0)
+        ready = int((dep or {}).get("status", {}).get("readyReplicas") or 0)
+        out.append(
+            PoolState(
+                gpu_type=cand.gpu_type,
+                cost_per_hour=cand.price_per_hour,
+                throughput=max(cand.throughput, 1e-9),
+                ready=ready,
+                starting=max(0, spec_replicas - ready),
+                free=inventory.free_replicas(cand.gpu_type, cand.shards),
+            )
+        )
+    return out
+
+
+def targets_for(spec: QwenDeploymentSpec) -> Targets:
+    s = spec.scaling
+    return Targets(
+        min_replicas=s.min_replicas,
+        max_replicas=s.max_replicas,
+        target_queue_depth=s.target_queue_depth,
+        p95_latency_seconds=s.p95_latency_seconds,
+        scale_down_delay_seconds=float(s.scale_down_delay_seconds),
+    )
+
+
+def evaluate(
+    now: float,
+    pools: list[PoolState],
+    fleet: FleetSignals,
+    targets: Targets,
+    state: AutoscalerState,
+    previous_desired: int | None,
+) -> tuple[Decision | None, cond.Condition]:
+    """One evaluation (pure). ``None`` decision = hold at ``previous_desired`` (no signal)."""
+    if not fleet.ok:
+        return None, cond.Condition(
+            cond.SCALING_ACTIVE,
+            False,
+            "MetricsUnavailable",
+            f"{fleet.error} Holding at {previous_desired} replica(s); never scaling down without metrics.",
+        )
+    if not state.history.recommendations:  # fresh start: seed the stabilisation window with today's size
+        current = sum(p.replicas for p in pools) or targets.min_replicas
+        unit = min((p.throughput for p in pools), default=1.0)
+        state.history = History(recommendations=(Recommendation(now, current * unit),))
+    signals = Signals(
+        queue_depth=fleet.queue if fleet.queue is not None else 0.0,
+        p95_seconds=fleet.p95_seconds if fleet.p95_seconds is not None else math.nan,
+        in_flight=fleet.in_flight,
+    )
+    decision = decide(now, pools, signals, targets, state.history)
+    state.history = decision.history
+    return decision, cond.Condition(
+        cond.SCALING_ACTIVE, True, "MetricsAvailable", f"Scaling on queue depth and P95 latency: {decision.reason}"
+    )
+
+
+class Autoscaler:
+    """One asyncio task per autoscaled QwenDeployment."""
+
+    def __init__(
+        self,
+        kube: Any,
+        catalog: Catalog,
+        fetch: Fetch | None,
+        observed: Callable[[tuple[str, str]], Observed | None],
+        prometheus_url: str | None,
+    ) -> None:
+        self.kube = kube
+        self.catalog = catalog
+        self.fetch = fetch
+        self.observed = observed
+        self.prometheus_url = prometheus_url
+        self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.states: dict[tuple[str, str], AutoscalerState] = {}
+        self.decisions = 0
+
+    def sync(self, key: tuple[str, str], enabled: bool) -> None:
+        if enabled and key not in self.tasks:
+            self.tasks[key] = asyncio.create_task(self._loop(key), name=f"autoscale {key[0]}/{key[1]}")
+        elif not enabled and key in self.tasks:
+            self.tasks.pop(key).cancel()
+            self.states.pop(key, None)
+
+    def stop(self, key: tuple[str, str]) -> None:
+        self.sync(key, False)
+
+    async def _loop(self, key: tuple[str, str]) -> None:
+        while True:
+            interval = 15.0
+            try:
+                interval = await self.tick(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad tick must not stop autoscaling
+                log.exception("autoscaler tick for %s/%s failed", *key)
+            await asyncio.sleep(interval)
+
+    async def tick(self, key: tuple[str, str]) -> float:
+        obs = self.observed(key)
+        if obs is None:
+            return 15.0
+        spec = QwenDeploymentSpec.model_validate(obs.qwd.get("spec") or {})
+        state = self.states.setdefault(key, AutoscalerState())
+        live = (obs.qwd.get("status") or {}).get("autoscaler") or {}
+        previous = live.get("desiredReplicas")
+        pools = pool_states(obs, spec, self.catalog)
+        if self.fetch is None:
+            fleet = FleetSignals(
+                error="No Prometheus URL is configured (operator config prometheus.url or --prometheus-url)."
+            )
+        else:
+            prefixes = [pool_deployment_name(key[1], p.gpu_type) for p in pools]
+            fleet = await asyncio.to_thread(self.fetch, key[0], prefixes, runtime_for(spec).metrics)
+        now = time.monotonic()
+        decision, condition = evaluate(now, pools, fleet, targets_for(spec), state, previous)
+        self.decisions += 1
+        desired = previous if decision is None else decision.total
+        if desired is None:
+            desired = spec.desired_replicas(None)
+        changed = previous is not None and desired != previous
+        if changed:
+            state.last_scale_time = cond.now_rfc3339()
+        status: dict[str, Any] = {
+            "autoscaler": {
+                "desiredReplicas": desired,
+                "queueDepth": None if fleet.queue is None else round(fleet.queue, 1),
+                "p95Seconds": None if fleet.p95_seconds is None else round(fleet.p95_seconds, 2),
+                "lastScaleTime": state.last_scale_time or live.get("lastScaleTime"),
+                "lastDecision": (decision.reason if decision else condition.message)[:1000],
+            },
+        }
+        status["autoscaler"] = {k: v for k, v in status["autoscaler"].items() if v is not None}
+        merged, _ = cond.merge(
+            [c for c in (obs.qwd.get("status") or {}).get("conditions") or [] if c.get("type") == cond.SCALING_ACTIVE],
+            [condition],
+            int(obs.qwd["metadata"].get("generation") or 1),
+        )
+        status["conditions"] = merged
+        material = (desired, condition.status_str, condition.reason, decision.kind if decision else "hold")
+        last = state.last_written or {}
+        due = now - state.last_write_at >= REFRESH_SECONDS
+        if last.get("material") != material or (due and last.get("status") != _numbers(status)):
+            await asyncio.to_thread(self.kube.apply_status, key[0], key[1], status, MANAGER)
+            state.last_written = {"material": material, "status": _numbers(status)}
+            state.last_write_at = now
+            if changed and previous is not None:
+                direction = "ScaledUp" if desired > previous else "ScaledDown"
+                msg = f"Desired replicas {previous} -> {desired}: {status['autoscaler']['lastDecision']}"
+                await asyncio.to_thread(self.kube.event, obs.qwd, "Normal", direction, msg)
+            elif last.get("material") and last["material"][1] != material[1]:
+                kind = "Warning" if condition.status is False else "Normal"
+                await asyncio.to_thread(self.kube.event, obs.qwd, kind, condition.reason, condition.message)
+        return float(spec.scaling.interval_seconds)
+
+
+def _numbers(status: Mapping[str, Any]) -> dict[str, Any]:
+    a = status["autoscaler"]
+    return {k: a.get(k) for k in ("desiredReplicas", "queueDepth", "p95Seconds")}
