@@ -41,18 +41,21 @@ WORKERS = 8
 
 
 def mb(n: float) -> str:
-    return f"{n / MB:,.1f} MB"
+    return f"{n / MB:,.1f} MB" if n >= 100_000 else f"{n / 1e3:,.1f} kB"
 
 
-def raw_get_throughput(reg: Registry, digests: list[str]) -> tuple[float, int]:
-    """Plain parallel GETs of the given blobs, bytes read and discarded."""
+def raw_get_throughput(reg: Registry, digests: list[str], verify: bool = False) -> tuple[float, int]:
+    """Plain parallel GETs of the given blobs, bytes read and discarded (or only hashed)."""
     client = make_client(max_connections=WORKERS * 2)
 
     def get(d: str) -> int:
         body = client.get_object(Bucket=reg.url.bucket, Key=reg.blob_key(d))["Body"]
         n = 0
+        h = hashlib.sha256()
         for block in body.iter_chunks(1 << 20):
             n += len(block)
+            if verify:
+                h.update(block)
         return n
 
     start = time.perf_counter()
@@ -96,6 +99,7 @@ def main() -> None:
         pull_s = time.perf_counter() - t
         raw_bps2, _ = raw_get_throughput(Registry(url), blobs)
         raw = max(raw_bps, raw_bps2)
+        hashed_bps, _ = raw_get_throughput(Registry(url), blobs, verify=True)
 
         updates = {
             "config/tokenizer only": base.config_only(),

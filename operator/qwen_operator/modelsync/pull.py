@@ -75,7 +75,7 @@ def pull(
             with store.lock(mdir / ".lock", exclusive=True):
                 vdir = mdir / "versions" / vid
                 if not vdir.is_dir():
-                    _assemble(store, mdir, vid, manifest, err)
+                    _assemble(store, mdir, vid, manifest, workers, err)
                 (mdir / "manifests").mkdir(exist_ok=True)
                 mf = mdir / "manifests" / f"{vid}.json"
                 if not mf.exists():
@@ -145,11 +145,12 @@ def _check_space(root: Path, need: int) -> None:
         raise OSError(errno.ENOSPC, f"need {fmt_bytes(need)}, {fmt_bytes(free)} free")
 
 
-def _assemble(store: Store, mdir: Path, vid: str, manifest: Manifest, err: TextIO) -> None:
+def _assemble(store: Store, mdir: Path, vid: str, manifest: Manifest, workers: int, err: TextIO) -> None:
     staging = mdir / "staging" / f"{vid}.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     local, files = store.local_index()
+    to_write: list[tuple[FileEntry, Path]] = []
     for f in manifest.files:
         dest = staging / f.path
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +162,11 @@ def _assemble(store: Store, mdir: Path, vid: str, manifest: Manifest, err: TextI
                 raise DigestMismatchError(f"manifest: {f.path} is one chunk {f.chunks[0].digest} but has {f.sha256}")
             os.link(store.blob_path(f.chunks[0].digest), dest)
         else:
-            _write_file(store, local, f, dest)
+            to_write.append((f, dest))
+    # Files are written in parallel: hashlib and file I/O release the GIL.
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(to_write)))) as pool:
+        for fut in [pool.submit(_write_file, store, local, f, dest) for f, dest in to_write]:
+            fut.result()
     print(f"assembled {len(manifest.files)} files", file=err, flush=True)
     (mdir / "versions").mkdir(exist_ok=True)
     os.rename(staging, mdir / "versions" / vid)
