@@ -88,10 +88,12 @@ collector removes the rest through owner references.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# The Service in front of every pool and the PodDisruptionBudget: watched and server-side applied.
+# The Service in front of every pool: watched and server-side applied.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# The PodDisruptionBudget keeping a share of replicas through node drains: watched and
+# server-side applied.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch"]

@@ -9,7 +9,8 @@ root), only when missing. Helm's module has no ``replace`` directives, so no wra
 module is needed. The ldflags are those of Helm's Makefile (version, and the Kubernetes
 minor its ``Capabilities`` default to), so ``helm version`` and ``--kube-version``
 defaults read like a release build. The build uses a private ``GOCACHE`` under the
-cache directory. Standard library only: it runs before the package's dependencies.
+cache directory, removed after a successful build (the shared Go caches are never
+touched). Standard library only: it runs before the package's dependencies.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def build(force: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging / "helm", target)
     shutil.rmtree(staging, ignore_errors=True)
+    # The private build cache only serves a rebuild, which happens only when the binary is gone.
+    shutil.rmtree(env["GOCACHE"], ignore_errors=True)
     print(f"built {target} in {time.monotonic() - start:.0f}s")
     return target
 

@@ -176,7 +176,8 @@ class Catalog(_Values):
     gpu_types: dict[str, GPUTypeOverride] = Field(default_factory=dict, alias="gpuTypes")
     """GPU types by catalog name (A10G, L40S, A100-40GB, A100-80GB, or new ones)."""
     prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
-    """Price per GPU-hour by GPU type, e.g. your negotiated or spot prices (placement is cheapest-first)."""
+    """Price per GPU-hour by GPU type, e.g. your negotiated or spot prices (placement is cheapest-first).
+    Decimals need a values file or --set-json (--set passes 0.9 as a string, which is rejected)."""
     models: dict[str, ModelOverride] = Field(default_factory=dict)
     """Models by catalog name, e.g. Qwen/Qwen3-14B."""
 
