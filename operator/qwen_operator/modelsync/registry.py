@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import boto3
 import botocore.exceptions
+import urllib3.exceptions
 from botocore.config import Config
 
 from qwen_operator.modelsync.manifest import DIGEST_RE, Manifest, ManifestError
@@ -51,6 +52,10 @@ class NotFoundError(RegistryError):
 
 class DigestMismatchError(RegistryError):
     pass
+
+
+class TransientError(RegistryError):
+    """A download broke off mid-stream; retrying from the last byte received may succeed."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,8 @@ class Registry:
                 for block in body.iter_chunks(1 * MIB):
                     self.stats.add(down=len(block))
                     yield block
+            except (botocore.exceptions.HTTPClientError, urllib3.exceptions.HTTPError) as exc:
+                raise TransientError(f"download of blob {digest} broke off: {exc}") from exc
             finally:
                 body.close()
 

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwen_operator.modelsync.manifest import Manifest, ManifestError
-from qwen_operator.modelsync.registry import DigestMismatchError, Registry
+from qwen_operator.modelsync.registry import DigestMismatchError, Registry, TransientError
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 PARTIAL_MAX_AGE_S = 24 * 3600
+RETRIES = 4
 
 
 def sanitise_name(prefix: str) -> str:
@@ -141,14 +142,22 @@ class Store:
                 h.update(block)
                 pos += len(block)
             fetched = 0
-            if have < size:
-                os.lseek(fd, have, os.SEEK_SET)
-                for block in registry.get_blob(digest, start=have):
-                    limiter.take(len(block))
-                    os.write(fd, block)
-                    h.update(block)
-                    fetched += len(block)
-                    on_bytes(len(block))
+            for attempt in range(1, RETRIES + 1):
+                if have + fetched >= size:
+                    break
+                try:
+                    os.lseek(fd, have + fetched, os.SEEK_SET)
+                    for block in registry.get_blob(digest, start=have + fetched):
+                        limiter.take(len(block))
+                        os.write(fd, block)
+                        h.update(block)
+                        fetched += len(block)
+                        on_bytes(len(block))
+                    break
+                except TransientError:
+                    if attempt == RETRIES:
+                        raise
+                    time.sleep(0.2 * attempt)  # then continue with a ranged GET
             got = "sha256:" + h.hexdigest()
             if got != digest or have + fetched != size:
                 os.ftruncate(fd, 0)
