@@ -1,0 +1,297 @@
+"""The chart and the kubectl bundle on the real control plane, with the operator running under
+the chart's own ServiceAccount.
+
+Sandbox pods never run containers, so the operator Deployment the chart creates does not
+really start. Each test therefore runs ``qwenctl operator run`` locally with exactly what
+the installed objects say: the args of the installed Deployment, the config from the
+installed ConfigMap, and a token of the installed ServiceAccount (TokenRequest API) — so
+the chart's RBAC is what is exercised, and a missing permission fails the reconcile while
+an excessive one fails the permission table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from qwen_operator.packaging import helm
+from qwen_operator.packaging.chart import CHART
+from qwen_operator.packaging.generate import INSTALL_NAMESPACE, INSTALL_YAML
+from qwen_operator.sandbox.cluster import Sandbox
+from qwen_operator.testing.cluster import Kubectl
+from qwen_operator.testing.operator import OperatorProcess
+
+pytestmark = pytest.mark.cluster
+
+GROUP, VERSION, PLURAL = "serving.qwenops.io", "v1alpha1", "qwendeployments"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "qwen3-14b-chat.yaml"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def sample(name: str = "chat", replicas: int = 1) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())
+    body["metadata"] = {"name": name}
+    body["spec"]["model"].pop("credentialsSecret", None)
+    body["spec"]["scaling"] = {"enabled": False}
+    body["spec"]["replicas"] = replicas
+    return body
+
+
+def ready(api: Any, namespace: str, name: str, replicas: int) -> bool:
+    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    status = obj.get("status") or {}
+    cond = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+    return bool(
+        cond
+        and cond["status"] == "True"
+        and status.get("observedGeneration") == obj["metadata"]["generation"]
+        and status.get("readyReplicas") == replicas
+    )
+
+
+def helm_cli(sandbox: Sandbox, *args: str) -> str:
+    """The real Helm, pointed explicitly at the sandbox (never at a kubeconfig from the environment)."""
+    cmd = [str(helm.locate()), "--kubeconfig", str(sandbox.kubeconfig), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def sa_kubeconfig(sandbox: Sandbox, api: Any, namespace: str, sa: str, path: Path) -> Path:
+    """A kubeconfig holding a TokenRequest token of ``namespace/sa`` for the sandbox."""
+    token = client.CoreV1Api(api).create_namespaced_service_account_token(
+        sa, namespace, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
+    )
+    state = sandbox.state()
+    assert state is not None
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "sandbox", "cluster": {"server": state.server, "certificate-authority": str(sandbox.pki.ca_cert)}}
+        ],
+            {"name": "sandbox", "cluster": {"server": state.server, "certificate-authority": str(sandbox.pki.ca_cert)}}
+        ],
+        "users": [{"name": sa, "user": {"token": token.status.token}}],
+        "contexts": [{"name": sa, "context": {"cluster": "sandbox", "user": sa}}],
+        "current-context": sa,
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@contextlib.contextmanager
+def operator_as_installed(
+    sandbox: Sandbox, api: Any, namespace: str, deployment: str, workdir: Path
+) -> Iterator[OperatorProcess]:
+    """Run the operator locally with the installed Deployment's args, ConfigMap and ServiceAccount."""
+    dep = client.AppsV1Api(api).read_namespaced_deployment(deployment, namespace)
+    pod = dep.spec.template.spec
+    (container,) = pod.containers
+    config_map = next(v.config_map.name for v in pod.volumes if v.config_map)
+    data = client.CoreV1Api(api).read_namespaced_config_map(config_map, namespace).data
+    config = workdir / "config.yaml"
+    config.write_text(data["config.yaml"])
+    args = list(container.args)
+    assert args[:2] == ["operator", "run"], args
+    local = []
+    for arg in args[2:]:
+        if arg.startswith("--config="):
+            arg = f"--config={config}"
+        elif arg.startswith("--liveness="):
+            arg = f"--liveness=http://127.0.0.1:{free_port()}/healthz"
+        local.append(arg)
+    kubeconfig = sa_kubeconfig(sandbox, api, namespace, pod.service_account_name, workdir / "sa.kubeconfig")
+    op = OperatorProcess(kubeconfig, workdir / "operator.log", extra=local).start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"--- operator log tail ---\n{op.tail(30)}")
+
+
+def can_i(kubectl: Kubectl, *args: str) -> bool:
+    proc = kubectl("auth", "can-i", *args, check=False)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode == 0
+
+
+def assert_permissions(sa: Kubectl, ns: str, *, cluster_wide: bool) -> None:
+    """What the operator needs is allowed; what it does not need is denied."""
+    needed = [
+        ("list", "qwendeployments.serving.qwenops.io"),
+        ("watch", "qwendeployments.serving.qwenops.io"),
+        ("patch", "qwendeployments.serving.qwenops.io", "--subresource=status"),
+        ("create", "deployments.apps"),
+        ("patch", "deployments.apps"),
+        ("delete", "deployments.apps"),
+        ("patch", "services"),
+        ("patch", "poddisruptionbudgets.policy"),
+        ("create", "servicemonitors.monitoring.coreos.com"),
+        ("list", "pods"),
+        ("create", "events"),
+    ]
+    denied = [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("get", "configmaps"),
+        ("create", "pods"),
+        ("delete", "pods"),
+        ("patch", "qwendeployments.serving.qwenops.io"),  # spec belongs to the user / GitOps
+        ("delete", "qwendeployments.serving.qwenops.io"),
+        ("delete", "services"),
+        ("create", "serviceaccounts", "--subresource=token"),
+        ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ]
+    for check in needed:
+        assert can_i(sa, *check, "-n", ns), f"the operator's ServiceAccount cannot {' '.join(check)} in {ns}"
+        assert can_i(sa, *check, "-n", "kube-system") == cluster_wide, f"{check} outside the watched namespaces"
+    for check in denied:
+        assert not can_i(sa, *check, "-n", ns), f"the operator's ServiceAccount can {' '.join(check)}"
+    assert not can_i(sa, "get", "secrets", "--all-namespaces")
+    assert can_i(sa, "list", "nodes") and can_i(sa, "watch", "nodes") and not can_i(sa, "patch", "nodes")
+    assert can_i(sa, "get", "customresourcedefinitions.apiextensions.k8s.io/servicemonitors.monitoring.coreos.com")
+    assert not can_i(sa, "get", f"customresourcedefinitions.apiextensions.k8s.io/{CRD_NAME}")
+    assert not can_i(sa, "list", "customresourcedefinitions.apiextensions.k8s.io")
+
+
+def assert_no_forbidden(op: OperatorProcess) -> None:
+    """kopf tolerates a forbidden CRD watch (it scans once instead); nothing else may be refused."""
+    lines = [ln for ln in op.log.read_text(errors="replace").splitlines() if "forbidden" in ln.lower()]
+    assert not [ln for ln in lines if "customresourcedefinitions" not in ln], "\n".join(lines)
+
+
+def _crd_helm_metadata(kubectl: Kubectl, release: str | None, namespace: str | None) -> None:
+    """Mark the session's CRD as owned by ``release`` (Helm adopts it) or clear that mark."""
+    if release is None:
+        kubectl("annotate", "crd", CRD_NAME, "meta.helm.sh/release-name-", "meta.helm.sh/release-namespace-")
+        kubectl("annotate", "crd", CRD_NAME, "helm.sh/resource-policy-", check=False)
+        kubectl("label", "crd", CRD_NAME, "app.kubernetes.io/managed-by-", check=False)
+        return
+    kubectl("label", "--overwrite", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm")
+    kubectl(
+        "annotate",
+        "--overwrite",
+        "crd",
+        CRD_NAME,
+        f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={namespace}",
+    )
+
+
+def test_helm_install_upgrade_uninstall(
+    sandbox: Sandbox, kube_api: Any, kubectl: Kubectl, qwen_crd: Path, namespace: str, tmp_path: Path
+) -> None:
+    release = f"qo-{uuid.uuid4().hex[:5]}"
+    release_ns = f"{release}-system"
+    fullname = f"{release}-qwen-operator"
+    custom = client.CustomObjectsApi(kube_api)
+    # The session installed the CRD directly; let this release adopt it so crds.keep is exercised.
+    _crd_helm_metadata(kubectl, release, release_ns)
+    try:
+        started = time.monotonic()
+        helm_cli(sandbox, "install", release, str(CHART), "-n", release_ns, "--create-namespace")
+        crd = client.ApiextensionsV1Api(kube_api).read_custom_resource_definition(CRD_NAME)
+        assert crd.metadata.annotations["helm.sh/resource-policy"] == "keep"
+
+        with operator_as_installed(sandbox, kube_api, release_ns, fullname, tmp_path) as op:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, sample())
+            wait_for("the sample Ready", lambda: ready(kube_api, namespace, "chat", 1))
+            elapsed = time.monotonic() - started
+            print(f"helm install -> sample Ready: {elapsed:.1f}s")
+            sa = Kubectl(op.kubeconfig)
+            assert_permissions(sa, namespace, cluster_wide=True)
+            assert_no_forbidden(op)
+
+        # Upgrade: watch only the sample's namespace, plain logs, another resync period.
+        helm_cli(
+            sandbox,
+            "upgrade",
+            release,
+            str(CHART),
+            "-n",
+            release_ns,
+            "--reuse-values",
+            "--set",
+            f"watchNamespaces={{{namespace}}}",
+            "--set",
+            "operator.logFormat=plain",
+            "--set",
+            "config.resyncSeconds=30",
+        )
+        rbac = client.RbacAuthorizationV1Api(kube_api)
+        assert rbac.read_namespaced_role(fullname, namespace).rules
+        with pytest.raises(client.ApiException) as gone:
+            rbac.read_cluster_role(fullname)
+        assert gone.value.status == 404
+        dep = client.AppsV1Api(kube_api).read_namespaced_deployment(fullname, release_ns)
+        assert f"--namespace={namespace}" in dep.spec.template.spec.containers[0].args
+        cm = client.CoreV1Api(kube_api).read_namespaced_config_map(f"{fullname}-config", release_ns)
+        assert yaml.safe_load(cm.data["config.yaml"])["resyncSeconds"] == 30
+
+        with operator_as_installed(sandbox, kube_api, release_ns, fullname, tmp_path) as op:
+            assert "namespaces " + namespace in op.log.read_text()
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chat", {"spec": {"replicas": 2}})
+            wait_for("2 replicas Ready after the upgrade", lambda: ready(kube_api, namespace, "chat", 2))
+            assert_permissions(Kubectl(op.kubeconfig), namespace, cluster_wide=False)
+            assert_no_forbidden(op)
+
+        helm_cli(sandbox, "uninstall", release, "-n", release_ns, "--wait")
+        # crds.keep: the CRD and the user's QwenDeployment (and what it owns) survive.
+        assert client.ApiextensionsV1Api(kube_api).read_custom_resource_definition(CRD_NAME)
+        assert custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chat")
+        assert client.AppsV1Api(kube_api).list_namespaced_deployment(namespace).items
+        leftovers = [r.metadata.name for r in rbac.list_cluster_role().items if r.metadata.name.startswith(fullname)]
+        assert leftovers == []
+    finally:
+        _crd_helm_metadata(kubectl, None, None)
+        with contextlib.suppress(client.ApiException):
+            client.CoreV1Api(kube_api).delete_namespace(release_ns)
+
+
+def test_kubectl_apply_install_bundle(
+    sandbox: Sandbox, kube_api: Any, kubectl: Kubectl, qwen_crd: Path, namespace: str, tmp_path: Path
+) -> None:
+    docs = [d for d in yaml.safe_load_all(INSTALL_YAML.read_text()) if d]
+    # Everything but the shared CRD is removed afterwards (other tests' resources live on it).
+    removable = tmp_path / "removable.yaml"
+    removable.write_text(yaml.safe_dump_all([d for d in docs if d["kind"] != "CustomResourceDefinition"]))
+    try:
+        kubectl("apply", "-f", str(INSTALL_YAML))
+        with operator_as_installed(sandbox, kube_api, INSTALL_NAMESPACE, "qwen-operator", tmp_path) as op:
+            client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, sample("bundle")
+            )
+            wait_for("the sample Ready", lambda: ready(kube_api, namespace, "bundle", 1))
+            assert_permissions(Kubectl(op.kubeconfig), namespace, cluster_wide=True)
+            assert_no_forbidden(op)
+    finally:
+        kubectl("delete", "--ignore-not-found", "--wait=false", "-f", str(removable))
