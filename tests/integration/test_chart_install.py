@@ -98,8 +98,6 @@ def sa_kubeconfig(sandbox: Sandbox, api: Any, namespace: str, sa: str, path: Pat
         "clusters": [
             {"name": "sandbox", "cluster": {"server": state.server, "certificate-authority": str(sandbox.pki.ca_cert)}}
         ],
-            {"name": "sandbox", "cluster": {"server": state.server, "certificate-authority": str(sandbox.pki.ca_cert)}}
-        ],
         "users": [{"name": sa, "user": {"token": token.status.token}}],
         "contexts": [{"name": sa, "context": {"cluster": "sandbox", "user": sa}}],
         "current-context": sa,
