@@ -32,7 +32,7 @@ from typing import TextIO
 from qwen_operator.modelsync.manifest import FileEntry, Manifest, short_id
 from qwen_operator.modelsync.push import Progress, fmt_bytes
 from qwen_operator.modelsync.registry import DigestMismatchError, Registry, RegistryError
-from qwen_operator.modelsync.store import Located, RateLimiter, Store
+from qwen_operator.modelsync.store import Located, RateLimiter, Store, fsync_dir
 
 
 class PullError(RegistryError):
@@ -132,6 +132,7 @@ def _fetch_missing(
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error
+    fsync_dir(store.blobs)  # make the committed names durable (their data already is)
     return fetched, need
 
 
@@ -170,6 +171,7 @@ def _assemble(store: Store, mdir: Path, vid: str, manifest: Manifest, workers: i
     print(f"assembled {len(manifest.files)} files", file=err, flush=True)
     (mdir / "versions").mkdir(exist_ok=True)
     os.rename(staging, mdir / "versions" / vid)
+    fsync_dir(mdir / "versions")
     shutil.rmtree(mdir / "staging", ignore_errors=True)
 
 
@@ -192,7 +194,7 @@ def _write_file(store: Store, local: dict[str, Located], f: FileEntry, dest: Pat
                     pos += len(block)
                     left -= len(block)
         out.flush()
-        os.fsync(out.fileno())
+        os.fdatasync(out.fileno())
     if "sha256:" + h.hexdigest() != f.sha256:
         raise DigestMismatchError(f"{f.path}: assembled file digest sha256:{h.hexdigest()} != manifest {f.sha256}")
     dest.chmod(0o444)
@@ -204,8 +206,4 @@ def _flip(mdir: Path, vid: str) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(f"versions/{vid}", tmp)
     os.replace(tmp, mdir / "current")
-    fd = os.open(mdir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(mdir)

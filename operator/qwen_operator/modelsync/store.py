@@ -165,10 +165,9 @@ class Store:
                     f"chunk {digest} from {registry.url} is corrupt: got {have + fetched} bytes "
                     f"with digest {got}; the registry blob must be re-pushed"
                 )
-            os.fsync(fd)
+            os.fdatasync(fd)
             os.fchmod(fd, 0o444)
-            os.rename(partial, final)
-            _fsync_dir(self.blobs)
+            os.rename(partial, final)  # the caller fsyncs the directory once per pull
             return fetched
         finally:
             os.close(fd)
@@ -254,7 +253,7 @@ class Store:
         return removed
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
