@@ -61,4 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run through the package module, so `UserError` is the one the subcommands raise
+    from qwen_operator.cli import main as package_main
+
+    raise SystemExit(package_main())

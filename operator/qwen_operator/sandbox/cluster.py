@@ -26,6 +26,7 @@ from .apiclient import ApiClient, ApiError
 from .binaries import Binaries, cache_root, locate
 from .nodes import DEFAULT_GPUS_SPEC, cpu_node_manifest, node_manifest, parse_gpus, plan_nodes
 from .pki import ADMIN, CONTROLLER_MANAGER, KWOK, PKI, SCHEDULER
+from .stages import stages_yaml
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
@@ -203,6 +204,9 @@ class Sandbox:
                 f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # no pod runs a container, so nothing dials the `kubernetes` Service from inside;
+                # the endpoint reconciler refuses a loopback advertise address
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={p['apiserver']}",
                 f"--cert-dir={d / 'apiserver-certs'}",
                 f"--tls-cert-file={pki.serving_cert}",
@@ -265,12 +269,15 @@ class Sandbox:
                 "--v=1",
             ],
         )
+        stages = d / "kwok-stages.yaml"
+        stages.write_text(stages_yaml())
         self._start(
             st,
             "kwok",
             [
                 str(bins.kwok),
                 f"--kubeconfig={d / 'kwok.kubeconfig'}",
+                f"--config={stages}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--manage-nodes-with-label-selector=",
