@@ -44,24 +44,31 @@ def mb(n: float) -> str:
     return f"{n / MB:,.1f} MB" if n >= 100_000 else f"{n / 1e3:,.1f} kB"
 
 
-def raw_get_throughput(reg: Registry, digests: list[str], verify: bool = False) -> tuple[float, int]:
-    """Plain parallel GETs of the given blobs, bytes read and discarded (or only hashed)."""
+def raw_get_throughput(reg: Registry, digests: list[str], mode: str = "discard", out: Path | None = None) -> float:
+    """Parallel GETs of the given blobs: bytes discarded, or sha256'd, or sha256'd and
+    written durably (fdatasync) to ``out`` -- the floors any verified pull stands on."""
     client = make_client(max_connections=WORKERS * 2)
 
     def get(d: str) -> int:
         body = client.get_object(Bucket=reg.url.bucket, Key=reg.blob_key(d))["Body"]
         n = 0
         h = hashlib.sha256()
+        fd = os.open(out / d[7:], os.O_WRONLY | os.O_CREAT, 0o644) if out is not None else -1
         for block in body.iter_chunks(1 << 20):
             n += len(block)
-            if verify:
+            if mode != "discard":
                 h.update(block)
+            if fd >= 0:
+                os.write(fd, block)
+        if fd >= 0:
+            os.fdatasync(fd)
+            os.close(fd)
         return n
 
     start = time.perf_counter()
     with ThreadPoolExecutor(WORKERS) as pool:
         total = sum(pool.map(get, digests))
-    return total / (time.perf_counter() - start), total
+    return total / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -92,14 +99,17 @@ def main() -> None:
 
         # Cold pull (full download) and raw GETs of the same blobs, same server, same run.
         blobs = list(pushed.manifest.unique_chunks())
-        raw_bps, raw_bytes = raw_get_throughput(Registry(url), blobs)
+        raw_bytes = sum(pushed.manifest.unique_chunks().values())
+        raw_bps = raw_get_throughput(Registry(url), blobs)
         node = work / "node-base"
         t = time.perf_counter()
         cold = pull(Registry(url), node, "qwen", version="base", keep=10, workers=WORKERS, out=io.StringIO())
         pull_s = time.perf_counter() - t
-        raw_bps2, _ = raw_get_throughput(Registry(url), blobs)
-        raw = max(raw_bps, raw_bps2)
-        hashed_bps, _ = raw_get_throughput(Registry(url), blobs, verify=True)
+        raw = max(raw_bps, raw_get_throughput(Registry(url), blobs))
+        hashed_bps = raw_get_throughput(Registry(url), blobs, mode="sha256")
+        (work / "raw-write").mkdir()
+        written_bps = raw_get_throughput(Registry(url), blobs, mode="write", out=work / "raw-write")
+        shutil.rmtree(work / "raw-write")
 
         updates = {
             "config/tokenizer only": base.config_only(),
@@ -157,6 +167,12 @@ def main() -> None:
         print(
             f"raw S3 GET of the same {len(blobs)} blobs ({mb(raw_bytes)}, {WORKERS} threads): {raw / MB:,.0f} MB/s "
             f"-> pull at {100 * pull_bps / raw:.0f}% of raw GET"
+        )
+        print(
+            f"floors on {os.cpu_count()} cores: GET + sha256 {hashed_bps / MB:,.0f} MB/s "
+            f"({100 * hashed_bps / raw:.0f}% of raw); GET + sha256 + one durable write "
+            f"{written_bps / MB:,.0f} MB/s ({100 * written_bps / raw:.0f}% of raw; pull at "
+            f"{100 * pull_bps / written_bps:.0f}% of it)"
         )
         buf = os.urandom(64 << 20)
         t = time.perf_counter()
