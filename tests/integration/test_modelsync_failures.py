@@ -222,3 +222,21 @@ def test_broken_streams_are_resumed_with_ranged_gets(
     ranged = [r for r in s3_bucket.requests("GET")[gets_before:] if "/blobs/" in r[1]]
     assert len(ranged) == len(need) + len(flaky.broken)
     assert same_tree(pushed["v1"][0], (tmp_path / "cache/models/qwen/current").resolve())
+
+
+def test_corrupt_local_chunk_is_dropped_and_refetched(
+    s3_bucket: S3Bucket, pushed: dict[str, tuple[Path, str, Manifest]], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    total = sum(pushed["v1"][2].unique_chunks().values())
+    with pytest.raises(PullError):
+        pull(FailingRegistry(s3_bucket.registry_url(), budget=total // 2), cache, "qwen", version="v1", workers=1)
+    victim = max((cache / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    victim.chmod(0o644)
+    victim.write_bytes(b"\0" * victim.stat().st_size)  # bit rot on the node
+    with pytest.raises(PullError, match="corrupt.*re-run the pull"):
+        pull(Registry(s3_bucket.registry_url()), cache, "qwen", version="v1")
+    assert not victim.exists() and not (cache / "models/qwen/current").exists()
+    again = Registry(s3_bucket.registry_url())
+    pull(again, cache, "qwen", version="v1")
+    assert same_tree(pushed["v1"][0], (cache / "models/qwen/current").resolve())

@@ -161,6 +161,10 @@ def _assemble(store: Store, mdir: Path, vid: str, manifest: Manifest, workers: i
         elif len(f.chunks) == 1 and store.has_blob(f.chunks[0].digest):
             if f.chunks[0].digest != f.sha256:
                 raise DigestMismatchError(f"manifest: {f.path} is one chunk {f.chunks[0].digest} but has {f.sha256}")
+            if _drop_corrupt_blobs(store, [f.sha256]):  # verify the file before sharing the inode
+                raise DigestMismatchError(
+                    f"{f.path}: local chunk {f.sha256} was corrupt and has been removed; re-run the pull to fetch it"
+                )
             os.link(store.blob_path(f.chunks[0].digest), dest)
         else:
             to_write.append((f, dest))
@@ -196,8 +200,29 @@ def _write_file(store: Store, local: dict[str, Located], f: FileEntry, dest: Pat
         out.flush()
         os.fdatasync(out.fileno())
     if "sha256:" + h.hexdigest() != f.sha256:
-        raise DigestMismatchError(f"{f.path}: assembled file digest sha256:{h.hexdigest()} != manifest {f.sha256}")
+        removed = _drop_corrupt_blobs(store, [c.digest for c in f.chunks])
+        hint = f"; removed {removed} corrupt local chunks, re-run the pull to fetch them again" if removed else ""
+        raise DigestMismatchError(
+            f"{f.path}: assembled file digest sha256:{h.hexdigest()} != manifest {f.sha256}{hint}"
+        )
     dest.chmod(0o444)
+
+
+def _drop_corrupt_blobs(store: Store, digests: list[str]) -> int:
+    """Re-hash local blobs and delete those whose bytes no longer match their name."""
+    removed = 0
+    for digest in dict.fromkeys(digests):
+        blob = store.blob_path(digest)
+        if not blob.is_file():
+            continue
+        h = hashlib.sha256()
+        with blob.open("rb") as inp:
+            while block := inp.read(8 << 20):
+                h.update(block)
+        if "sha256:" + h.hexdigest() != digest:
+            blob.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _flip(mdir: Path, vid: str) -> None:
