@@ -56,7 +56,7 @@ class _Checked(BaseModel):
 
 _CACHE_RULES = (
     Rule(
-        cel="self.type != 'pvc' || has(self.claimName)",
+        cel="!has(self.type) || self.type != 'pvc' || has(self.claimName)",
         message="claimName is required when type is pvc",
         check=lambda c: c.type != "pvc" or c.claim_name is not None,
         field_path=".claimName",
@@ -112,7 +112,7 @@ class ResourceRequests(BaseModel):
 
 _RUNTIME_RULES = (
     Rule(
-        cel="self.maxInputTokens < self.maxTotalTokens",
+        cel="!has(self.maxInputTokens) || !has(self.maxTotalTokens) || self.maxInputTokens < self.maxTotalTokens",
         message="maxInputTokens must be less than maxTotalTokens",
         check=lambda r: r.max_input_tokens < r.max_total_tokens,
         field_path=".maxInputTokens",
@@ -174,7 +174,7 @@ class PlacementSpec(BaseModel):
 
 _SCALING_RULES = (
     Rule(
-        cel="self.minReplicas <= self.maxReplicas",
+        cel="!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
         message="minReplicas must be less than or equal to maxReplicas",
         check=lambda s: s.min_replicas <= s.max_replicas,
         field_path=".minReplicas",

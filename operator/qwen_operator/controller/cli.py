@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
     run.add_argument("--kubeconfig", type=Path, help="kubeconfig (default: $KUBECONFIG, ~/.kube/config or in-cluster)")
     run.add_argument("--resync-seconds", type=float, default=None, help="periodic re-reconcile (default 60)")
     run.add_argument(
+        "--prometheus-url", default=None, help="Prometheus for autoscaling (default: operator config prometheus.url)"
+    )
+    run.add_argument(
         "--liveness", default=None, metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
     run.add_argument("--log-format", choices=["plain", "json"], default="plain")

@@ -244,27 +244,27 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     managed = {LABEL_MANAGED_BY: MANAGED_BY}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def qwd_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+    async def qwd_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
         controller.on_qwd(event.get("type"), body)
 
     @kopf.on.event("apps", "v1", "deployments", labels=managed, registry=registry)
-    def deployment_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+    async def deployment_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
         controller.on_owned(event.get("type"), _with_kind(body, "Deployment"))
 
     @kopf.on.event("", "v1", "services", labels=managed, registry=registry)
-    def service_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+    async def service_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
         controller.on_owned(event.get("type"), _with_kind(body, "Service"))
 
     @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=managed, registry=registry)
-    def pdb_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+    async def pdb_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
         controller.on_owned(event.get("type"), _with_kind(body, "PodDisruptionBudget"))
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
-    def node_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+    async def node_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
         controller.on_node(event.get("type"), body)
 
     @kopf.on.event("", "v1", "pods", when=lambda spec, **_: _gpu_pod(spec), registry=registry)
-    def pod_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+    async def pod_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
         controller.on_pod(event.get("type"), body)
 
 
