@@ -47,8 +47,16 @@ def _gpu(name: str, raw: dict[str, Any], base: GPUType | None) -> GPUType:
     where = f"catalog.gpuTypes.{name}"
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: expected a mapping")
-    known = {"productLabel", "memoryGB", "bandwidthGBps", "bf16TFLOPS", "pricePerGPUHour",
-             "maxGPUsPerNode", "fp8Native", "interconnect"}
+    known = {
+        "productLabel",
+        "memoryGB",
+        "bandwidthGBps",
+        "bf16TFLOPS",
+        "pricePerGPUHour",
+        "maxGPUsPerNode",
+        "fp8Native",
+        "interconnect",
+    }
     unknown = set(raw) - known
     if unknown:
         raise CatalogError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -56,8 +64,14 @@ def _gpu(name: str, raw: dict[str, Any], base: GPUType | None) -> GPUType:
         missing = {"productLabel", "memoryGB", "bandwidthGBps", "bf16TFLOPS", "pricePerGPUHour"} - set(raw)
         if missing:
             raise CatalogError(f"{where}: a new GPU type needs {sorted(missing)}")
-        base = GPUType(name=name, product_label="", memory_bytes=0, bandwidth_bytes_per_s=0.0, bf16_flops=0.0,
-                       price_per_gpu_hour=0.0)
+        base = GPUType(
+            name=name,
+            product_label="",
+            memory_bytes=0,
+            bandwidth_bytes_per_s=0.0,
+            bf16_flops=0.0,
+            price_per_gpu_hour=0.0,
+        )
     g = base
     if "productLabel" in raw:
         g = replace(g, product_label=str(raw["productLabel"]))

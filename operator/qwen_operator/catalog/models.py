@@ -71,9 +71,7 @@ class QwenModel:
     def valid_shards(self, max_shards: int = 8) -> list[int]:
         """Tensor-parallel degrees that divide both attention and KV heads."""
         return [
-            n
-            for n in (1, 2, 4, 8, 16)
-            if n <= max_shards and self.attention_heads % n == 0 and self.kv_heads % n == 0
+            n for n in (1, 2, 4, 8, 16) if n <= max_shards and self.attention_heads % n == 0 and self.kv_heads % n == 0
         ]
 
     def supports(self, engine: str, quantization: str) -> bool:

@@ -87,7 +87,10 @@ spec:
       {{ with NodeIPWith .spec.nodeName }}
       hostIP: {{ . | Quote }}
       {{ end }}
-      {{ with PodIPWith .spec.nodeName false ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}
+      {{ $uid := or .metadata.uid "" }}
+      {{ $name := or .metadata.name "" }}
+      {{ $ns := or .metadata.namespace "" }}
+      {{ with PodIPWith .spec.nodeName false $uid $name $ns }}
       podIP: {{ . | Quote }}
       podIPs:
       - ip: {{ . | Quote }}
