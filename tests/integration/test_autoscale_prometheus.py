@@ -76,7 +76,9 @@ def test_signals_from_real_prometheus_and_hold_when_it_is_down(
 
     async def load() -> int:
         clients = [AsyncInferenceClient(base_url=f"http://{a}") for a in replicas]
-        jobs = [clients[i % 2].text_generation("hello " * 50, max_new_tokens=60) for i in range(24)]
+        # ~4,500-token prompts: an A10G fp8 replica's KV cache (~30k tokens) admits ~6 at once,
+        # so of 8 per replica some must wait in TGI's queue
+        jobs = [clients[i % 2].text_generation("hello " * 3000, max_new_tokens=60) for i in range(16)]
         done = await asyncio.gather(*jobs, return_exceptions=True)
         return sum(1 for d in done if isinstance(d, str))
 
@@ -92,11 +94,12 @@ def test_signals_from_real_prometheus_and_hold_when_it_is_down(
             break
     completed = loop.run_until_complete(task)
     loop.close()
-    assert busy is not None, "never saw a queue while 24 requests hit 2 replicas of max 8 concurrent"
+    assert busy is not None, "never saw a queue while 16 long prompts hit 2 replicas"
     assert set(busy.queue_per_pod) <= {"chat-a10g-0", "chat-a10g-1"}
     assert completed > 0
     after = wait_until("P95 signal", lambda: (s := source.fetch("llm", ["chat-a10g"], metrics)).p95_seconds and s)
-    assert after.p95_seconds is not None and 0.5 < after.p95_seconds < 60  # type: ignore[union-attr]
+    # the SLO histogram is the queue wait (TTFT minus own prefill): requests did wait
+    assert after.p95_seconds is not None and 0.1 < after.p95_seconds < 120  # type: ignore[union-attr]
     assert after.request_rate is not None and after.request_rate > 0  # type: ignore[union-attr]
 
     prometheus.stop()

@@ -199,7 +199,7 @@ class ScalingSpec(_Checked):
     target_queue_depth: float = Field(default=4.0, gt=0, le=10000)
     """Waiting requests per ready replica the autoscaler aims for."""
     p95_latency_seconds: float = Field(default=1.2, gt=0, le=3600)
-    """P95 request latency SLO in seconds; above it the autoscaler adds replicas."""
+    """P95 time-to-first-token SLO in seconds; above it the autoscaler adds replicas (TGI: queue wait; vLLM: TTFT)."""
     scale_down_delay_seconds: int = Field(default=300, ge=0, le=86400)
     """How long load must stay low before replicas are removed (stabilisation window)."""
     interval_seconds: int = Field(default=15, ge=5, le=3600)

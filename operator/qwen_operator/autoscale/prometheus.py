@@ -5,7 +5,11 @@ the pod-name prefix of each pool Deployment:
 
 * queue per pod:   ``sum by (pod)(<queue_gauge>{namespace="ns", pod=~"chat-.*"})``
 * in flight:       ``sum(<running_gauge>{...})``
-* P95 latency:     ``histogram_quantile(0.95, sum by (le)(rate(<latency>_bucket{...}[1m])))``
+* P95 latency:     ``histogram_quantile(0.95, sum by (le)(rate(<slo_latency>_bucket{...}[1m])))``
+  where ``<slo_latency>`` is the runtime's time-to-first-token histogram (TGI has none and
+  exports ``tgi_request_queue_duration``: the wait before the first batch, which is what
+  more replicas shorten; end-to-end ``tgi_request_duration`` grows with the reply length
+  and no replica count can bring a 500-token answer under 1.2 s)
 * request rate:    ``sum(rate(<requests_counter>{...}[1m]))``
 
 A P95 of NaN (no requests in the window) is "no signal", never zero or infinity. Any
@@ -51,7 +55,7 @@ def queries(metrics: MetricNames, sel: str, window: str = "1m", quantile: float 
         "queue_per_pod": f"sum by (pod)({metrics.queue_gauge}{{{sel}}})",
         "in_flight": f"sum({metrics.running_gauge}{{{sel}}})",
         "p95": f"histogram_quantile({quantile}, sum by (le)"
-        f"(rate({metrics.latency_histogram}_bucket{{{sel}}}[{window}])))",
+        f"(rate({metrics.slo_latency_histogram}_bucket{{{sel}}}[{window}])))",
         "rate": f"sum(rate({metrics.requests_counter}{{{sel}}}[{window}]))",
     }
 

@@ -29,6 +29,7 @@ class MetricNames:
     running_gauge: str  # requests in the running batch
     latency_histogram: str  # end-to-end request latency, seconds (base name, no _bucket)
     queue_latency_histogram: str  # time spent waiting, seconds
+    slo_latency_histogram: str  # what scaling.p95LatencySeconds is compared with (time to first token)
     requests_counter: str
     failures_counter: str | None  # None: the engine has no failure counter
 
@@ -76,6 +77,9 @@ class TGI:
         running_gauge="tgi_batch_current_size",
         latency_histogram="tgi_request_duration",
         queue_latency_histogram="tgi_request_queue_duration",
+        # TGI exports no time-to-first-token histogram; the queue wait is TTFT minus the
+        # request's own prefill, and it is the part more replicas shorten
+        slo_latency_histogram="tgi_request_queue_duration",
         requests_counter="tgi_request_count",
         failures_counter="tgi_request_failure",
     )
@@ -120,6 +124,7 @@ class VLLM:
         running_gauge="vllm:num_requests_running",
         latency_histogram="vllm:e2e_request_latency_seconds",
         queue_latency_histogram="vllm:request_queue_time_seconds",
+        slo_latency_histogram="vllm:time_to_first_token_seconds",
         requests_counter="vllm:request_success_total",
         failures_counter=None,  # vLLM labels outcomes by finished_reason instead
     )
