@@ -94,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     ctl_config = ControllerConfig(
         resync_seconds=args.resync_seconds or float(raw.get("resyncSeconds", 60)),
         operator_image=raw.get("operatorImage"),
+        pod_annotations=tuple(sorted((str(k), str(v)) for k, v in (raw.get("podAnnotations") or {}).items())),
         service_monitor_crd=_crd_exists(api, "servicemonitors.monitoring.coreos.com"),
     )
     controller = Controller(Kube(api), catalog, ctl_config)

@@ -39,6 +39,7 @@ class ControllerConfig:
     resync_seconds: float = 60.0
     operator_image: str | None = None
     service_monitor_crd: bool = False
+    pod_annotations: tuple[tuple[str, str], ...] = ()
 
 
 def _gpu_pod(spec: Mapping[str, Any], **_: Any) -> bool:
@@ -165,6 +166,7 @@ class Controller:
             pods=list(self.pods.values()),
             service_monitor_crd=self.config.service_monitor_crd,
             operator_image=self.config.operator_image,
+            pod_annotations=self.config.pod_annotations,
         )
 
     def _filter_expected(self, out: Outcome) -> None:

@@ -69,6 +69,7 @@ class Observed:
     pods: Sequence[Mapping[str, Any]] = ()  # pods requesting GPUs, any namespace
     service_monitor_crd: bool = False
     operator_image: str | None = None
+    pod_annotations: tuple[tuple[str, str], ...] = ()
 
 
 def manifest_hash(obj: Mapping[str, Any]) -> str:
@@ -208,6 +209,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
         operator_image=obs.operator_image,
         owner_uid=meta.get("uid"),
         service_monitor=obs.service_monitor_crd,
+        pod_annotations=obs.pod_annotations,
     )
     rendered = render(spec, the_plan, ctx, catalog)
     by_name = {pool_deployment_name(name, p.gpu_type): p.gpu_type for p in the_plan.pools}

@@ -59,6 +59,7 @@ class RenderContext:
     operator_image: str | None = None  # None: ghcr.io/qwenops/qwen-operator:<package version>
     owner_uid: str | None = None  # adds an ownerReference when set
     service_monitor: bool = False  # render a ServiceMonitor (only when that CRD exists)
+    pod_annotations: tuple[tuple[str, str], ...] = ()  # operator config podAnnotations (mesh, scraping, ...)
 
 
 def operator_version() -> str:
@@ -207,7 +208,11 @@ def pool_deployment(spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gp
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    "annotations": {ANNOTATION_MODEL_VERSION: model_version, ANNOTATION_MODEL: spec.model.name},
+                    "annotations": {
+                        **dict(ctx.pod_annotations),
+                        ANNOTATION_MODEL_VERSION: model_version,
+                        ANNOTATION_MODEL: spec.model.name,
+                    },
                 },
                 "spec": {
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
