@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import botocore.exceptions
 import pytest
 
 from qwen_operator.modelsync.s3server import MissingServerError, S3Server
@@ -37,11 +39,28 @@ class S3Bucket:
         return f"s3://{self.name}/{prefix}"
 
     def requests(self, method: str | None = None) -> list[tuple[str, str, int]]:
-        """Requests the server logged against this bucket (optionally one method)."""
+        """Requests the server logged against this bucket (optionally one method).
+
+        The server writes its log asynchronously, so first send a barrier request and
+        wait until it shows up: every request that completed before it is then logged.
+        """
+        barrier = f"__log_barrier__/{next(_counter)}"
+        try:
+            self.client.head_object(Bucket=self.name, Key=barrier)
+        except botocore.exceptions.ClientError:
+            pass  # 404 expected: only its log line matters
+        deadline = time.monotonic() + 10
+        while True:
+            log = self.server.request_log()
+            if any(r[1].endswith(barrier) for r in log) or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         return [
             r
-            for r in self.server.request_log()
-            if r[1].startswith(f"/{self.name}/") and (method is None or r[0] == method)
+            for r in log
+            if r[1].startswith(f"/{self.name}/")
+            and "__log_barrier__" not in r[1]
+            and (method is None or r[0] == method)
         ]
 
 
