@@ -64,9 +64,10 @@ integration:
 e2e:
 	$(BIN)/pytest e2e $(PYTEST_ARGS)
 
-## generate: regenerate crds/, the chart's CRD template and values schema, manifests/install.yaml
+## generate: regenerate crds/, docs/api-reference.md, the chart's CRD template and values schema, manifests/install.yaml
 generate:
 	$(PY) -m qwen_operator.api.crdgen --write
+	$(PY) -m qwen_operator.api.docgen --write
 	$(PY) -m qwen_operator.packaging.generate --write
 
 crds: generate
