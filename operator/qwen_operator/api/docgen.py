@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .crdgen import REPO_ROOT, crd as build_crd
+from .crdgen import REPO_ROOT
+from .crdgen import crd as build_crd
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "api-reference.md"
 
