@@ -48,7 +48,7 @@ def test_operator_pod_meets_the_restricted_pod_security_standard(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "operator-pss", "namespace": namespace},
-        "spec": dep["spec"]["template"]["spec"],
+        "spec": {**dep["spec"]["template"]["spec"], "serviceAccountName": "default"},
     }
     path = tmp_path / "pod.yaml"
     path.write_text(yaml.safe_dump(pod))
