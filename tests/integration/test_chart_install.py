@@ -287,6 +287,8 @@ def test_helm_install_upgrade_uninstall(
             "operator.logFormat=plain",
             "--set",
             "config.resyncSeconds=30",
+            "--set-json",
+            'config.podAnnotations={"sidecar.istio.io/inject":"false"}',
         )
         rbac = client.RbacAuthorizationV1Api(kube_api)
         assert rbac.read_namespaced_role(fullname, namespace).rules
@@ -302,6 +304,11 @@ def test_helm_install_upgrade_uninstall(
             assert "namespaces " + namespace in op.log.read_text()
             custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chat", {"spec": {"replicas": 2}})
             wait_for("2 replicas Ready after the upgrade", lambda: ready(kube_api, namespace, "chat", 2))
+            # The new operator config reached the server pods it renders.
+            pools = client.AppsV1Api(kube_api).list_namespaced_deployment(namespace).items
+            assert pools and all(
+                d.spec.template.metadata.annotations.get("sidecar.istio.io/inject") == "false" for d in pools
+            )
             assert_permissions(op.kubeconfig, namespace, cluster_wide=False)
             assert_no_forbidden(op)
 

@@ -195,7 +195,15 @@ def test_config_is_accepted_by_the_operator(default: list[dict[str, Any]]) -> No
     cfg = _config(default)
     assert cfg["operatorImage"] == "ghcr.io/qwenops/qwen-operator:0.1.0"  # same image for model pulls
     assert cfg["resyncSeconds"] == 60.0
-    assert set(cfg) == {"catalog", "resyncSeconds", "operatorImage", "prometheus", "registry", "nodeCache"}
+    assert set(cfg) == {
+        "catalog",
+        "resyncSeconds",
+        "operatorImage",
+        "podAnnotations",
+        "prometheus",
+        "registry",
+        "nodeCache",
+    }
     assert load_catalog(cfg).gpus["A10G"].price_per_gpu_hour == pytest.approx(1.006)
 
 

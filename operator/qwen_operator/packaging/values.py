@@ -186,8 +186,9 @@ class PrometheusConfig(_Values):
     """Where queue depth and latency metrics are read from."""
 
     url: str = Field(default="", pattern=r"^(https?://[^\s]+)?$")
-    """Prometheus base URL the autoscaler queries for tgi_queue_size and tgi_request_duration (read by the
-    autoscaler; empty: autoscaling holds replicas, it never scales on missing metrics)."""
+    """Prometheus base URL the autoscaler queries for queue depth and the latency SLO histogram (TGI:
+    tgi_queue_size, tgi_request_queue_duration). Empty: autoscaling holds replicas, it never scales on missing
+    metrics."""
 
 
 class RegistryDefaults(_Values):
@@ -218,6 +219,8 @@ class OperatorConfig(_Values):
     """Seconds between periodic re-reconciles of every QwenDeployment (watch events reconcile at once)."""
     operator_image: str = ""
     """Image of the model-pull init container; empty means the operator image above."""
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations added to every model server pod the operator renders (service mesh, log shipping, ...)."""
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     registry: RegistryDefaults = Field(default_factory=RegistryDefaults)
     node_cache: NodeCache = Field(default_factory=NodeCache)
