@@ -1,0 +1,270 @@
+"""Closed loop: a compressed peak-and-trough through the real operator, Prometheus and cluster.
+
+sandbox control plane (kwok GPU nodes) + real Prometheus + ``qwenctl operator run`` + the
+simulated fleet (:class:`~qwen_operator.sim.fleet_bridge.FleetBridge`: one simulated TGI
+server per Running pod, Ready after the modelled cold start, behind a least-outstanding
+balancer) + ``AsyncInferenceClient`` replaying trace-sized requests: base -> 4x spike ->
+trough. Asserts what an SRE would check on a real fleet:
+
+* scaling up begins within two evaluation intervals of the spike (desiredReplicas rises,
+  a ScaledUp Event);
+* after the new replicas are Ready, the P95 SLO latency is back under the SLO;
+* after the spike the fleet shrinks (ScaledDown, fewer pods);
+* with Prometheus stopped nothing scales down and ``ScalingActive`` is False with a reason;
+* every request is answered or counted as a 429; the operator never wrote ``spec``.
+
+All replica numbers are SIMULATED. Timings compress a real day: 15 s cold starts instead
+of ~50 s, 5 s evaluations, a 20 s scale-down delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from qwen_operator.sandbox.cluster import Sandbox
+from qwen_operator.sandbox.prometheus import PrometheusServer
+from qwen_operator.sandbox.stages import READY_AFTER_ANNOTATION
+from qwen_operator.sim.fleet_bridge import FleetBridge
+from qwen_operator.sim.loadgen import LoadGenerator, peak_and_trough
+from qwen_operator.sim.trace import default_trace_path, load_azure_csv
+from qwen_operator.testing.operator import OperatorProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.timeout(540)]
+
+GROUP, VERSION, PLURAL = "serving.qwenops.io", "v1alpha1", "qwendeployments"
+SAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "samples" / "qwen3-14b-chat.yaml"
+NAME = "chat"
+INTERVAL = 5  # spec.scaling.intervalSeconds (the minimum)
+SLO = 1.2  # spec.scaling.p95LatencySeconds: P95 of TGI's queue wait (time to first token - prefill)
+READY_AFTER = 15  # modelled cold start, seconds (the replica model says ~51 s for A10G fp8)
+BASE_RATE = 0.5  # requests/s one A10G fp8 replica serves at P95 ~0.7 s with these sizes (simulated)
+MIN_REPLICAS, MAX_REPLICAS = 1, 4
+SCALE_UP_SLACK = 3.0  # seconds on top of two intervals: 1 s scrapes, the tick's own queries and write
+
+
+def body() -> dict[str, Any]:
+    doc = yaml.safe_load(SAMPLE.read_text())
+    doc["metadata"] = {"name": NAME}
+    doc["spec"]["model"].pop("credentialsSecret", None)
+    doc["spec"]["scaling"] = {
+        "enabled": True,
+        "minReplicas": MIN_REPLICAS,
+        "maxReplicas": MAX_REPLICAS,
+        "targetQueueDepth": 4,
+        "p95LatencySeconds": SLO,
+        "scaleDownDelaySeconds": 20,
+        "intervalSeconds": INTERVAL,
+    }
+    return dict(doc)
+
+
+@dataclass
+class Point:
+    t: float  # time.monotonic()
+    desired: int | None
+    ready: int
+    scaling_active: tuple[str, str, str] | None  # (status, reason, message)
+    generation: int
+
+
+@dataclass
+class Observer:
+    """Polls the QwenDeployment and its Events (what ``kubectl describe`` shows) every 0.5 s."""
+
+    api: Any
+    ns: str
+    points: list[Point] = field(default_factory=list)
+    events: dict[str, tuple[float, str, str]] = field(default_factory=dict)  # uid -> (first seen, reason, msg)
+
+    def read(self) -> None:
+        qwd = client.CustomObjectsApi(self.api).get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, NAME)
+        status = qwd.get("status") or {}
+        sa = next((c for c in status.get("conditions") or [] if c["type"] == "ScalingActive"), None)
+        self.points.append(
+            Point(
+                time.monotonic(),
+                (status.get("autoscaler") or {}).get("desiredReplicas"),
+                int(status.get("readyReplicas") or 0),
+                (sa["status"], sa["reason"], sa.get("message", "")) if sa else None,
+                int(qwd["metadata"]["generation"]),
+            )
+        )
+        evs = client.CoreV1Api(self.api).list_namespaced_event(self.ns, field_selector=f"involvedObject.name={NAME}")
+        for ev in evs.items:
+            if ev.metadata.uid not in self.events:
+                self.events[ev.metadata.uid] = (time.monotonic(), ev.reason, ev.message or "")
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.read)
+            except client.ApiException:
+                pass  # not created yet
+            await asyncio.sleep(0.5)
+
+    @property
+    def last(self) -> Point:
+        return self.points[-1]
+
+    def first_event(self, reason: str, after: float) -> tuple[float, str] | None:
+        hits = sorted((t, m) for t, r, m in self.events.values() if r == reason and t >= after)
+        return hits[0] if hits else None
+
+
+async def until(what: str, check: Any, within: float, every: float = 0.25) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
+
+
+@pytest.fixture()
+def closed_loop_operator(
+    sandbox: Sandbox, qwen_crd: Path, namespace: str, prometheus: PrometheusServer, tmp_path: Path
+) -> Any:
+    config = tmp_path / "operator.yaml"
+    config.write_text(yaml.safe_dump({"podAnnotations": {READY_AFTER_ANNOTATION: f"{READY_AFTER}s"}}))
+    extra = ["--prometheus-url", prometheus.url, "--config", str(config), "-n", namespace]
+    op = OperatorProcess(sandbox.kubeconfig, tmp_path / "operator.log", extra=extra).start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"--- operator log tail ---\n{op.tail(40)}")
+
+
+def test_peak_and_trough_closed_loop(
+    kube_api: Any, namespace: str, prometheus: PrometheusServer, closed_loop_operator: OperatorProcess
+) -> None:
+    asyncio.run(scenario(kube_api, namespace, prometheus))
+
+
+async def scenario(api: Any, ns: str, prometheus: PrometheusServer) -> None:
+    t0 = time.monotonic()
+    marks: dict[str, float] = {}
+    obs = Observer(api, ns)
+    bridge = FleetBridge(api, ns, NAME, set_targets=prometheus.set_targets, p95_window_seconds=15.0)
+    await bridge.start()
+    observer = asyncio.get_running_loop().create_task(obs.run())
+    load: LoadGenerator | None = None
+    try:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body())
+        await until("the first replica Ready behind the balancer", lambda: sum(bridge.counts()[1].values()) >= 1, 120)
+        marks["first replica ready"] = time.monotonic()
+        await until("the autoscaler's first status write", lambda: obs.points and obs.last.desired is not None, 30)
+        generation = obs.last.generation
+
+        rows = load_azure_csv(default_trace_path())
+        phases = peak_and_trough(BASE_RATE, spike=4.0, base_seconds=25, spike_seconds=75, trough_seconds=180)
+        load = await LoadGenerator(bridge.url, phases, rows, seed=7, max_requests=600).start()
+        await until("the spike", lambda: "spike" in load.phase_started, 60)  # type: ignore[union-attr]
+        spike = marks["spike"] = load.phase_started["spike"]
+        assert obs.last.desired == MIN_REPLICAS, f"scaled before the spike: {obs.last}"
+
+        # 1. scale-up begins within two evaluation intervals of the spike
+        up = await until("desiredReplicas to rise", lambda: obs.last.desired and obs.last.desired > MIN_REPLICAS, 60)
+        marks["desired rises"] = time.monotonic()
+        scaled_up = await until("a ScaledUp Event", lambda: obs.first_event("ScaledUp", spike), 15)
+        marks["ScaledUp event seen"] = scaled_up[0]
+        assert up and marks["desired rises"] - spike <= 2 * INTERVAL + SCALE_UP_SLACK, (
+            f"first scale-up {marks['desired rises'] - spike:.1f}s after the spike (interval {INTERVAL}s)"
+        )
+
+        # 2. new replicas Ready, then P95 back under the SLO while the spike goes on
+        def all_ready() -> bool:
+            running, ready = bridge.counts()
+            total = sum(ready.values())
+            return total > MIN_REPLICAS and total == sum(running.values()) == obs.last.desired
+
+        await until("the new replicas Ready", all_ready, 90)
+        marks["new replicas ready"] = time.monotonic()
+        peak = sum(bridge.counts()[1].values())
+
+        def p95_ok() -> bool:
+            s = bridge.sample()
+            return s.p95_seconds is not None and s.completed >= 5 and s.p95_seconds < SLO
+
+        await until("P95 under the SLO", p95_ok, max(5.0, spike + 75 - time.monotonic()))
+        marks["P95 under SLO"] = time.monotonic()
+        assert load.current_phase == "spike", "P95 only recovered once the spike was over"
+
+        # 3. the fleet shrinks after the spike
+        await until("the trough", lambda: load.current_phase == "trough", 60)  # type: ignore[union-attr]
+        marks["trough"] = load.phase_started["trough"]
+        down = await until("a ScaledDown Event", lambda: obs.first_event("ScaledDown", spike), 150)
+        marks["ScaledDown event seen"] = down[0]
+
+        # 4. Prometheus stops: hold, and say why
+        await asyncio.to_thread(prometheus.stop)
+        marks["Prometheus stopped"] = time.monotonic()
+
+        def metrics_unavailable() -> bool:
+            sa = obs.last.scaling_active
+            return sa is not None and sa[0] == "False"
+
+        await until("ScalingActive=False", metrics_unavailable, 3 * INTERVAL)
+        marks["ScalingActive False"] = time.monotonic()
+        held = obs.last.desired
+        assert held is not None and held > MIN_REPLICAS, f"the fleet was already at minReplicas ({held})"
+        sa = obs.last.scaling_active
+        assert sa is not None and sa[1] == "MetricsUnavailable" and "Prometheus" in sa[2], sa
+        await until(
+            "fewer pods after the ScaledDown",
+            lambda: sum(bridge.counts()[0].values()) == held and sum(bridge.counts()[0].values()) < peak,
+            60,
+        )
+        marks["fleet shrank"] = time.monotonic()
+        outage_end = time.monotonic() + 4 * INTERVAL
+        while time.monotonic() < outage_end:
+            assert obs.last.desired == held, f"desiredReplicas moved without metrics: {obs.last}"
+            assert sum(bridge.counts()[0].values()) == held
+            await asyncio.sleep(0.5)
+        assert obs.last.scaling_active is not None and obs.last.scaling_active[0] == "False"
+        assert not [e for e in obs.events.values() if e[1] == "ScaledDown" and e[0] > marks["ScalingActive False"]]
+
+        # 5. nothing lost, spec never written
+        load.stop_sending()
+        stats = await load.wait(drain_seconds=90)
+        counters = bridge.counters()
+        assert stats.errors == 0 and stats.lost == 0, (stats.summary(), stats.error_samples)
+        assert stats.ok + stats.rejected == stats.sent
+        assert (counters.ok, counters.rejected, counters.errors) == (stats.ok, stats.rejected, 0), counters
+        assert obs.last.generation == generation, "the operator wrote spec (metadata.generation moved)"
+        print_report(marks, t0, spike, obs, bridge, stats, counters)
+    finally:
+        observer.cancel()
+        if load is not None and not load.done_sending:
+            load.stop_sending()
+            await load.wait(drain_seconds=20)
+        await bridge.stop()
+        print(f"SIMULATED run: {time.monotonic() - t0:.0f}s; marks (s after spike): ", end="")
+        print({k: round(v - marks.get("spike", t0), 1) for k, v in marks.items()})
+
+
+def print_report(
+    marks: dict[str, float], t0: float, spike: float, obs: Observer, bridge: FleetBridge, stats: Any, counters: Any
+) -> None:
+    print("\n=== SIMULATED closed-loop timeline (seconds after the spike began) ===")
+    for k, v in sorted(marks.items(), key=lambda kv: kv[1]):
+        print(f"  {v - spike:+7.1f}  {k}")
+    print("  events:")
+    for t, reason, msg in sorted(obs.events.values()):
+        if reason in ("ScaledUp", "ScaledDown", "MetricsUnavailable", "MetricsAvailable"):
+            print(f"  {t - spike:+7.1f}  {reason}: {msg[:140]}")
+    print("  replicas ready per pool / P95 queue wait (15 s window), every 5 s:")
+    start = bridge.started_at
+    for s in bridge.timeline[:: max(1, int(5 / bridge.sample_seconds))]:
+        p = "-" if s.p95_seconds is None else f"{s.p95_seconds:.2f}s"
+        print(f"  {s.t + start - spike:+7.1f}  ready {s.ready}  running {s.running}  P95 {p} ({s.completed} req)")
+    print(f"  {stats.summary()}; balancer {counters.by_status}; servers {counters.servers_started} started")
