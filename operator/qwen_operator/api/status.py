@@ -68,17 +68,36 @@ class PoolStatus(BaseModel):
     """Catalog price of the pool's GPUs in $/hour (replicas x shards x $/GPU-hour)."""
 
 
+class CanaryStatus(BaseModel):
+    """The canary of one target version: a few replicas on it, smoke-tested before the pools move."""
+
+    model_config = _CONFIG
+
+    version: str = Field(max_length=128)
+    """Manifest digest the canary replicas run."""
+    phase: Literal["Testing", "Passed", "Failed"]
+    """Testing: canary replicas starting or under test; Passed: promoted to every pool; Failed: rolled back."""
+    message: str = Field(default="", max_length=1024)
+    """Outcome of the smoke test, e.g. the error a failed canary returned."""
+
+
 class ModelStatus(BaseModel):
     """Which model version is served and which is being synced."""
 
     model_config = _CONFIG
 
     current_version: str | None = None
-    """Version every ready replica serves."""
+    """Manifest digest every pool's replicas serve (set once a rollout completes)."""
     target_version: str | None = None
-    """Version the tag resolves to and replicas are moving to."""
+    """Manifest digest spec.model.version resolves to; pools move to it (after a passing canary)."""
+    resolved_from: str | None = Field(default=None, max_length=128)
+    """The spec.model.version value (tag, version name or digest) targetVersion was resolved from."""
     last_sync_bytes: int | None = Field(default=None, ge=0)
-    """Bytes the last sync moved (only chunks missing from node caches)."""
+    """Bytes of chunks in targetVersion absent from currentVersion: what a node holding the current version pulls."""
+    failed_version: str | None = Field(default=None, max_length=128)
+    """Digest whose canary failed: not retried until spec.model.version changes (a tag moving elsewhere retries)."""
+    canary: CanaryStatus | None = None
+    """The canary of the latest target version (absent when spec.rollout.canaryReplicas is 0)."""
 
 
 class AutoscalerStatus(BaseModel):

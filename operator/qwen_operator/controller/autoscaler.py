@@ -34,6 +34,7 @@ from ..render.runtimes import runtime_for
 from . import conditions as cond
 from .inventory import compute_inventory
 from .reconcile import GPU_TYPE_ANNOTATION, Observed
+from .rollout import is_canary
 
 log = logging.getLogger("qwen_operator.autoscaler")
 MANAGER = "qwen-operator-autoscaler"
@@ -52,7 +53,11 @@ class AutoscalerState:
 
 def pool_states(obs: Observed, spec: QwenDeploymentSpec, catalog: Catalog) -> list[PoolState]:
     """Ready/starting/free replicas per allowed GPU type, with cost and relative throughput (pure)."""
-    live = {(d["metadata"].get("annotations") or {}).get(GPU_TYPE_ANNOTATION): d for d in obs.deployments}
+    live = {
+        (d["metadata"].get("annotations") or {}).get(GPU_TYPE_ANNOTATION): d
+        for d in obs.deployments
+        if not is_canary(d)  # a canary is extra capacity on trial, never a pool to size
+    }
     inventory = compute_inventory(obs.nodes, obs.pods, catalog.gpus)
     current = {t: int(d.get("spec", {}).get("replicas") or 0) for t, d in live.items() if t}
     the_plan = plan(spec, catalog, replicas=sum(current.values()), current=current)

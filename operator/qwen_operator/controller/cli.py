@@ -67,6 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     from .autoscaler import Autoscaler
     from .handlers import Controller, ControllerConfig, register
     from .kube import Kube
+    from .versions import VersionWatcher
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -105,6 +106,9 @@ def _run(args: argparse.Namespace) -> int:
 
         fetch = PrometheusSource(prom_url).fetch
     controller.autoscaler = Autoscaler(controller.kube, catalog, fetch, controller.observed_or_none, prom_url)
+    controller.versions = VersionWatcher(
+        controller.kube, controller.observed_or_none, interval=_sync_interval(raw.get("modelSync") or {})
+    )
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
@@ -139,6 +143,16 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _sync_interval(section: Any) -> float:
+    """``modelSync.intervalSeconds``: how often the version watcher resolves spec.model.version (default 30)."""
+    if not isinstance(section, dict):
+        raise UserError("operator config modelSync: expected a mapping, e.g. {intervalSeconds: 30}")
+    value = section.get("intervalSeconds", 30)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise UserError(f"operator config modelSync.intervalSeconds: {value!r} is not a positive number of seconds")
+    return float(value)
 
 
 def _crd_exists(api: Any, name: str) -> bool:

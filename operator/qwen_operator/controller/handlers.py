@@ -64,6 +64,7 @@ class Controller:
     last_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
     reconciles: int = 0
     autoscaler: Any = None  # controller.autoscaler.Autoscaler, set by the CLI when wiring
+    versions: Any = None  # controller.versions.VersionWatcher, set by the CLI when wiring
 
     # -- cache updates ---------------------------------------------------------------
     def trigger(self, key: Key) -> None:
@@ -86,8 +87,12 @@ class Controller:
                 task.cancel()
             if self.autoscaler is not None:
                 self.autoscaler.stop(key)
+            if self.versions is not None:
+                self.versions.stop(key)
             return
         self.qwds[key] = copy.deepcopy(dict(body))
+        if self.versions is not None:
+            self.versions.sync(key)
         if self.autoscaler is not None:
             scaling = (body.get("spec") or {}).get("scaling") or {}
             self.autoscaler.sync(key, bool(scaling.get("enabled")))
@@ -109,6 +114,11 @@ class Controller:
         else:
             bucket[ident] = copy.deepcopy(dict(body))
         self.trigger(key)
+        self.poke_versions(key)
+
+    def poke_versions(self, key: Key) -> None:
+        if self.versions is not None and key in self.qwds:
+            self.versions.poke(key)
 
     def on_node(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -122,6 +132,9 @@ class Controller:
 
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        owner = (body["metadata"].get("labels") or {}).get(LABEL_DEPLOYMENT)
+        if owner:  # readiness and endpoints of its pods drive canary tests and rollout completion
+            self.poke_versions((key[0], owner))
         if event_type == "DELETED" or body.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             if self.pods.pop(key, None) is not None:
                 self.trigger_all()  # GPUs were freed: unplaced replicas may fit now
@@ -183,7 +196,7 @@ class Controller:
             out.events = [
                 e
                 for e in out.events
-                if not e.reason.startswith("Pool")
+                if not (e.reason.startswith("Pool") or e.reason in ("CanaryCreated", "CanaryUpdated"))
                 or e.reason == "PoolRemoved"
                 or any(name in e.message for _, name in applied)
             ]

@@ -32,6 +32,7 @@ from ..render.names import LABEL_DEPLOYMENT, LABEL_POOL, pool_deployment_name, s
 from ..render.workload import RenderContext
 from . import conditions as cond
 from .inventory import compute_inventory
+from .rollout import ModelState, canary_manifest, canary_wanted, degraded_reason, is_canary, pool_version
 
 HASH_ANNOTATION = "serving.qwenops.io/applied-hash"
 GPU_TYPE_ANNOTATION = "serving.qwenops.io/gpu-type"
@@ -185,7 +186,8 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
             {},
         )
 
-    live_by_type = {_gpu_type(d): d for d in obs.deployments}
+    pool_deps = [d for d in obs.deployments if not is_canary(d)]
+    live_by_type = {_gpu_type(d): d for d in pool_deps}
     current = {t: _replicas(d) for t, d in live_by_type.items()}
     inventory = compute_inventory(
         obs.nodes,
@@ -201,11 +203,11 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
     free = {t: inventory.free_per_node.get(t, []) for t in catalog.gpus}
     the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=current)
     out.plan = the_plan
-    model_version = (live_status.get("model") or {}).get("targetVersion")
+    model = ModelState.from_status(live_status)
     ctx = RenderContext(
         name=name,
         namespace=namespace,
-        model_version=model_version,
+        model_version=pool_version(model),
         operator_image=obs.operator_image,
         owner_uid=meta.get("uid"),
         service_monitor=obs.service_monitor_crd,
@@ -216,6 +218,10 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
     for m in rendered:
         if m["kind"] == "Deployment" and m["metadata"]["name"] in by_name:
             m["metadata"].setdefault("annotations", {})[GPU_TYPE_ANNOTATION] = by_name[m["metadata"]["name"]]
+    canary_version = canary_wanted(model, spec.rollout.canary_replicas)
+    if canary_version is not None:
+        canary = canary_manifest(spec, the_plan, ctx, catalog, canary_version, spec.rollout.canary_replicas)
+        rendered += [canary] if canary is not None else []
     manifests = [_stamp(m) for m in rendered]
     live = {_key(d): d for d in [*obs.deployments, *obs.others]}
     for m in manifests:
@@ -223,7 +229,15 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
         if _live_hash(prev) == m["metadata"]["annotations"][HASH_ANNOTATION]:
             continue
         out.apply.append(m)
-        if m["kind"] == "Deployment":
+        if m["kind"] == "Deployment" and is_canary(m):
+            out.events.append(
+                Event(
+                    "Normal",
+                    "CanaryCreated" if prev is None else "CanaryUpdated",
+                    f"Canary Deployment {m['metadata']['name']}: {_replicas(m)} replica(s) on {canary_version}.",
+                )
+            )
+        elif m["kind"] == "Deployment":
             gpu = _gpu_type(m)
             if prev is None:
                 out.events.append(
@@ -246,11 +260,15 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
                 out.events.append(Event("Normal", "PoolUpdated", f"Updated pool {gpu} (template changed)."))
 
     planned_names = {m["metadata"]["name"] for m in manifests if m["kind"] == "Deployment"}
-    planned_live = [d for d in obs.deployments if d["metadata"]["name"] in planned_names]
+    for dep in obs.deployments:
+        if is_canary(dep) and dep["metadata"]["name"] not in planned_names:
+            out.delete.append(dict(dep))
+            out.events.append(Event("Normal", "CanaryRemoved", f"Removed canary Deployment {dep['metadata']['name']}."))
+    planned_live = [d for d in pool_deps if d["metadata"]["name"] in planned_names]
     planned_ready = sum(_ready(d) for d in planned_live)
-    applying = {m["metadata"]["name"] for m in out.apply if m["kind"] == "Deployment"}
+    applying = {m["metadata"]["name"] for m in out.apply if m["kind"] == "Deployment" and not is_canary(m)}
     replacement_ready = not applying and planned_ready >= the_plan.placed and all(_settled(d) for d in planned_live)
-    leaving = [d for d in obs.deployments if d["metadata"]["name"] not in planned_names]
+    leaving = [d for d in pool_deps if d["metadata"]["name"] not in planned_names]
     waiting_on_replacement = False
     for dep in leaving:
         if replacement_ready or _ready(dep) == 0:
@@ -268,7 +286,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
 
     # status, from the live pools (what actually runs), planned first
     pools_status = []
-    for dep in sorted(obs.deployments, key=lambda d: (d["metadata"]["name"] not in planned_names, _gpu_type(d))):
+    for dep in sorted(pool_deps, key=lambda d: (d["metadata"]["name"] not in planned_names, _gpu_type(d))):
         gpu = _gpu_type(dep)
         cand = the_plan.candidate(gpu)
         pools_status.append(
@@ -282,7 +300,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
             }
         )
     ready_total = sum(p["readyReplicas"] for p in pools_status)
-    replicas_total = sum(int(d.get("status", {}).get("replicas") or 0) for d in obs.deployments)
+    replicas_total = sum(int(d.get("status", {}).get("replicas") or 0) for d in pool_deps)
     extra = {
         "replicas": replicas_total,
         "readyReplicas": ready_total,
@@ -305,7 +323,8 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
             )
         else:
             conds.append(
-                cond.Condition(
+                degraded_reason(model)
+                or cond.Condition(
                     cond.DEGRADED,
                     False,
                     "AsExpected",
@@ -321,7 +340,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
             if len(absent) == len(spec.placement.gpu_types):
                 reason = "GPUTypeNotInCluster"
         conds.append(cond.Condition(cond.DEGRADED, True, reason, message))
-    all_settled = all(_settled(d) for d in obs.deployments)
+    all_settled = all(_settled(d) for d in pool_deps)
     if out.apply or out.delete or waiting_on_replacement or not all_settled:
         why = (
             "WaitingForReplacement"

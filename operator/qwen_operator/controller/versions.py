@@ -1,0 +1,300 @@
+"""The version watcher: ``spec.model.version`` -> a manifest digest -> ``status.model``, ``ModelSynced``.
+
+One asyncio task per QwenDeployment with an ``s3://`` registry. Every
+``modelSync.intervalSeconds`` (operator config, default 30) it resolves
+``spec.model.version`` in this order:
+
+1. a ``sha256:<64 hex>`` value is a manifest digest, used as is (checked to exist);
+2. otherwise a **tag** of that name (``tags/<name>``, movable: ``stable``, ``canary``);
+3. otherwise an immutable **version name** (``versions/<name>``).
+
+Registry calls are blocking boto3 and run in worker threads (``asyncio.to_thread``).
+Credentials and endpoint are the **operator's** standard AWS environment
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN`` or ``AWS_PROFILE``,
+``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3`` for S3-compatible stores);
+``spec.model.credentialsSecret`` is for the pods' ``model-pull`` init containers only.
+
+Between resolutions it re-evaluates on every change of the resource's Deployments or
+pods (the controller pokes it), so a canary is tested and a finished roll is recorded
+within moments. The decisions are :func:`rollout.decide` (pure); this module does the
+I/O: resolve, diff manifests, smoke-test canaries through
+``huggingface_hub.InferenceClient``, and server-side apply ``status.model`` plus
+``ModelSynced`` under its own field manager. It writes only when that subset changes,
+and posts Events only with a write, so an idle fleet costs one GET per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..api.spec import QwenDeploymentSpec
+from ..modelsync.manifest import Manifest, diff
+from ..modelsync.registry import NotFoundError, Registry, RegistryError
+from . import conditions as cond
+from .reconcile import Observed
+from .rollout import ModelState, Resolution, SyncInput, canary_urls, decide, not_managed, pools_on
+
+log = logging.getLogger("qwen_operator.versions")
+MANAGER = "qwen-operator-modelsync"
+DEFAULT_INTERVAL = 30.0
+WRITE_TTL = 30.0  # trust our own last write over a lagging watch cache for this long
+SMOKE_PROMPT = "Reply with one word: ready?"
+
+Key = tuple[str, str]
+Smoke = Callable[[list[str]], tuple[bool, str]]
+
+
+def resolve(reg: Registry, version: str) -> str:
+    """Manifest digest of ``version``: a digest as is, else a tag, else a version name."""
+    if version.startswith("sha256:"):
+        return reg.resolve(version=version)
+    try:
+        return reg.resolve(tag=version)
+    except NotFoundError:
+        pass
+    try:
+        return reg.resolve(version=version)
+    except NotFoundError as exc:
+        raise NotFoundError(
+            f"spec.model.version {version!r} is neither a tag nor a version in {reg.url}: "
+            f"push it (qwenctl model push --version/--tag) or fix the spec. ({exc})"
+        ) from exc
+
+
+def classify(exc: RegistryError) -> Resolution:
+    """A registry failure as a ModelSynced reason and message."""
+    text = str(exc)
+    if isinstance(exc, NotFoundError):
+        reason = "VersionNotFound"
+    elif "access denied" in text or "no AWS credentials" in text:
+        reason = "RegistryAccessDenied"
+    elif "is invalid" in text or "not a valid digest" in text:
+        reason = "InvalidVersion"
+    else:
+        reason = "RegistryUnreachable"
+    return Resolution(None, reason, text.rstrip(".") + ".")
+
+
+def smoke_test(urls: list[str], timeout: float = 10.0, attempts: int = 2, pause: float = 1.0) -> tuple[bool, str]:
+    """A short ``text_generation`` through ``InferenceClient`` on each URL: HTTP 200 with text passes."""
+    from huggingface_hub import InferenceClient
+
+    for url in urls:
+        error = ""
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(pause)
+            try:
+                text = InferenceClient(base_url=url, timeout=timeout).text_generation(SMOKE_PROMPT, max_new_tokens=8)
+            except Exception as exc:  # noqa: BLE001 - any failure is the canary's failure, reported verbatim
+                error = f"{type(exc).__name__}: {exc}".strip()
+                continue
+            error = "" if text.strip() else "HTTP 200 but no generated text"
+            if not error:
+                break
+        if error:
+            return False, f"{url} failed a text_generation smoke test: {error}"[:900]
+    return True, f"{len(urls)} canary replica(s) answered a text_generation request"
+
+
+def make_registry(url: str) -> Registry:
+    """A registry client with short timeouts: a dead endpoint must not stall the watcher for minutes."""
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    config = Config(
+        connect_timeout=5,
+        read_timeout=15,
+        retries={"max_attempts": 2, "mode": "standard"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"} if endpoint else {},
+    )
+    return Registry(url, client=boto3.session.Session().client("s3", endpoint_url=endpoint, config=config))
+
+
+@dataclass
+class WatchState:
+    ident: tuple[str, str] | None = None  # (registry, spec.model.version) last resolved
+    resolved_at: float = -math.inf
+    resolution: Resolution | None = None
+    written: dict[str, Any] | None = None  # our last status write
+    written_at: float = -math.inf
+
+
+@dataclass
+class VersionWatcher:
+    kube: Any
+    observed: Callable[[Key], Observed | None]
+    interval: float = DEFAULT_INTERVAL
+    smoke: Smoke = smoke_test
+    registry_factory: Callable[[str], Registry] = make_registry
+    tasks: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
+    states: dict[Key, WatchState] = field(default_factory=dict)
+    registries: dict[str, Registry] = field(default_factory=dict)
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    ticks: int = 0
+
+    def sync(self, key: Key) -> None:
+        if key not in self.tasks:
+            self.wakeups[key] = asyncio.Event()
+            self.tasks[key] = asyncio.create_task(self._loop(key), name=f"versions {key[0]}/{key[1]}")
+        self.poke(key)
+
+    def stop(self, key: Key) -> None:
+        task = self.tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self.wakeups.pop(key, None)
+        self.states.pop(key, None)
+
+    def poke(self, key: Key) -> None:
+        ev = self.wakeups.get(key)
+        if ev is not None:
+            ev.set()
+
+    async def _loop(self, key: Key) -> None:
+        while key in self.wakeups:
+            ev = self.wakeups[key]
+            ev.clear()
+            try:
+                await self.tick(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad tick must not stop the watcher
+                log.exception("version watcher tick for %s/%s failed", *key)
+            state = self.states.get(key)
+            wait = self.interval if state is None else max(0.05, state.resolved_at + self.interval - time.monotonic())
+            try:
+                await asyncio.wait_for(ev.wait(), wait)
+                await asyncio.sleep(0.1)  # coalesce a burst of watch events into one evaluation
+            except TimeoutError:
+                pass
+
+    # -- blocking registry work (worker threads) -----------------------------------------
+    def _registry(self, url: str) -> Registry:
+        if url not in self.registries:
+            self.registries[url] = self.registry_factory(url)
+        return self.registries[url]
+
+    def _resolve(self, url: str, version: str) -> Resolution:
+        try:
+            return Resolution(resolve(self._registry(url), version))
+        except RegistryError as exc:
+            return classify(exc)
+
+    def _manifest(self, url: str, digest: str) -> Manifest:
+        if digest not in self.manifests:
+            if len(self.manifests) > 32:
+                self.manifests.clear()
+            self.manifests[digest] = self._registry(url).get_manifest(digest)
+        return self.manifests[digest]
+
+    def _sync_bytes(self, url: str, current: str | None, target: str) -> int:
+        old = self._manifest(url, current) if current else None
+        return diff(old, self._manifest(url, target)).bytes_to_move
+
+    # -- one evaluation ------------------------------------------------------------------
+    async def tick(self, key: Key) -> None:
+        obs = self.observed(key)
+        if obs is None:
+            return
+        self.ticks += 1
+        qwd = obs.qwd
+        try:
+            spec = QwenDeploymentSpec.model_validate(qwd.get("spec") or {})
+        except ValidationError:
+            return  # the reconciler reports an invalid spec
+        state = self.states.setdefault(key, WatchState())
+        now = time.monotonic()
+        base = self._base(qwd, state, now)
+        model = ModelState.from_status(base)
+        registry = spec.model.registry
+        if not registry.startswith("s3://"):
+            await self._write(key, qwd, base, model, not_managed(registry), [], state)
+            return
+        ident = (registry, spec.model.version)
+        if state.resolution is None or state.ident != ident or now - state.resolved_at >= self.interval:
+            state.resolution = await asyncio.to_thread(self._resolve, registry, spec.model.version)
+            state.ident, state.resolved_at = ident, now
+        res = state.resolution
+        nbytes = model.last_sync_bytes
+        if res.digest is not None and res.digest != model.target:
+            try:
+                nbytes = await asyncio.to_thread(self._sync_bytes, registry, model.current, res.digest)
+            except RegistryError as exc:
+                res = classify(exc)
+        target = res.digest or model.target or ""
+        inp = SyncInput(
+            spec_version=spec.model.version,
+            canary_replicas=spec.rollout.canary_replicas,
+            model=model,
+            resolution=res,
+            sync_bytes=nbytes,
+            pools_settled_on_target=pools_on(obs.deployments, target),
+            canary_urls=canary_urls(key[1], key[0], target, spec.rollout.canary_replicas, obs.pods),
+        )
+        step = decide(inp)
+        if step.smoke_urls:
+            log.info("smoke-testing the canary of %s/%s at %s", key[0], key[1], ", ".join(step.smoke_urls))
+            outcome = await asyncio.to_thread(self.smoke, step.smoke_urls)
+            step = decide(replace(inp, smoke=outcome))
+        events = list(step.events)
+        live = cond.get(base.get("conditions"), cond.MODEL_SYNCED)
+        if res.digest is None and (live is None or live.get("reason") != res.reason):
+            events.append(("Warning", res.reason, step.condition.message))
+        await self._write(key, qwd, base, step.model, step.condition, events, state)
+
+    def _base(self, qwd: Mapping[str, Any], state: WatchState, now: float) -> dict[str, Any]:
+        """Our part of the live status, or our last write while the watch cache lags behind it."""
+        status = qwd.get("status") or {}
+        live = {
+            "model": dict(status.get("model") or {}),
+            "conditions": [c for c in status.get("conditions") or [] if c.get("type") == cond.MODEL_SYNCED],
+        }
+        if state.written is not None and now - state.written_at < WRITE_TTL and live != state.written:
+            return state.written
+        return live
+
+    async def _write(
+        self,
+        key: Key,
+        qwd: Mapping[str, Any],
+        base: Mapping[str, Any],
+        model: ModelState,
+        condition: cond.Condition,
+        events: list[tuple[str, str, str]],
+        state: WatchState,
+    ) -> None:
+        generation = int(qwd["metadata"].get("generation") or 1)
+        merged, _ = cond.merge(base.get("conditions"), [condition], generation)
+        desired = {"model": model.to_status(), "conditions": merged}
+        if desired == base:
+            return
+        await asyncio.to_thread(self.kube.apply_status, key[0], key[1], desired, MANAGER)
+        state.written, state.written_at = desired, time.monotonic()
+        log.info(
+            "model sync %s/%s: %s %s (target %s, current %s)",
+            key[0],
+            key[1],
+            condition.reason,
+            condition.status_str,
+            model.target,
+            model.current,
+        )
+        for type_, reason, message in events:
+            try:
+                await asyncio.to_thread(self.kube.event, qwd, type_, reason, message)
+            except Exception as exc:  # noqa: BLE001 - an Event is best effort
+                log.warning("could not post event %s: %s", reason, exc)
