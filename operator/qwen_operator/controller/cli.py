@@ -118,9 +118,21 @@ def _run(args: argparse.Namespace) -> int:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
 
+    in_cluster = (
+        bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not args.kubeconfig and not os.environ.get("KUBECONFIG")
+    )
+
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> Any:
-        return kopf.login_via_client(**kwargs)
+    def login(**_: Any) -> Any:
+        # the same credentials the client library loaded, re-read on every (re-)login so that
+        # rotated in-cluster tokens and kubeconfig exec plugins keep working
+        cfg = client.Configuration()
+        if in_cluster:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            kc = str(args.kubeconfig) if args.kubeconfig else None
+            config.load_kube_config(config_file=kc, client_configuration=cfg)  # type: ignore[no-untyped-call]
+        return _connection_info(kopf, cfg)
 
     register(registry, controller)
     namespaces = args.namespace
@@ -153,6 +165,20 @@ def _sync_interval(section: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise UserError(f"operator config modelSync.intervalSeconds: {value!r} is not a positive number of seconds")
     return float(value)
+
+
+def _connection_info(kopf: Any, cfg: Any) -> Any:
+    auth = (cfg.api_key or {}).get("authorization") or ""
+    scheme, _, token = auth.partition(" ") if " " in auth else ("Bearer" if auth else "", "", auth)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        scheme=scheme or None,
+        token=token or None,
+    )
 
 
 def _crd_exists(api: Any, name: str) -> bool:

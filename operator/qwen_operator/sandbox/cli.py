@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from ..cli import UserError
@@ -36,6 +37,24 @@ def register(sub: Any) -> None:
     env = sbs.add_parser("env", help="print `export KUBECONFIG=...` for the sandbox")
     env.add_argument("--name", default="default")
     env.set_defaults(handler=_env)
+
+    demo = sbs.add_parser(
+        "demo",
+        help="the whole product on a laptop: sandbox, operator, Prometheus, S3, "
+        "SIMULATED fleet under a peak-and-trough, layer-diff model update",
+    )
+    demo.add_argument("--name", default="demo", help="sandbox name (default: %(default)s)")
+    demo.add_argument("--minutes", type=float, default=5.0, help="length of the load replay (default: %(default)s)")
+    demo.add_argument(
+        "--rate", type=float, default=2.0, help="base request rate, req/s (spike = 4x; default: %(default)s)"
+    )
+    demo.add_argument(
+        "--cold-start", default="20s", help="simulated model load time per replica (default: %(default)s)"
+    )
+    demo.add_argument("--plot", type=Path, default=Path("qwen-demo-timeline.png"), help="PNG timeline to write")
+    demo.add_argument("--keep", action="store_true", help="leave the sandbox running afterwards")
+    demo.add_argument("--quiet", action="store_true", help="no fleet log lines, only the live view")
+    demo.set_defaults(handler=_demo)
 
     status = sbs.add_parser("status", help="components, listening ports and nodes")
     status.add_argument("--name", default="default")
@@ -70,6 +89,25 @@ def _env(args: argparse.Namespace) -> int:
         raise UserError(f"sandbox {args.name!r} is not running (start it with `qwenctl sandbox up`){hint}")
     print(f"export KUBECONFIG={sandbox.kubeconfig}")
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo
+
+    try:
+        return run_demo(
+            DemoOptions(
+                name=args.name,
+                minutes=args.minutes,
+                base_rate=args.rate,
+                cold_start=args.cold_start,
+                plot=args.plot,
+                keep=args.keep,
+                quiet=args.quiet,
+            )
+        )
+    except (MissingToolError, SandboxError) as exc:
+        raise UserError(str(exc)) from None
 
 
 def _node_rows(sandbox: Sandbox) -> list[dict[str, Any]]:
