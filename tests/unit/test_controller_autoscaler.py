@@ -39,3 +39,9 @@ def test_deep_queue_scales_up_on_the_cheapest_free_pool() -> None:
     decision, _ = evaluate(0.0, POOLS, busy, TARGETS, state, previous_desired=3)
     assert decision is not None and decision.total > 3 and decision.kind in ("scale-up", "panic")
     assert decision.total <= TARGETS.max_replicas
+
+
+def test_prometheus_durations_are_valid_go_durations() -> None:
+    from qwen_operator.autoscale.prometheus import duration
+
+    assert duration(5.0) == "5s" and duration(3) == "3s" and duration(2.5) == "2500ms"

@@ -60,6 +60,12 @@ def queries(metrics: MetricNames, sel: str, window: str = "1m", quantile: float 
     }
 
 
+def duration(seconds: float) -> str:
+    """A Prometheus duration: ``5`` -> ``5s``, ``2.5`` -> ``2500ms`` (``5.0s`` is rejected)."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
 def _scalar(result: list[dict[str, Any]]) -> float | None:
     if not result:
         return None
@@ -76,7 +82,7 @@ class PrometheusSource:
         self._prom = PrometheusConnect(url=url, disable_ssl=True, timeout=int(math.ceil(timeout)))
 
     def _query(self, promql: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._prom.custom_query(promql, params={"timeout": f"{self.timeout}s"})
+        result: list[dict[str, Any]] = self._prom.custom_query(promql, params={"timeout": duration(self.timeout)})
         return result
 
     def fetch(self, namespace: str, pod_prefixes: list[str], metrics: MetricNames, window: str = "1m") -> FleetSignals:

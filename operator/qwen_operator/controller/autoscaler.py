@@ -182,7 +182,8 @@ class Autoscaler:
             prefixes = [pool_deployment_name(key[1], p.gpu_type) for p in pools]
             fleet = await asyncio.to_thread(self.fetch, key[0], prefixes, runtime_for(spec).metrics)
         now = time.monotonic()
-        decision, condition = evaluate(now, pools, fleet, targets_for(spec), state, previous)
+        held = previous if previous is not None else sum(p.replicas for p in pools) or spec.desired_replicas(None)
+        decision, condition = evaluate(now, pools, fleet, targets_for(spec), state, held)
         self.decisions += 1
         desired = previous if decision is None else decision.total
         if desired is None:
