@@ -29,10 +29,15 @@ class Row:
     decision: str = ""
 
 
+def _count(counts: dict[str, int], pool: str) -> int:
+    """Counts keyed by catalog name (A10G) or pool label (a10g)."""
+    return counts.get(pool, 0) + counts.get(pool.lower(), 0)
+
+
 def _pools(row: Row) -> str:
     cells = []
     for pool in POOLS:
-        r, n = row.ready.get(pool, 0), row.running.get(pool, 0)
+        r, n = _count(row.ready, pool), _count(row.running, pool)
         cells.append(f"{pool} {r}/{n}" if n else f"{pool} -")
     return "  ".join(f"{c:<14}" for c in cells)
 
@@ -66,8 +71,8 @@ def write_timeline(rows: Sequence[Row], events: Sequence[tuple[float, str]], out
     axes[0].plot(t, rate, color="0.4")
     axes[0].set_ylabel("load (req/s)")
     for i, pool in enumerate(POOLS):
-        axes[1].step(t, [r.ready.get(pool, 0) for r in rows], where="post", label=f"{pool} ready", color=f"C{i}")
-        axes[1].step(t, [r.running.get(pool, 0) for r in rows], where="post", linestyle=":", color=f"C{i}")
+        axes[1].step(t, [_count(r.ready, pool) for r in rows], where="post", label=f"{pool} ready", color=f"C{i}")
+        axes[1].step(t, [_count(r.running, pool) for r in rows], where="post", linestyle=":", color=f"C{i}")
     axes[1].step(t, [r.desired for r in rows], where="post", color="k", linewidth=0.8, label="desired (autoscaler)")
     axes[1].set_ylabel("replicas")
     axes[1].legend(loc="upper left", fontsize=8)
