@@ -182,9 +182,15 @@ def settled(dep: Mapping[str, Any]) -> bool:
     )
 
 
-def pools_on(deployments: Iterable[Mapping[str, Any]], version: str) -> bool:
-    """Every pool Deployment's template is on ``version`` and all its replicas are updated and Ready."""
-    return all(template_version(d) == version and settled(d) for d in deployments if not is_canary(d))
+def pools_on(deployments: Iterable[Mapping[str, Any]], version: str, desired: int = 1) -> bool:
+    """Every pool Deployment's template is on ``version`` and all its replicas are updated and Ready.
+
+    With replicas desired but no pool yet (a new resource), nothing serves the version: False.
+    """
+    pools = [d for d in deployments if not is_canary(d)]
+    if desired > 0 and not pools:
+        return False
+    return all(template_version(d) == version and settled(d) for d in pools)
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:

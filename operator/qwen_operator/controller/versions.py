@@ -96,7 +96,8 @@ def smoke_test(urls: list[str], timeout: float = 10.0, attempts: int = 2, pause:
             try:
                 text = InferenceClient(base_url=url, timeout=timeout).text_generation(SMOKE_PROMPT, max_new_tokens=8)
             except Exception as exc:  # noqa: BLE001 - any failure is the canary's failure, reported verbatim
-                error = f"{type(exc).__name__}: {exc}".strip()
+                code = getattr(getattr(exc, "response", None), "status_code", None)
+                error = (f"HTTP {code}: " if code else "") + f"{type(exc).__name__}: {exc}".strip()
                 continue
             error = "" if text.strip() else "HTTP 200 but no generated text"
             if not error:
@@ -242,7 +243,7 @@ class VersionWatcher:
             model=model,
             resolution=res,
             sync_bytes=nbytes,
-            pools_settled_on_target=pools_on(obs.deployments, target),
+            pools_settled_on_target=pools_on(obs.deployments, target, _desired(qwd, spec)),
             canary_urls=canary_urls(key[1], key[0], target, spec.rollout.canary_replicas, obs.pods),
         )
         step = decide(inp)
@@ -298,3 +299,9 @@ class VersionWatcher:
                 await asyncio.to_thread(self.kube.event, qwd, type_, reason, message)
             except Exception as exc:  # noqa: BLE001 - an Event is best effort
                 log.warning("could not post event %s: %s", reason, exc)
+
+
+def _desired(qwd: Mapping[str, Any], spec: QwenDeploymentSpec) -> int:
+    """Replicas the reconciler sizes to (its status figure once written, else the spec's)."""
+    figure = (qwd.get("status") or {}).get("desiredReplicas")
+    return int(figure) if figure is not None else spec.desired_replicas(None)
