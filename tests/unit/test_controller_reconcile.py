@@ -152,3 +152,25 @@ def test_autoscaler_status_drives_replicas_only_when_scaling_enabled() -> None:
     off["status"] = {"autoscaler": {"desiredReplicas": 4}}
     out = compute(Observed(qwd=off, nodes=[node("l0", "NVIDIA-L40S", 8)]), CATALOG, now="T")
     assert sum(m["spec"]["replicas"] for m in out.apply if m["kind"] == "Deployment") == 1
+
+
+def _pod_on(node_name: str, gpus: int, name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "llm", "labels": {"serving.qwenops.io/deployment": "chat"}},
+        "spec": {"nodeName": node_name, "containers": [{"resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]},
+        "status": {"phase": "Running"},
+    }
+
+
+def test_scale_up_spills_over_when_the_existing_pool_holds_every_gpu_of_its_type() -> None:
+    nodes = [node(f"a{i}", "NVIDIA-A10G", 1) for i in range(4)] + [node("l0", "NVIDIA-L40S", 4)]
+    obs = converge(Observed(qwd=qwd(replicas=4, placement={"gpuTypes": ["A10G", "L40S"]}), nodes=nodes))
+    assert {d["metadata"]["name"]: d["spec"]["replicas"] for d in obs.deployments} == {"chat-a10g": 4}
+    pods = [_pod_on(f"a{i}", 1, f"chat-a10g-{i}") for i in range(4)]  # our own pods hold all 4 A10G GPUs
+    bigger = copy.deepcopy(dict(obs.qwd))
+    bigger["spec"]["replicas"] = 8
+    out = compute(
+        Observed(qwd=bigger, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=pods), CATALOG, now="T"
+    )
+    sizes = {m["metadata"]["name"]: m["spec"]["replicas"] for m in out.apply if m["kind"] == "Deployment"}
+    assert sizes == {"chat-l40s": 4}, sizes  # A10G stays at 4; the next 4 spill to L40S

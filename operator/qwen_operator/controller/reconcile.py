@@ -28,7 +28,7 @@ from ..api.validate import validate_spec
 from ..catalog import Catalog
 from ..planner.plan import INSUFFICIENT_GPUS, OK, Plan, plan
 from ..render.manifests import render
-from ..render.names import LABEL_DEPLOYMENT, LABEL_POOL, pool_deployment_name, selector_string
+from ..render.names import LABEL_POOL, pool_deployment_name, selector_string
 from ..render.workload import RenderContext
 from . import conditions as cond
 from .inventory import compute_inventory
@@ -189,15 +189,9 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
     pool_deps = [d for d in obs.deployments if not is_canary(d)]
     live_by_type = {_gpu_type(d): d for d in pool_deps}
     current = {t: _replicas(d) for t, d in live_by_type.items()}
-    inventory = compute_inventory(
-        obs.nodes,
-        obs.pods,
-        catalog.gpus,
-        exclude_pod=lambda p: (
-            p.get("metadata", {}).get("namespace") == namespace
-            and (p.get("metadata", {}).get("labels") or {}).get(LABEL_DEPLOYMENT) == name
-        ),
-    )
+    # every pod's GPUs count as used, ours included: the planner keeps `current` pools and
+    # only adds replicas where GPUs are actually free (else a scale-up would double-book them)
+    inventory = compute_inventory(obs.nodes, obs.pods, catalog.gpus)
     autoscaler = (live_status.get("autoscaler") or {}).get("desiredReplicas")
     desired = spec.desired_replicas(autoscaler)
     free = {t: inventory.free_per_node.get(t, []) for t in catalog.gpus}
