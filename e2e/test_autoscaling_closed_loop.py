@@ -73,6 +73,7 @@ def body() -> dict[str, Any]:
 class Point:
     t: float  # time.monotonic()
     desired: int | None
+    p95: float | None  # status.autoscaler.p95Seconds: what the operator read from Prometheus (1m window)
     ready: int
     scaling_active: tuple[str, str, str] | None  # (status, reason, message)
     generation: int
@@ -96,6 +97,7 @@ class Observer:
             Point(
                 time.monotonic(),
                 (status.get("autoscaler") or {}).get("desiredReplicas"),
+                (status.get("autoscaler") or {}).get("p95Seconds"),
                 int(status.get("readyReplicas") or 0),
                 (sa["status"], sa["reason"], sa.get("message", "")) if sa else None,
                 int(qwd["metadata"]["generation"]),
@@ -209,6 +211,12 @@ async def scenario(api: Any, ns: str, prometheus: PrometheusServer) -> None:
         marks["trough"] = load.phase_started["trough"]
         down = await until("a ScaledDown Event", lambda: obs.first_event("ScaledDown", spike), 150)
         marks["ScaledDown event seen"] = down[0]
+        # the operator's own view (Prometheus, 1m window): back under the SLO before it shrank
+        before = [p for p in obs.points if spike <= p.t <= down[0] and p.p95 is not None]
+        over = [p.t for p in before if p.p95 is not None and p.p95 >= SLO]
+        back = [p.t for p in before if p.p95 is not None and p.p95 < SLO and p.t > max(over, default=spike)]
+        assert back, f"ScaledDown without the operator seeing P95 under the SLO: {[(p.t, p.p95) for p in before][-5:]}"
+        marks["operator's P95 (Prometheus, 1m) back under SLO"] = back[0]
 
         # 4. Prometheus stops: hold, and say why
         await asyncio.to_thread(prometheus.stop)
@@ -218,7 +226,8 @@ async def scenario(api: Any, ns: str, prometheus: PrometheusServer) -> None:
             sa = obs.last.scaling_active
             return sa is not None and sa[0] == "False"
 
-        await until("ScalingActive=False", metrics_unavailable, 3 * INTERVAL)
+        # a tick against a dead Prometheus spends ~6 s in the client's connection retries
+        await until("ScalingActive=False", metrics_unavailable, 4 * INTERVAL)
         marks["ScalingActive False"] = time.monotonic()
         held = obs.last.desired
         assert held is not None and held > MIN_REPLICAS, f"the fleet was already at minReplicas ({held})"
@@ -270,9 +279,17 @@ def print_report(
     for t, reason, msg in sorted(obs.events.values()):
         if reason in ("ScaledUp", "ScaledDown", "MetricsUnavailable", "MetricsAvailable"):
             print(f"  {t - spike:+7.1f}  {reason}: {msg[:140]}")
-    print("  replicas ready per pool / P95 queue wait (15 s window), every 5 s:")
+    print("  every 5 s: replicas ready/running per pool; P95 queue wait at the balancer (15 s window);")
+    print("  the operator's desiredReplicas and P95 (status.autoscaler, from Prometheus over 1m)")
     start = bridge.started_at
     for s in bridge.timeline[:: max(1, int(5 / bridge.sample_seconds))]:
+        at = s.t + start
+        op = min(obs.points, key=lambda p: abs(p.t - at)) if obs.points else None
         p = "-" if s.p95_seconds is None else f"{s.p95_seconds:.2f}s"
-        print(f"  {s.t + start - spike:+7.1f}  ready {s.ready}  running {s.running}  P95 {p} ({s.completed} req)")
+        desired = op.desired if op else "-"
+        op_p95 = "-" if op is None or op.p95 is None else f"{op.p95:.2f}s"
+        print(
+            f"  {at - spike:+7.1f}  ready {s.ready} running {s.running}  P95 {p} ({s.completed} req)"
+            f"  | desired {desired} P95 {op_p95}"
+        )
     print(f"  {stats.summary()}; balancer {counters.by_status}; servers {counters.servers_started} started")
