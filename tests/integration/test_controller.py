@@ -213,6 +213,13 @@ def test_killed_operator_restarts_without_duplicates(
 def test_steady_state_makes_zero_writes(qwds: Qwd, sandbox: Sandbox) -> None:
     qwds.create(resource("calm", replicas=2, gpu_types=["L40S"]))
     wait_for("Ready", lambda: qwds.ready("calm"))
+    # earlier tests' namespaces are deleted by the namespace controller (DELETEs on services,
+    # deployments, events): wait until that cleanup is over, so only the operator could write
+    wait_for(
+        "no terminating namespaces",
+        lambda: not [n for n in qwds.core.list_namespace().items if n.status.phase == "Terminating"],
+        timeout=120,
+    )
     time.sleep(3)  # let the last status round-trip settle
     before = _writes(sandbox)
     time.sleep(12)  # > two resync periods (5 s in tests)
