@@ -32,6 +32,7 @@ from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute
 log = logging.getLogger("qwen_operator.controller")
 Key = tuple[str, str]
 EXPECTATION_TTL = 30.0
+STARTUP_GRACE_SECONDS = 2.0
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Controller:
     expected: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
     last_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
     reconciles: int = 0
+    started_at: float = field(default_factory=time.monotonic)
     autoscaler: Any = None  # controller.autoscaler.Autoscaler, set by the CLI when wiring
     versions: Any = None  # controller.versions.VersionWatcher, set by the CLI when wiring
 
@@ -149,6 +151,11 @@ class Controller:
     # -- the loop --------------------------------------------------------------------
     async def _loop(self, key: Key) -> None:
         backoff = 1.0
+        # the first reconcile after start waits for the initial listings of nodes, pods and
+        # owned objects: planning against an empty cache would flip conditions for nothing
+        warmup = self.started_at + STARTUP_GRACE_SECONDS - time.monotonic()
+        if warmup > 0:
+            await asyncio.sleep(warmup)
         while key in self.qwds:
             ev = self.triggers[key]
             ev.clear()
@@ -159,7 +166,10 @@ class Controller:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed reconcile is retried, never fatal
-                log.exception("reconcile of %s/%s failed: %s", key[0], key[1], exc)
+                if _terminating_namespace(exc):
+                    log.info("namespace %s is being deleted: not reconciling %s", key[0], key[1])
+                else:
+                    log.exception("reconcile of %s/%s failed: %s", key[0], key[1], exc)
                 timeout, backoff = backoff, min(backoff * 2, 60.0)
             try:
                 await asyncio.wait_for(ev.wait(), timeout)
@@ -246,6 +256,11 @@ class Controller:
                 out.plan.pool_summary if out.plan else "-",
             )
         return out
+
+
+def _terminating_namespace(exc: Exception) -> bool:
+    """The API refuses creates in a namespace being deleted (403 NamespaceTerminating): expected."""
+    return getattr(exc, "status", None) == 403 and "NamespaceTerminating" in str(getattr(exc, "body", ""))
 
 
 def _capacity_view(node: Mapping[str, Any]) -> tuple[Any, ...]:
