@@ -151,3 +151,27 @@ def test_bridge_starts_routes_and_retires_servers_and_nothing_is_lost() -> None:
     asyncio.run(run())
     assert any("SIMULATED replica for pod chat-a10g-b stopped" in line for line in logs)
     assert all("SIMULATED" in line for line in logs)
+
+
+def test_a_deleted_pod_drains_its_requests_before_its_server_stops() -> None:
+    async def run() -> None:
+        from huggingface_hub import AsyncInferenceClient
+
+        bridge = FleetBridge(None, "llm", "chat", log=lambda _m: None)
+        await bridge.balancer.start()
+        pod = rendered_pod("chat-a10g-d", ["A10G"], **running(True))
+        await bridge.sync([pod])
+        client = AsyncInferenceClient(base_url=bridge.url)
+        reply = asyncio.ensure_future(client.text_generation(prompt_of(100), max_new_tokens=40))  # ~1.3 s (simulated)
+        await asyncio.sleep(0.3)
+        await bridge.sync([])  # the pod is deleted while its request runs
+        assert bridge.balancer.pick() is None  # no new requests go there
+        assert bridge.servers_stopped == 0  # but it keeps serving the one in flight
+        assert isinstance(await reply, str)
+        await asyncio.sleep(0.2)
+        assert bridge.servers_stopped == 1 and not bridge.replicas
+        assert bridge.counters().ok == 1
+        await client.close()
+        await bridge.stop()
+
+    asyncio.run(run())
