@@ -50,7 +50,12 @@ def register(subparsers: Any) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--filename", required=True, type=Path, help="QwenDeployment YAML file")
-    p.add_argument("--gpus", help="free GPUs per type, e.g. a10g=4,l40s=2 (default: unlimited)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--gpus", help="free GPUs per type, e.g. a10g=4,l40s=2 (default: unlimited)")
+    src.add_argument(
+        "--from-cluster", action="store_true", help="read free GPUs per node from the current kubeconfig's cluster"
+    )
+    p.add_argument("--kubeconfig", type=Path, help="with --from-cluster: kubeconfig (default: $KUBECONFIG)")
     p.add_argument("--replicas", type=int, help="replicas to place (default: what the spec asks for)")
     p.add_argument("--catalog", type=Path, help="operator config YAML whose catalog section overrides defaults")
 
@@ -114,11 +119,27 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], QwenDeploymentSp
     meta, spec = load_resource(args.filename)
     if args.replicas is not None and args.replicas < 0:
         raise UserError(f"--replicas: must be >= 0, got {args.replicas}")
-    free = parse_gpus(args.gpus, catalog)
+    free: Any = parse_gpus(args.gpus, catalog)
+    if getattr(args, "from_cluster", False):
+        free = _from_cluster(catalog, args.kubeconfig)
     problems = validate_spec(spec, catalog)
     for pr in problems:
         print(f"warning: {pr.field}: {pr.message}", file=sys.stderr)
     return meta, spec, catalog, plan(spec, catalog, replicas=args.replicas, free_gpus=free), problems
+
+
+def _from_cluster(catalog: Catalog, kubeconfig: Path | None) -> dict[str, list[int]]:
+    from ..controller.inventory_io import read_inventory
+
+    try:
+        inv = read_inventory(catalog, kubeconfig)
+    except Exception as exc:  # noqa: BLE001 - any failure to read the cluster is a user-facing error
+        raise UserError(f"--from-cluster: could not read nodes and pods: {exc}") from None
+    for product in sorted(inv.unknown_products):
+        print(f"warning: nodes with nvidia.com/gpu.product={product} are not in the catalog", file=sys.stderr)
+    summary = ", ".join(f"{t} {inv.free(t)}/{inv.allocatable[t]}" for t in inv.present()) or "no GPU nodes"
+    print(f"free GPUs in the cluster (free/allocatable): {summary}", file=sys.stderr)
+    return {t: inv.free_per_node.get(t, []) for t in catalog.gpus}
 
 
 def _table(rows: list[list[str]]) -> str:

@@ -1,0 +1,65 @@
+"""`qwenctl plan --from-cluster` sees the sandbox's real free GPUs (node allocatable minus pod requests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from qwen_operator.sandbox.cluster import Sandbox
+
+pytestmark = pytest.mark.cluster
+SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "qwen3-14b-chat.yaml"
+
+
+def test_plan_from_cluster_counts_gpus_taken_by_running_pods(kube_api: Any, namespace: str, sandbox: Sandbox) -> None:
+    core = client.CoreV1Api(kube_api)
+    for i in range(2):  # occupy 2 of the 4 single-GPU A10G nodes
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": f"busy-{i}"},
+                "spec": {
+                    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+                },
+            },
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pods = core.list_namespaced_pod(namespace).items
+        if len(pods) == 2 and all(p.spec.node_name for p in pods):
+            break
+        time.sleep(0.2)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qwen_operator.cli",
+            "plan",
+            "-f",
+            str(SAMPLE),
+            "--from-cluster",
+            "--kubeconfig",
+            str(sandbox.kubeconfig),
+            "--replicas",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "free GPUs in the cluster (free/allocatable): " in proc.stderr and "A10G 2/4" in proc.stderr
+    pools = {
+        line.split()[0]: int(line.split()[1])
+        for line in proc.stdout.splitlines()
+        if line.split() and line.split()[0] in ("A10G", "L40S") and len(line.split()) == 5
+    }
+    assert pools == {"A10G": 2, "L40S": 4}, proc.stdout
