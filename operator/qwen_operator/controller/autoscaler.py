@@ -33,6 +33,7 @@ from ..render.names import pool_deployment_name
 from ..render.runtimes import runtime_for
 from . import conditions as cond
 from .inventory import compute_inventory
+from .metrics import DECISIONS, DESIRED, SCALE_EVENTS
 from .reconcile import GPU_TYPE_ANNOTATION, Observed
 from .rollout import is_canary
 
@@ -185,10 +186,14 @@ class Autoscaler:
         held = previous if previous is not None else sum(p.replicas for p in pools) or spec.desired_replicas(None)
         decision, condition = evaluate(now, pools, fleet, targets_for(spec), state, held)
         self.decisions += 1
+        DECISIONS.labels(key[0], key[1], decision.kind if decision else "hold-no-metrics").inc()
         desired = previous if decision is None else decision.total
         if desired is None:
             desired = spec.desired_replicas(None)
         changed = previous is not None and desired != previous
+        DESIRED.labels(key[0], key[1]).set(desired)
+        if changed and previous is not None:
+            SCALE_EVENTS.labels(key[0], key[1], "up" if desired > previous else "down").inc()
         if changed:
             state.last_scale_time = cond.now_rfc3339()
         status: dict[str, Any] = {

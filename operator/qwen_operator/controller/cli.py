@@ -31,6 +31,7 @@ def register(sub: Any) -> None:
     run.add_argument("--config", type=Path, help="operator config YAML (catalog overrides, prices, image, ...)")
     run.add_argument("--kubeconfig", type=Path, help="kubeconfig (default: $KUBECONFIG, ~/.kube/config or in-cluster)")
     run.add_argument("--resync-seconds", type=float, default=None, help="periodic re-reconcile (default 60)")
+    run.add_argument("--metrics-port", type=int, default=None, help="serve the operator's own /metrics on PORT")
     run.add_argument(
         "--prometheus-url", default=None, help="Prometheus for autoscaling (default: operator config prometheus.url)"
     )
@@ -135,6 +136,10 @@ def _run(args: argparse.Namespace) -> int:
         return _connection_info(kopf, cfg)
 
     register(registry, controller)
+    if args.metrics_port:
+        from .metrics import serve
+
+        serve(args.metrics_port)
     namespaces = args.namespace
     logging.getLogger("qwen_operator").info(
         "qwen-operator starting: %s; catalog has %d GPU types, %d models",

@@ -27,6 +27,7 @@ from ..api import GROUP, PLURAL, VERSION
 from ..catalog import Catalog
 from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from .kube import Kube
+from .metrics import RECONCILE_SECONDS, RECONCILES
 from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute
 
 log = logging.getLogger("qwen_operator.controller")
@@ -159,18 +160,22 @@ class Controller:
         while key in self.qwds:
             ev = self.triggers[key]
             ev.clear()
+            started = time.monotonic()
             try:
                 await self.reconcile(key)
+                RECONCILES.labels("ok").inc()
                 backoff = 1.0
                 timeout = self.config.resync_seconds
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed reconcile is retried, never fatal
+                RECONCILES.labels("error").inc()
                 if _terminating_namespace(exc):
                     log.info("namespace %s is being deleted: not reconciling %s", key[0], key[1])
                 else:
                     log.exception("reconcile of %s/%s failed: %s", key[0], key[1], exc)
                 timeout, backoff = backoff, min(backoff * 2, 60.0)
+            RECONCILE_SECONDS.observe(time.monotonic() - started)
             try:
                 await asyncio.wait_for(ev.wait(), timeout)
             except TimeoutError:

@@ -23,6 +23,7 @@ from typing import Any, cast
 from kubernetes import client
 
 from ..api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from .metrics import API_WRITES
 
 FIELD_MANAGER = "qwen-operator"
 APPLY = "application/apply-patch+yaml"
@@ -36,6 +37,7 @@ class WriteCounter:
     def add(self, what: str) -> None:
         with self._lock:
             self.counts[what] += 1
+        API_WRITES.labels(what).inc()
 
     @property
     def total(self) -> int:
