@@ -294,3 +294,21 @@ def test_admission_rejects_invalid_resources_naming_the_field(kube_api: Any, nam
         assert err.value.status in (400, 422), label
         assert field in err.value.body, f"{label}: {err.value.body}"
     assert len(cases) >= 12
+
+
+def test_operator_uses_the_kubeconfig_flag_not_the_environment(
+    kube_api: Any, namespace: str, sandbox: Sandbox, qwen_crd: Path, tmp_path: Path
+) -> None:
+    qwds = Qwd(kube_api, namespace)
+    op = OperatorProcess(
+        sandbox.kubeconfig,
+        tmp_path / "op.log",
+        extra=["-n", namespace],
+        env={"KUBECONFIG": str(tmp_path / "does-not-exist")},
+    ).start()
+    try:
+        qwds.create(resource("flagged", replicas=1, gpu_types=["L40S"]))
+        wait_for("Ready", lambda: qwds.ready("flagged"), timeout=60)
+    finally:
+        op.stop()
+    assert "Cannot authenticate" not in op.log.read_text()

@@ -116,6 +116,9 @@ def _run(args: argparse.Namespace) -> int:
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False  # Events are posted deliberately, never as log spam
         settings.peering.standalone = True
+        # a fixed set of resources and namespaces: no list/watch of CRDs and Namespaces needed
+        # (least privilege; the CRD must exist when the operator starts, as the chart ensures)
+        settings.scanning.disabled = True
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
 
@@ -173,7 +176,9 @@ def _sync_interval(section: Any) -> float:
 
 
 def _connection_info(kopf: Any, cfg: Any) -> Any:
-    auth = (cfg.api_key or {}).get("authorization") or ""
+    # kubernetes>=31 keeps the token under "BearerToken" (older: "authorization"), "Bearer " included
+    keys = cfg.api_key or {}
+    auth = keys.get("BearerToken") or keys.get("authorization") or ""
     scheme, _, token = auth.partition(" ") if " " in auth else ("Bearer" if auth else "", "", auth)
     return kopf.ConnectionInfo(
         server=cfg.host,
