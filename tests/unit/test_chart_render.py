@@ -203,6 +203,7 @@ def test_config_is_accepted_by_the_operator(default: list[dict[str, Any]]) -> No
         "prometheus",
         "registry",
         "nodeCache",
+        "modelSync",
     }
     assert load_catalog(cfg).gpus["A10G"].price_per_gpu_hour == pytest.approx(1.006)
 
@@ -258,11 +259,11 @@ def test_grafana_dashboard_panels_and_price_overrides() -> None:
     assert titles == [
         "Replicas per pool",
         "Queue (waiting requests) per pool",
-        "P95 request latency",
+        "P95 queue wait (the autoscaler's TTFT SLO signal)",
         "Cost ($/h, GPUs requested x catalog price)",
     ]
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
-    assert "tgi_queue_size" in exprs and "tgi_request_duration_bucket" in exprs
+    assert "tgi_queue_size" in exprs and "tgi_request_queue_duration_bucket" in exprs
     assert "histogram_quantile(0.95" in exprs
     prices = {v["name"]: v["query"] for v in dash["templating"]["list"] if v["type"] == "constant"}
     assert prices == {"price_a10g": "0.5", "price_l40s": "1.861", "price_a100_40gb": "4.096", "price_a100_80gb": "3.25"}

@@ -48,9 +48,9 @@ def queries() -> dict[str, str]:
     return {
         "Replicas per pool": f"count by (pool) ({by_pool(f'tgi_queue_size{{{SELECTOR}}}')})",
         "Queue (waiting requests) per pool": f"sum by (pool) ({by_pool(f'tgi_queue_size{{{SELECTOR}}}')})",
-        "P95 request latency": (
+        "P95 queue wait (the autoscaler's TTFT SLO signal)": (
             "histogram_quantile(0.95, sum by (le, pool) "
-            f"({by_pool(f'rate(tgi_request_duration_bucket{{{SELECTOR}}}[1m])')}))"
+            f"({by_pool(f'rate(tgi_request_queue_duration_bucket{{{SELECTOR}}}[1m])')}))"
         ),
         "Cost ($/h, GPUs requested x catalog price)": " +\n".join(cost_terms),
     }
@@ -59,7 +59,7 @@ def queries() -> dict[str, str]:
 _UNITS = {
     "Replicas per pool": "short",
     "Queue (waiting requests) per pool": "short",
-    "P95 request latency": "s",
+    "P95 queue wait (the autoscaler's TTFT SLO signal)": "s",
     "Cost ($/h, GPUs requested x catalog price)": "currencyUSD",
 }
 

@@ -210,6 +210,13 @@ class NodeCache(_Values):
     """Default node-local model cache directory (read by model sync; spec.model.cache.path wins)."""
 
 
+class ModelSyncConfig(_Values):
+    """How often the version watcher resolves spec.model.version against the registry."""
+
+    interval_seconds: int = Field(default=30, ge=1, le=3600)
+    """Seconds between registry look-ups per QwenDeployment (a moved tag is noticed within this)."""
+
+
 class OperatorConfig(_Values):
     """The operator config file (a ConfigMap mounted at /etc/qwen-operator/config.yaml)."""
 
@@ -224,14 +231,15 @@ class OperatorConfig(_Values):
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     registry: RegistryDefaults = Field(default_factory=RegistryDefaults)
     node_cache: NodeCache = Field(default_factory=NodeCache)
+    model_sync: ModelSyncConfig = Field(default_factory=ModelSyncConfig)
 
 
 class ServiceMonitor(_Values):
     """A ServiceMonitor (and Service) scraping the operator's own /metrics."""
 
     enabled: bool = False
-    """Create them (needs the Prometheus Operator CRDs). `qwenctl operator run` does not serve /metrics yet:
-    until it does the target reports down."""
+    """Create them (needs the Prometheus Operator CRDs); the operator then serves its own /metrics
+    (reconciles, API writes, autoscaler decisions and scale events) on ``port``."""
     port: Port = 9090
     """Metrics port of the operator container."""
     interval: str = Field(default="30s", pattern=DURATION)

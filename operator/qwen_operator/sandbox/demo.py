@@ -43,7 +43,7 @@ PREFIX = "qwen3-14b"
 class DemoOptions:
     name: str = "demo"
     minutes: float = 5.0
-    base_rate: float = 2.0
+    base_rate: float = 1.3
     cold_start: str = "20s"
     plot: Path = Path("qwen-demo-timeline.png")
     keep: bool = False
@@ -222,8 +222,8 @@ class Demo:
             bridge.url,
             phases,
             load_azure_csv(default_trace_path()),
-            max_prompt_tokens=1024,
-            max_output_tokens=32,
+            max_prompt_tokens=512,
+            max_output_tokens=64,
             max_requests=20000,
             log=lambda _m: None,
         )
@@ -246,7 +246,7 @@ class Demo:
         finally:
             load.stop_sending()
             stats = await load.wait(drain_seconds=30)
-            self.say(f"SIMULATED load: {stats.summary()}")
+            self.say(stats.summary())
             await bridge.stop()
 
     def _row(self, t: float, phase: str) -> Row:
