@@ -64,6 +64,7 @@ class SimulatedTGI:
         self._wakeup = asyncio.Event()
         self._driver: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[Request]] = set()
+        self._unbatched: list[Request] = []  # submitted, not yet in a batch (queue wait not observed)
 
     # --- virtual clock -----------------------------------------------------------------
     def now(self) -> float:
@@ -79,11 +80,20 @@ class SimulatedTGI:
 
     def sync(self) -> None:
         """Advance the engine to now and settle finished requests."""
-        for req in self.engine.advance(self.now()):
+        finished = self.engine.advance(self.now())
+        # TGI observes the queue wait when a request enters a batch, not when it ends: a
+        # long queue shows in the SLO signal while the requests are still waiting for tokens
+        still_waiting: list[Request] = []
+        for req in self._unbatched:
+            if not math.isnan(req.start):
+                self.metrics.queue_duration.observe(req.queue_time)
+            else:
+                still_waiting.append(req)
+        self._unbatched = still_waiting
+        for req in finished:
             fut = req.tag
             self.metrics.request_success += 1
             self.metrics.duration.observe(req.duration)
-            self.metrics.queue_duration.observe(req.queue_time)
             if isinstance(fut, asyncio.Future):
                 self._pending.discard(fut)
                 if not fut.done():
@@ -128,6 +138,7 @@ class SimulatedTGI:
                 return error(429, "Model is overloaded", "overloaded")
             return error(422, "Input validation error", "validation")
         self._pending.add(fut)
+        self._unbatched.append(req)
         self._wakeup.set()
         return req
 
