@@ -55,6 +55,13 @@ class S3Bucket:
             if any(r[1].endswith(barrier) for r in log) or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
+        # concurrent requests may be logged after the barrier's line: wait until the log is quiet
+        quiet_since, size = time.monotonic(), len(log)
+        while time.monotonic() - quiet_since < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            log = self.server.request_log()
+            if len(log) != size:
+                quiet_since, size = time.monotonic(), len(log)
         return [
             r
             for r in log
