@@ -174,3 +174,71 @@ def test_scale_up_spills_over_when_the_existing_pool_holds_every_gpu_of_its_type
     )
     sizes = {m["metadata"]["name"]: m["spec"]["replicas"] for m in out.apply if m["kind"] == "Deployment"}
     assert sizes == {"chat-l40s": 4}, sizes  # A10G stays at 4; the next 4 spill to L40S
+
+
+def test_rollout_on_a_full_pool_borrows_the_surge_on_another_gpu_type() -> None:
+    nodes = [node(f"a{i}", "NVIDIA-A10G", 1) for i in range(4)] + [node("l0", "NVIDIA-L40S", 4)]
+    spec = qwd(replicas=4, placement={"gpuTypes": ["A10G", "L40S"]})
+    spec["status"] = {"model": {"currentVersion": "sha256:v1", "targetVersion": "sha256:v1"}}
+    obs = converge(Observed(qwd=spec, nodes=nodes))
+    pods = [_pod_on(f"a{i}", 1, f"chat-a10g-{i}") for i in range(4)]  # the pool fills every A10G GPU
+    moving = copy.deepcopy(dict(obs.qwd))
+    moving["status"]["model"] = {"currentVersion": "sha256:v1", "targetVersion": "sha256:v2"}
+    out = compute(
+        Observed(qwd=moving, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=pods), CATALOG, now="T"
+    )
+    deps = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
+    a10g = deps["chat-a10g"]
+    assert a10g["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}  # no deadlock
+    assert a10g["spec"]["template"]["metadata"]["annotations"]["serving.qwenops.io/model-version"] == "sha256:v2"
+    assert deps["chat-l40s"]["spec"]["replicas"] == 1  # the borrowed surge keeps 4 replicas ready
+    assert [e.reason for e in out.events if e.reason == "SurgeBorrowed"]
+    # once the A10G pool has settled on v2, the borrowed replica goes again
+    live = [as_live(a10g), as_live(deps["chat-l40s"])]
+    done = copy.deepcopy(moving)
+    done["status"]["model"] = {"currentVersion": "sha256:v2", "targetVersion": "sha256:v2"}
+    pods_after = [*pods, _pod_on("l0", 1, "chat-l40s-0")]
+    out2 = compute(
+        Observed(qwd=done, deployments=live, others=obs.others, nodes=nodes, pods=pods_after), CATALOG, now="T"
+    )
+    a10g2 = next((m for m in out2.apply if m["metadata"]["name"] == "chat-a10g"), None)
+    if a10g2 is not None:  # first the pool gets its normal strategy back, then the borrowed pool goes
+        assert a10g2["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+        assert not out2.delete
+        live = [as_live(a10g2), live[1]]
+        out2 = compute(
+            Observed(qwd=done, deployments=live, others=obs.others, nodes=nodes, pods=pods_after), CATALOG, now="T"
+        )
+    assert [d["metadata"]["name"] for d in out2.delete] == ["chat-l40s"]
+
+
+def test_rollout_with_room_keeps_the_surge_strategy_and_borrows_nothing() -> None:
+    nodes = [node(f"a{i}", "NVIDIA-A10G", 1) for i in range(6)] + [node("l0", "NVIDIA-L40S", 4)]
+    spec = qwd(replicas=4, placement={"gpuTypes": ["A10G", "L40S"]})
+    spec["status"] = {"model": {"currentVersion": "sha256:v1", "targetVersion": "sha256:v1"}}
+    obs = converge(Observed(qwd=spec, nodes=nodes))
+    pods = [_pod_on(f"a{i}", 1, f"chat-a10g-{i}") for i in range(4)]  # 2 A10G GPUs still free
+    moving = copy.deepcopy(dict(obs.qwd))
+    moving["status"]["model"] = {"currentVersion": "sha256:v1", "targetVersion": "sha256:v2"}
+    out = compute(
+        Observed(qwd=moving, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=pods), CATALOG, now="T"
+    )
+    deps = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
+    assert deps["chat-a10g"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert "chat-l40s" not in deps
+
+
+def test_rollout_with_nowhere_to_borrow_waits_with_surge_and_says_so() -> None:
+    nodes = [node(f"a{i}", "NVIDIA-A10G", 1) for i in range(4)]
+    spec = qwd(replicas=4, placement={"gpuTypes": ["A10G"]})
+    spec["status"] = {"model": {"currentVersion": "sha256:v1", "targetVersion": "sha256:v1"}}
+    obs = converge(Observed(qwd=spec, nodes=nodes))
+    pods = [_pod_on(f"a{i}", 1, f"chat-a10g-{i}") for i in range(4)]
+    moving = copy.deepcopy(dict(obs.qwd))
+    moving["status"]["model"] = {"currentVersion": "sha256:v1", "targetVersion": "sha256:v2"}
+    out = compute(
+        Observed(qwd=moving, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=pods), CATALOG, now="T"
+    )
+    a10g = next(m for m in out.apply if m["metadata"]["name"] == "chat-a10g")
+    assert a10g["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}  # never drop capacity
+    assert [e.type for e in out.events if e.reason == "RolloutWaitingForGPU"] == ["Warning"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,11 +27,12 @@ from ..api.status import pool_summary, ready_summary
 from ..api.validate import validate_spec
 from ..catalog import Catalog
 from ..planner.plan import INSUFFICIENT_GPUS, OK, Plan, plan
+from ..planner.pools import Pool
 from ..render.manifests import render
-from ..render.names import LABEL_POOL, pool_deployment_name, selector_string
+from ..render.names import ANNOTATION_MODEL_VERSION, LABEL_POOL, pool_deployment_name, selector_string
 from ..render.workload import RenderContext
 from . import conditions as cond
-from .inventory import compute_inventory
+from .inventory import GPUInventory, compute_inventory
 from .rollout import ModelState, canary_manifest, canary_wanted, degraded_reason, is_canary, pool_version
 
 HASH_ANNOTATION = "serving.qwenops.io/applied-hash"
@@ -198,10 +199,19 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
     the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=current)
     out.plan = the_plan
     model = ModelState.from_status(live_status)
+    target_version = pool_version(model) or spec.model.version
+    the_plan, blocked, borrowed = _borrow_surge(
+        the_plan, live_by_type, target_version, spec.rollout.max_surge, inventory, catalog
+    )
+    out.plan = the_plan
+    no_surge = blocked if borrowed else []
+    if blocked:
+        out.events.extend(_surge_events(blocked, borrowed, live_by_type, target_version))
     ctx = RenderContext(
         name=name,
         namespace=namespace,
         model_version=pool_version(model),
+        no_surge_pools=tuple(no_surge),
         operator_image=obs.operator_image,
         owner_uid=meta.get("uid"),
         service_monitor=obs.service_monitor_crd,
@@ -357,6 +367,92 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
     else:
         conds.append(cond.Condition(cond.READY, False, "ReplicasNotReady", f"{ready_total}/{desired} replicas ready."))
     return finish(conds, extra)
+
+
+def _template_version(dep: Mapping[str, Any]) -> str | None:
+    meta = dep.get("spec", {}).get("template", {}).get("metadata", {})
+    return (meta.get("annotations") or {}).get(ANNOTATION_MODEL_VERSION)
+
+
+def _rolling(dep: Mapping[str, Any], target_version: str) -> bool:
+    """The pool must move to ``target_version``, or is still moving (old pods left)."""
+    st = dep.get("status", {})
+    observed = st.get("observedGeneration") == dep.get("metadata", {}).get("generation")
+    in_progress = observed and int(st.get("updatedReplicas") or 0) < _replicas(dep)
+    return _template_version(dep) != target_version or in_progress
+
+
+def _borrow_surge(
+    the_plan: Plan,
+    live_by_type: Mapping[str, Mapping[str, Any]],
+    target_version: str,
+    max_surge: int,
+    inventory: GPUInventory,
+    catalog: Catalog,
+) -> tuple[Plan, list[str], str | None]:
+    """Keep rollouts moving on full GPU pools without dropping ready capacity.
+
+    A pool whose GPU type has no free GPU for a surge pod would deadlock a maxSurge/
+    maxUnavailable=0 roll (the surge pod stays Pending). Such a pool rolls one replica at a
+    time instead, and one extra replica runs meanwhile on the cheapest other planned GPU type
+    with room ("borrowed surge"); once the pool has settled the planner removes it again,
+    most expensive first. With nowhere to borrow, the surge strategy stays (capacity is never
+    dropped) and the roll waits for a GPU. Returns (plan, pools without surge room, borrower).
+    """
+    no_surge: list[str] = []
+    for pool in the_plan.pools:
+        dep = live_by_type.get(pool.gpu_type)
+        if dep is None or pool.replicas <= 0 or not _rolling(dep, target_version):
+            continue
+        room = inventory.free_replicas(pool.gpu_type, pool.shards)
+        if max_surge <= 0 or room < 1:
+            no_surge.append(pool.gpu_type)
+    if not no_surge:
+        return the_plan, [], None
+    extra = len(no_surge)
+    for cand in sorted(
+        (c for c in the_plan.candidates if c.fits and c.gpu_type not in no_surge),
+        key=lambda c: c.price_per_hour / max(c.throughput, 1e-9),
+    ):
+        planned = next((p for p in the_plan.pools if p.gpu_type == cand.gpu_type), None)
+        planned_n = planned.replicas if planned else 0
+        live_n = _replicas(live_by_type[cand.gpu_type]) if cand.gpu_type in live_by_type else 0
+        if live_n >= planned_n + extra or inventory.free_replicas(cand.gpu_type, cand.shards) >= extra:
+            if planned is not None:
+                pools = tuple(replace(p, replicas=p.replicas + extra) if p is planned else p for p in the_plan.pools)
+            else:
+                pools = (*the_plan.pools, Pool(cand.gpu_type, cand.shards, extra, cand.price_per_hour, cand.throughput))
+            return replace(the_plan, pools=pools), no_surge, cand.gpu_type
+    # nowhere to borrow: keep the surge strategy (never drop ready capacity); the roll waits
+    # for a GPU of that type and the caller says so
+    return the_plan, no_surge, None
+
+
+def _surge_events(
+    no_surge: list[str], borrowed: str | None, live_by_type: Mapping[str, Mapping[str, Any]], target_version: str
+) -> list[Event]:
+    """One Event when a pool starts rolling without surge (not on every reconcile)."""
+    starting = [g for g in no_surge if _template_version(live_by_type[g]) != target_version]
+    if not starting:
+        return []
+    pools = ", ".join(starting)
+    if borrowed:
+        return [
+            Event(
+                "Normal",
+                "SurgeBorrowed",
+                f"No free GPU to surge pool(s) {pools}: rolling one replica at a "
+                f"time while one extra replica runs on {borrowed}, so ready capacity does not drop.",
+            )
+        ]
+    return [
+        Event(
+            "Warning",
+            "RolloutWaitingForGPU",
+            f"No free GPU to surge pool(s) {pools} and no other allowed GPU type has room: the roll waits for "
+            "a GPU (ready capacity is never dropped); free a GPU, allow another GPU type, or lower the replicas.",
+        )
+    ]
 
 
 def _shards(the_plan: Plan, gpu: str) -> int:

@@ -60,6 +60,9 @@ class RenderContext:
     owner_uid: str | None = None  # adds an ownerReference when set
     service_monitor: bool = False  # render a ServiceMonitor (only when that CRD exists)
     pod_annotations: tuple[tuple[str, str], ...] = ()  # operator config podAnnotations (mesh, scraping, ...)
+    # pools rolling without room to surge on their own GPU type: one replica at a time (the
+    # controller borrows the surge on another pool so ready capacity does not drop)
+    no_surge_pools: tuple[str, ...] = ()
 
 
 def operator_version() -> str:
@@ -201,7 +204,9 @@ def pool_deployment(spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gp
             "selector": {"matchLabels": pool_selector(ctx.name, pool.gpu_type)},
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": spec.rollout.max_surge, "maxUnavailable": 0},
+                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}
+                if pool.gpu_type in ctx.no_surge_pools
+                else {"maxSurge": spec.rollout.max_surge, "maxUnavailable": 0},
             },
             "progressDeadlineSeconds": STARTUP_BUDGET_SECONDS + 600,
             "revisionHistoryLimit": 3,
