@@ -188,11 +188,27 @@ def test_rollout_on_a_full_pool_borrows_the_surge_on_another_gpu_type() -> None:
         Observed(qwd=moving, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=pods), CATALOG, now="T"
     )
     deps = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
-    a10g = deps["chat-a10g"]
-    assert a10g["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}  # no deadlock
-    assert a10g["spec"]["template"]["metadata"]["annotations"]["serving.qwenops.io/model-version"] == "sha256:v2"
-    assert deps["chat-l40s"]["spec"]["replicas"] == 1  # the borrowed surge keeps 4 replicas ready
+    assert deps["chat-l40s"]["spec"]["replicas"] == 1  # phase 1: borrow one replica on L40S first
+    assert deps["chat-a10g"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     assert [e.reason for e in out.events if e.reason == "SurgeBorrowed"]
+    # phase 2: the borrowed replica is Ready -> the full pool rolls one replica at a time (no deadlock)
+    borrowed_ready = as_live(deps["chat-l40s"])
+    a10g_live = next(d for d in obs.deployments if d["metadata"]["name"] == "chat-a10g")
+    out = compute(
+        Observed(
+            qwd=moving,
+            deployments=[a10g_live, borrowed_ready],
+            others=obs.others,
+            nodes=nodes,
+            pods=[*pods, _pod_on("l0", 1, "chat-l40s-0")],
+        ),
+        CATALOG,
+        now="T",
+    )
+    a10g = next(m for m in out.apply if m["metadata"]["name"] == "chat-a10g")
+    assert a10g["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert a10g["spec"]["template"]["metadata"]["annotations"]["serving.qwenops.io/model-version"] == "sha256:v2"
+    deps = {"chat-a10g": a10g, "chat-l40s": deps["chat-l40s"]}
     # once the A10G pool has settled on v2, the borrowed replica goes again
     live = [as_live(a10g), as_live(deps["chat-l40s"])]
     done = copy.deepcopy(moving)

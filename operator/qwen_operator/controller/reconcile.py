@@ -200,11 +200,11 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
     out.plan = the_plan
     model = ModelState.from_status(live_status)
     target_version = pool_version(model) or spec.model.version
-    the_plan, blocked, borrowed = _borrow_surge(
+    the_plan, blocked, borrowed, borrow_ready = _borrow_surge(
         the_plan, live_by_type, target_version, spec.rollout.max_surge, inventory, catalog
     )
     out.plan = the_plan
-    no_surge = blocked if borrowed else []
+    no_surge = blocked if borrowed and borrow_ready else []
     if blocked:
         out.events.extend(_surge_events(blocked, borrowed, live_by_type, target_version))
     ctx = RenderContext(
@@ -389,15 +389,17 @@ def _borrow_surge(
     max_surge: int,
     inventory: GPUInventory,
     catalog: Catalog,
-) -> tuple[Plan, list[str], str | None]:
+) -> tuple[Plan, list[str], str | None, bool]:
     """Keep rollouts moving on full GPU pools without dropping ready capacity.
 
     A pool whose GPU type has no free GPU for a surge pod would deadlock a maxSurge/
     maxUnavailable=0 roll (the surge pod stays Pending). Such a pool rolls one replica at a
     time instead, and one extra replica runs meanwhile on the cheapest other planned GPU type
     with room ("borrowed surge"); once the pool has settled the planner removes it again,
-    most expensive first. With nowhere to borrow, the surge strategy stays (capacity is never
-    dropped) and the roll waits for a GPU. Returns (plan, pools without surge room, borrower).
+    most expensive first. The pool switches to one-at-a-time only once the borrowed replicas
+    are Ready. With nowhere to borrow, the surge strategy stays (capacity is never dropped)
+    and the roll waits for a GPU. Returns (plan, pools without surge room, borrower, borrowed
+    replicas Ready).
     """
     no_surge: list[str] = []
     for pool in the_plan.pools:
@@ -408,7 +410,7 @@ def _borrow_surge(
         if max_surge <= 0 or room < 1:
             no_surge.append(pool.gpu_type)
     if not no_surge:
-        return the_plan, [], None
+        return the_plan, [], None, False
     extra = len(no_surge)
     for cand in sorted(
         (c for c in the_plan.candidates if c.fits and c.gpu_type not in no_surge),
@@ -422,10 +424,13 @@ def _borrow_surge(
                 pools = tuple(replace(p, replicas=p.replicas + extra) if p is planned else p for p in the_plan.pools)
             else:
                 pools = (*the_plan.pools, Pool(cand.gpu_type, cand.shards, extra, cand.price_per_hour, cand.throughput))
-            return replace(the_plan, pools=pools), no_surge, cand.gpu_type
+            borrower = live_by_type.get(cand.gpu_type)
+            # the borrowed replicas must be Ready before the full pool gives up a pod
+            borrow_ready = borrower is not None and _ready(borrower) >= planned_n + extra
+            return replace(the_plan, pools=pools), no_surge, cand.gpu_type, borrow_ready
     # nowhere to borrow: keep the surge strategy (never drop ready capacity); the roll waits
     # for a GPU of that type and the caller says so
-    return the_plan, no_surge, None
+    return the_plan, no_surge, None, False
 
 
 def _surge_events(
