@@ -208,6 +208,22 @@ def test_rollout_on_a_full_pool_borrows_the_surge_on_another_gpu_type() -> None:
     a10g = next(m for m in out.apply if m["metadata"]["name"] == "chat-a10g")
     assert a10g["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     assert a10g["spec"]["template"]["metadata"]["annotations"]["serving.qwenops.io/model-version"] == "sha256:v2"
+    # mid-roll: the old pod gave its GPU back (a free A10G for a moment): still one at a time, still borrowing
+    mid = as_live(a10g, ready=3)
+    mid["status"]["updatedReplicas"] = 1
+    out_mid = compute(
+        Observed(
+            qwd=moving,
+            deployments=[mid, borrowed_ready],
+            others=obs.others,
+            nodes=nodes,
+            pods=[*pods[:3], _pod_on("l0", 1, "chat-l40s-0")],
+        ),
+        CATALOG,
+        now="T",
+    )
+    assert not any(m["metadata"]["name"] == "chat-a10g" for m in out_mid.apply)  # strategy unchanged
+    assert not any(m["metadata"]["name"] == "chat-l40s" for m in out_mid.apply) and not out_mid.delete
     deps = {"chat-a10g": a10g, "chat-l40s": deps["chat-l40s"]}
     # once the A10G pool has settled on v2, the borrowed replica goes again
     live = [as_live(a10g), as_live(deps["chat-l40s"])]

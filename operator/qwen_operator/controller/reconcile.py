@@ -374,6 +374,10 @@ def _template_version(dep: Mapping[str, Any]) -> str | None:
     return (meta.get("annotations") or {}).get(ANNOTATION_MODEL_VERSION)
 
 
+def _strategy(dep: Mapping[str, Any]) -> dict[str, Any]:
+    return dict((dep.get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {})
+
+
 def _rolling(dep: Mapping[str, Any], target_version: str) -> bool:
     """The pool must move to ``target_version``, or is still moving (old pods left)."""
     st = dep.get("status", {})
@@ -407,7 +411,10 @@ def _borrow_surge(
         if dep is None or pool.replicas <= 0 or not _rolling(dep, target_version):
             continue
         room = inventory.free_replicas(pool.gpu_type, pool.shards)
-        if max_surge <= 0 or room < 1:
+        # sticky: a pool already rolling one at a time keeps doing so until it settles (the GPU its
+        # old pod freed is for its new pod, not a reason to flip back and release the borrowed one)
+        rolling_without_surge = _strategy(dep) == {"maxSurge": 0, "maxUnavailable": 1}
+        if max_surge <= 0 or room < 1 or rolling_without_surge:
             no_surge.append(pool.gpu_type)
     if not no_surge:
         return the_plan, [], None, False
