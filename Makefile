@@ -43,7 +43,7 @@ prometheus:
 	fi
 
 ## test: lint, types, import contracts, generated-file checks, unit, integration and e2e tests
-test: lint types imports unit integration e2e
+test: setup lint types imports unit integration e2e
 
 lint:
 	$(BIN)/ruff check operator tests e2e bench
@@ -73,7 +73,7 @@ generate:
 crds: generate
 
 ## demo: the main job on a laptop
-demo:
+demo: setup
 	$(BIN)/qwenctl sandbox demo
 
 ## bench: every benchmark (prints figures; nothing asserted)
