@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +31,13 @@ from qwen_operator.packaging.generate import INSTALL_NAMESPACE, INSTALL_YAML
 from qwen_operator.sandbox.cluster import Sandbox
 from qwen_operator.testing.cluster import Kubectl
 from qwen_operator.testing.operator import OperatorProcess
+from qwen_operator.testing.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 
 GROUP, VERSION, PLURAL = "serving.qwenops.io", "v1alpha1", "qwendeployments"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "qwen3-14b-chat.yaml"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def sample(name: str = "chat", replicas: int = 1) -> dict[str, Any]:

@@ -15,22 +15,12 @@ from kubernetes import client
 
 from qwen_operator.sandbox.cluster import Sandbox
 from qwen_operator.testing.operator import OperatorProcess
+from qwen_operator.testing.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 
 GROUP, VERSION, PLURAL = "serving.qwenops.io", "v1alpha1", "qwendeployments"
 SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "qwen3-14b-chat.yaml"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def resource(name: str, replicas: int = 1, gpu_types: list[str] | None = None, **spec: Any) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from qwen_operator.modelsync.synthetic import Checkpoint, Shape
 from qwen_operator.sandbox.cluster import Sandbox
 from qwen_operator.testing.operator import OperatorProcess
 from qwen_operator.testing.s3 import S3Bucket
+from qwen_operator.testing.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.s3]
 
@@ -37,17 +38,6 @@ SHAPE = Shape().scaled(0.05, layers=4, vocab=4096)  # ~11 MB in 4 shards
 QWENCTL = [sys.executable, "-c", "from qwen_operator.cli import main; raise SystemExit(main())"]
 LABEL = "serving.qwenops.io/deployment"
 VERSION_ANNOTATION = "serving.qwenops.io/model-version"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def push(bucket: S3Bucket, src: Path, version: str) -> str:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,21 +14,11 @@ from kubernetes import client
 from qwen_operator.sandbox import procs
 from qwen_operator.sandbox.cluster import Sandbox
 from qwen_operator.testing.cluster import NotTheSandboxError, assert_sandbox_kubeconfig
+from qwen_operator.testing.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 
 TOLERATE_GPU = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def gpu_pod(name: str, gpus: int, product: str) -> dict[str, Any]:
