@@ -214,6 +214,24 @@ def render_yaml() -> str:
     return HEADER + body
 
 
+def write_or_check(text: str, output: Path, *, check: bool, hint: str) -> int:
+    """Write a generated file, or (``check``) exit 1 with a unified diff when it is stale."""
+    if not check:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        print(f"wrote {output}")
+        return 0
+    current = output.read_text() if output.exists() else ""
+    if current == text:
+        return 0
+    diff = difflib.unified_diff(
+        current.splitlines(keepends=True), text.splitlines(keepends=True), str(output), "generated"
+    )
+    sys.stdout.writelines(diff)
+    print(f"\n{output} is stale: run `{hint}`", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qwen_operator.api.crdgen", description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
@@ -222,21 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"CRD file (default {DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)
     text = render_yaml()
-    if args.write:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-        print(f"wrote {args.output}")
-        return 0
-    if args.check:
-        current = args.output.read_text() if args.output.exists() else ""
-        if current == text:
-            return 0
-        diff = difflib.unified_diff(
-            current.splitlines(keepends=True), text.splitlines(keepends=True), str(args.output), "generated"
-        )
-        sys.stdout.writelines(diff)
-        print(f"\n{args.output} is stale: run `make crds`", file=sys.stderr)
-        return 1
+    if args.write or args.check:
+        return write_or_check(text, args.output, check=args.check, hint="make crds")
     sys.stdout.write(text)
     return 0
 

@@ -8,13 +8,11 @@ from the OpenAPI schema the API server enforces, so the reference cannot drift f
 from __future__ import annotations
 
 import argparse
-import difflib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .crdgen import REPO_ROOT
+from .crdgen import REPO_ROOT, write_or_check
 from .crdgen import crd as build_crd
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "api-reference.md"
@@ -93,20 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true")
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = ap.parse_args(argv)
-    text = render()
-    if args.write:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-        print(f"wrote {args.output}")
-        return 0
-    current = args.output.read_text() if args.output.exists() else ""
-    if current == text:
-        return 0
-    sys.stdout.writelines(
-        difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(args.output), "generated")
-    )
-    print(f"\n{args.output} is stale; run `make generate`", file=sys.stderr)
-    return 1
+    return write_or_check(render(), args.output, check=args.check, hint="make generate")
 
 
 if __name__ == "__main__":
