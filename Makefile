@@ -77,8 +77,11 @@ demo: setup
 	$(BIN)/qwenctl sandbox demo
 
 ## bench: every benchmark (prints figures; nothing asserted)
-bench:
-	$(PY) bench/run_all.py
+bench: setup
+	$(PY) bench/sandbox_bench.py
+	$(PY) bench/controller_bench.py
+	$(PY) bench/autoscale_bench.py
+	$(PY) bench/modelsync_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
