@@ -5,8 +5,10 @@ to boto3 stubs. There is no Docker or download site here, only the Go module pro
 we build **versitygw** (Versity S3 Gateway, Apache-2.0) with ``go install``: one static
 binary whose ``posix`` backend stores each object as a file (a bucket is a directory).
 It implements what the registry needs -- multipart upload, ranged GET, HEAD,
-ListObjectsV2, conditional PUT (``If-None-Match: *``) and SigV4 auth -- and logs one
-line per request, which tests use to count GETs.
+ListObjectsV2, conditional PUT (``If-None-Match: *``) and SigV4 auth -- and writes an
+S3-format server access log (``--access-log``), one line per request, which tests use to
+count GETs. (Its stdout request log is switched off with ``--quiet``: concurrent requests
+interleave pieces of its lines, so it cannot be counted reliably.)
 
 ``python -m qwen_operator.modelsync.s3server build`` (run by ``make setup``) compiles it
 into ``~/.cache/qwen-operator/versitygw-<version>/bin`` (``QWEN_OPERATOR_CACHE``
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,6 +35,22 @@ NAME = "versitygw"
 VERSION = "v1.8.0"
 PACKAGE = f"github.com/versity/versitygw/cmd/versitygw@{VERSION}"
 BUILD_COMMAND = "python -m qwen_operator.modelsync.s3server build"
+
+
+# One access-log line: owner bucket [time] ip requester request-id operation key request-uri status ...
+# (the key is logged unescaped and may hold spaces, so anchor on the URI and status after it)
+_ACCESS_LINE = re.compile(r"^\S+ \S+ \[[^\]]*\] \S+ \S+ \S+ s3_(\w+) .*? (/\S*) (\d{3}) ")
+_POST_OPERATIONS = {"CreateMultipartUpload", "CompleteMultipartUpload", "DeleteObjects", "RestoreObject"}
+
+
+def http_method(operation: str) -> str:
+    """The HTTP method of an S3 operation as the access log names it (``GetObject`` -> ``GET``)."""
+    if operation in _POST_OPERATIONS:
+        return "POST"
+    for prefix, method in (("Head", "HEAD"), ("Get", "GET"), ("List", "GET"), ("Delete", "DELETE"), ("Abort", "DELETE")):
+        if operation.startswith(prefix):
+            return method
+    return "PUT"  # PutObject, UploadPart, CopyObject, CreateBucket, Put*Configuration...
 
 
 class MissingServerError(RuntimeError):
@@ -103,6 +122,7 @@ class S3Server:
     region: str = "us-east-1"
     port: int = 0
     log_path: Path | None = None
+    access_log_path: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _log: IO[bytes] | None = field(default=None, repr=False)
 
@@ -126,6 +146,8 @@ class S3Server:
             self.port = free_port()
         if self.log_path is None:
             self.log_path = self.data_dir.parent / f"{NAME}-{self.port}.log"
+        if self.access_log_path is None:
+            self.access_log_path = self.data_dir.parent / f"{NAME}-{self.port}.access.log"
         self._log = self.log_path.open("ab")
         cmd = [
             str(binary),
@@ -138,6 +160,9 @@ class S3Server:
             "--port",
             f"127.0.0.1:{self.port}",
             "--keep-alive",
+            "--quiet",
+            "--access-log",
+            str(self.access_log_path),
             "posix",
             str(self.data_dir),
         ]
@@ -162,14 +187,18 @@ class S3Server:
         raise RuntimeError(f"{NAME} did not answer on {self.endpoint_url} within {timeout:.0f}s; see {self.log_path}")
 
     def request_log(self) -> list[tuple[str, str, int]]:
-        """``(method, path, status)`` of every request served so far (from the server log)."""
-        if self.log_path is None or not self.log_path.exists():
+        """``(method, path, status)`` of every request served so far, from the access log.
+
+        ``path`` is the request URI (``/bucket/key?query``); the log is written after each
+        request completes, so callers that need "everything up to now" send a barrier request.
+        """
+        if self.access_log_path is None or not self.access_log_path.exists():
             return []
         out: list[tuple[str, str, int]] = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            parts = [p.strip() for p in line.split("|")]
-            if len(parts) >= 7 and parts[1] == "vgw" and parts[2].isdigit():
-                out.append((parts[5], parts[6], int(parts[2])))
+        for line in self.access_log_path.read_text(errors="replace").splitlines():
+            m = _ACCESS_LINE.match(line)
+            if m:
+                out.append((http_method(m.group(1)), m.group(2), int(m.group(3))))
         return out
 
     def stop(self) -> None:
