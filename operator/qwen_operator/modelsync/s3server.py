@@ -47,7 +47,8 @@ def http_method(operation: str) -> str:
     """The HTTP method of an S3 operation as the access log names it (``GetObject`` -> ``GET``)."""
     if operation in _POST_OPERATIONS:
         return "POST"
-    for prefix, method in (("Head", "HEAD"), ("Get", "GET"), ("List", "GET"), ("Delete", "DELETE"), ("Abort", "DELETE")):
+    prefixes = (("Head", "HEAD"), ("Get", "GET"), ("List", "GET"), ("Delete", "DELETE"), ("Abort", "DELETE"))
+    for prefix, method in prefixes:
         if operation.startswith(prefix):
             return method
     return "PUT"  # PutObject, UploadPart, CopyObject, CreateBucket, Put*Configuration...
