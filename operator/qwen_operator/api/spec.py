@@ -215,6 +215,11 @@ class RolloutSpec(BaseModel):
     """Extra pods per pool during a rolling update (pods are never taken down before replacements are ready)."""
     canary_replicas: int = Field(default=0, ge=0, le=100)
     """Replicas that receive a new model version first (0: roll all pools directly)."""
+    canary_timeout_seconds: int = Field(default=900, ge=10, le=86400)
+    """Seconds the canary replicas get to become Ready, counted from the canary Deployment's creation.
+    A canary still not Ready then (no free GPU to schedule on, or the server never passes its
+    readiness probe) is rolled back like a failed one: removed, Degraded=CanaryTimeout, and its
+    digest not retried until spec.model.version changes or the tag moves to another digest."""
 
 
 _SPEC_RULES = (
