@@ -28,7 +28,8 @@ from ..catalog import Catalog
 from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from .kube import Kube
 from .metrics import RECONCILE_SECONDS, RECONCILES
-from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute
+from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute, with_watcher_status
+from .versions import MANAGER as MODEL_SYNC_MANAGER
 
 log = logging.getLogger("qwen_operator.controller")
 Key = tuple[str, str]
@@ -66,6 +67,8 @@ class Controller:
     last_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
     reconciles: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    # a canary timeout recorded in status.model: (resourceVersion it was computed from, what was written)
+    model_written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
     autoscaler: Any = None  # controller.autoscaler.Autoscaler, set by the CLI when wiring
     versions: Any = None  # controller.versions.VersionWatcher, set by the CLI when wiring
 
@@ -162,12 +165,14 @@ class Controller:
             ev.clear()
             started = time.monotonic()
             try:
-                await self.reconcile(key)
+                out = await self.reconcile(key)
                 RECONCILES.labels("ok").inc()
                 backoff = 1.0
                 timeout = self.config.resync_seconds
             except asyncio.CancelledError:
                 raise
+                if out.requeue_after is not None:  # a canary deadline falls before the next resync
+                    timeout = max(0.5, min(timeout, out.requeue_after + 0.5))
             except Exception as exc:  # noqa: BLE001 - a failed reconcile is retried, never fatal
                 RECONCILES.labels("error").inc()
                 if _terminating_namespace(exc):
@@ -225,7 +230,16 @@ class Controller:
 
     async def reconcile(self, key: Key) -> Outcome:
         self.reconciles += 1
-        out = compute(self.observed(key), self.catalog)
+        obs = self.observed(key)
+        rv = obs.qwd.get("metadata", {}).get("resourceVersion")
+        written = self.model_written.pop(key, None)
+        if written is not None and written[0] == rv:  # the watch has not delivered that write yet
+            obs = with_watcher_status(obs, written[1])
+            self.model_written[key] = written
+        out = compute(obs, self.catalog)
+        if out.model_status is not None:  # first: a crash after it still finds the canary rolled back
+            await asyncio.to_thread(self.kube.apply_status, key[0], key[1], out.model_status, MODEL_SYNC_MANAGER)
+            self.model_written[key] = (rv, out.model_status)
         self._filter_expected(out)
         if out.status is not None and self.last_status.get(key) == out.status:
             out.status = None  # already written; the watch has not caught up yet

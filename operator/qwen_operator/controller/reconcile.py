@@ -14,6 +14,7 @@ pools have all their replicas Ready, so capacity never drops during a move.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -33,10 +34,23 @@ from ..render.names import ANNOTATION_MODEL_VERSION, LABEL_POOL, pool_deployment
 from ..render.workload import RenderContext
 from . import conditions as cond
 from .inventory import GPUInventory, compute_inventory
-from .rollout import ModelState, canary_manifest, canary_wanted, degraded_reason, is_canary, pool_version
+from .rollout import (
+    GPU_TYPE_ANNOTATION,
+    ModelState,
+    canary_deadline,
+    canary_manifest,
+    canary_wanted,
+    degraded_reason,
+    is_canary,
+    parse_time,
+    pool_version,
+    template_version,
+    timed_out,
+    watcher_status,
+)
 
 HASH_ANNOTATION = "serving.qwenops.io/applied-hash"
-GPU_TYPE_ANNOTATION = "serving.qwenops.io/gpu-type"
+__all__ = ["GPU_TYPE_ANNOTATION", "HASH_ANNOTATION", "Event", "Observed", "Outcome", "compute", "with_watcher_status"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +68,19 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     plan: Plan | None = None
     spec: QwenDeploymentSpec | None = None
+    # the version watcher's status subset, written under its field manager before anything
+    # else: a canary timed out (see rollout.canary_deadline); None = nothing to record
+    model_status: dict[str, Any] | None = None
+    requeue_after: float | None = None  # reconcile again by then (a canary's deadline)
 
     @property
     def writes(self) -> int:
-        return len(self.apply) + len(self.delete) + (1 if self.status is not None else 0)
+        return (
+            len(self.apply)
+            + len(self.delete)
+            + (1 if self.status is not None else 0)
+            + (1 if self.model_status is not None else 0)
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,17 @@ class Observed:
     service_monitor_crd: bool = False
     operator_image: str | None = None
     pod_annotations: tuple[tuple[str, str], ...] = ()
+
+
+def with_watcher_status(obs: Observed, written: Mapping[str, Any]) -> Observed:
+    """``obs`` with the version watcher's status subset (``model``, ``ModelSynced``) replaced by ``written``."""
+    qwd = dict(obs.qwd)
+    status = dict(qwd.get("status") or {})
+    status["model"] = written.get("model") or {}
+    others = [c for c in status.get("conditions") or [] if c.get("type") != cond.MODEL_SYNCED]
+    status["conditions"] = others + list(written.get("conditions") or [])
+    qwd["status"] = status
+    return replace(obs, qwd=qwd)
 
 
 def manifest_hash(obj: Mapping[str, Any]) -> str:
@@ -139,7 +173,9 @@ def _status_subset(status: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
+def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.datetime | None = None) -> Outcome:
+    """``now`` stamps condition transitions; ``at`` is the clock canary deadlines are read on (default: ``now``)."""
+    clock = at or parse_time(now) or dt.datetime.now(dt.UTC)
     qwd = obs.qwd
     meta, live_status = qwd.get("metadata", {}), qwd.get("status") or {}
     name, namespace = meta["name"], meta["namespace"]
@@ -200,6 +236,25 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
     out.plan = the_plan
     model = ModelState.from_status(live_status)
     target_version = pool_version(model) or spec.model.version
+    timeout = spec.rollout.canary_timeout_seconds
+    deadline = canary_deadline(
+        model, name, namespace, spec.rollout.canary_replicas, timeout, obs.deployments, obs.pods, clock
+    )
+    if deadline is not None and deadline.expired:
+        # roll back now: the canary is deleted below (no longer wanted), Degraded says why
+        model = timed_out(model, deadline, timeout)
+        out.model_status = watcher_status(live_status, model, generation, now)
+        out.events.append(
+            Event(
+                "Warning",
+                "CanaryTimeout",
+                f"Canary of {deadline.version[:19]} not Ready after {timeout}s: {deadline.message}. Rolled back: "
+                f"the canary is removed and pools stay on {(model.current or '-')[:19]}; not retried until "
+                "the tag moves or spec.model.version changes.",
+            )
+        )
+    elif deadline is not None:
+        out.requeue_after = deadline.remaining
     the_plan, blocked, borrowed, borrow_ready = _borrow_surge(
         the_plan, live_by_type, target_version, spec.rollout.max_surge, inventory, catalog
     )
@@ -224,8 +279,24 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None) -> Outcome:
             m["metadata"].setdefault("annotations", {})[GPU_TYPE_ANNOTATION] = by_name[m["metadata"]["name"]]
     canary_version = canary_wanted(model, spec.rollout.canary_replicas)
     if canary_version is not None:
-        canary = canary_manifest(spec, the_plan, ctx, catalog, canary_version, spec.rollout.canary_replicas)
-        rendered += [canary] if canary is not None else []
+        canary = canary_manifest(
+            spec,
+            the_plan,
+            ctx,
+            catalog,
+            canary_version,
+            spec.rollout.canary_replicas,
+            free_replicas=inventory.free_replicas,
+            live=obs.deployments,
+        )
+        # a canary of another version is deleted (below) and created anew, never updated in
+        # place: its creationTimestamp is the clock of spec.rollout.canaryTimeoutSeconds
+        name_of = canary["metadata"]["name"] if canary is not None else None
+        stale = any(
+            is_canary(d) and d["metadata"]["name"] == name_of and template_version(d) != canary_version
+            for d in obs.deployments
+        )
+        rendered += [canary] if canary is not None and not stale else []
     manifests = [_stamp(m) for m in rendered]
     live = {_key(d): d for d in [*obs.deployments, *obs.others]}
     for m in manifests:

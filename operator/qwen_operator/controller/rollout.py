@@ -17,11 +17,21 @@ an operator killed at any point resumes where it stopped:
 
 A failed digest is not retried until ``spec.model.version`` changes; a tag moving to a
 different digest starts a new canary.
+
+A canary that is not Ready within ``spec.rollout.canaryTimeoutSeconds`` of its
+Deployment's creation (no free GPU, or a server that never passes its readiness probe)
+is rolled back the same way, with the reason ``CanaryTimeout``. The clock is the canary
+Deployment's ``creationTimestamp``, so a restarted operator times it out on schedule.
+The reconciler is the one that sees the canary's Deployment and pods, so it records the
+timeout: one write of the watcher's own subset (``status.model`` + ``ModelSynced``, under
+the watcher's field manager, exactly what the watcher itself writes for a rollback), after
+which both writers compute the same state from it and neither writes again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,6 +51,11 @@ from ..render.workload import RenderContext, pool_deployment
 from . import conditions as cond
 
 LABEL_CANARY = "serving.qwenops.io/canary"
+#: The catalog GPU type a pool (or canary) Deployment runs on.
+GPU_TYPE_ANNOTATION = "serving.qwenops.io/gpu-type"
+#: ``status.model.canary.message`` of a canary rolled back by ``canaryTimeoutSeconds`` starts so.
+TIMEOUT_MARK = "not Ready within canaryTimeoutSeconds"
+CANARY_FAILED, CANARY_TIMEOUT = "CanaryFailed", "CanaryTimeout"
 #: Sandbox only: the URL of the simulated server standing in for a pod (pods run no containers there).
 ENDPOINT_ANNOTATION = "sandbox.qwenops.io/endpoint"
 TESTING, PASSED, FAILED = "Testing", "Passed", "Failed"
@@ -147,21 +162,151 @@ def as_canary(pool_manifest: dict[str, Any], name: str, gpu_type: str, replicas:
     return dep
 
 
-def canary_manifest(
-    spec: QwenDeploymentSpec, the_plan: Plan, ctx: RenderContext, catalog: Catalog, version: str, replicas: int
-) -> dict[str, Any] | None:
-    """The canary Deployment: ``replicas`` replicas of the cheapest planned pool type on ``version``."""
-    pools = sorted(the_plan.pools, key=lambda p: p.price_per_replica_hour) or [
-        Pool(c.gpu_type, c.shards, 0, c.price_per_hour)
+def canary_gpu_type(
+    the_plan: Plan, replicas: int, free_replicas: Callable[[str, int], int], live: str | None = None
+) -> Pool | None:
+    """Where the canary runs: the cheapest planned pool type with room for ``replicas``.
+
+    A full pool type (no free GPU, so the canary would stay Pending) gives way to the
+    cheapest other allowed GPU type the model fits on that has room, as a borrowed surge
+    does. With room nowhere, the cheapest planned type (the canary waits for a GPU, and
+    ``canaryTimeoutSeconds`` bounds the wait). ``live`` (the GPU type a canary of this
+    version already runs on) is kept: the canary's own pods use the room it was placed by.
+    """
+    planned = sorted(the_plan.pools, key=lambda p: p.price_per_replica_hour)
+    others = [
+        Pool(c.gpu_type, c.shards, 0, c.price_per_hour, c.throughput)
         for c in sorted(the_plan.candidates, key=lambda c: c.price_per_hour)
-        if c.fits
+        if c.fits and c.shards > 0 and all(p.gpu_type != c.gpu_type for p in planned)
     ]
-    if not pools:
+    options = [*planned, *others]
+    if not options:
         return None
-    pool = replace(pools[0], replicas=replicas)
+    chosen = next((p for p in options if p.gpu_type == live), None)
+    if chosen is None:
+        chosen = next((p for p in options if free_replicas(p.gpu_type, p.shards) >= replicas), options[0])
+    return replace(chosen, replicas=replicas)
+
+
+def canary_manifest(
+    spec: QwenDeploymentSpec,
+    the_plan: Plan,
+    ctx: RenderContext,
+    catalog: Catalog,
+    version: str,
+    replicas: int,
+    free_replicas: Callable[[str, int], int] | None = None,
+    live: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any] | None:
+    """The canary Deployment: ``replicas`` replicas on ``version``, placed by :func:`canary_gpu_type`."""
+    running = next((canary_type(d) for d in live if is_canary(d) and template_version(d) == version), None)
+    pool = canary_gpu_type(the_plan, replicas, free_replicas or (lambda _t, _s: replicas), running)
+    if pool is None:
+        return None
     gpu = catalog.gpus[resolve_gpu_name(pool.gpu_type, catalog.gpus)]
     dep = pool_deployment(spec, replace(ctx, model_version=version), pool, gpu)
-    return as_canary(dep, ctx.name, pool.gpu_type, replicas)
+    dep = as_canary(dep, ctx.name, pool.gpu_type, replicas)
+    dep["metadata"].setdefault("annotations", {})[GPU_TYPE_ANNOTATION] = pool.gpu_type
+    return dep
+
+
+def canary_type(dep: Mapping[str, Any]) -> str | None:
+    return (dep.get("metadata", {}).get("annotations") or {}).get(GPU_TYPE_ANNOTATION)
+
+
+# -- the canary's deadline (the reconciler decides it: it sees the canary's Deployment and pods) --
+@dataclass(frozen=True)
+class CanaryDeadline:
+    version: str
+    remaining: float  # seconds left; <= 0: timed out
+    message: str  # why the canary is not Ready (Pending for a GPU, or not passing readiness)
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining <= 0
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    if not value:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    try:
+        parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def canary_deadline(
+    m: ModelState,
+    name: str,
+    namespace: str,
+    canary_replicas: int,
+    timeout_seconds: float,
+    deployments: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    now: dt.datetime,
+) -> CanaryDeadline | None:
+    """The running canary's deadline, or None (no canary under test, or all its replicas Ready).
+
+    Counted from the canary Deployment's ``creationTimestamp`` (cluster state: survives an
+    operator restart). A canary whose replicas are all Ready is in the watcher's hands
+    (smoke test), never timed out. ``pods`` are scheduled pods (the controller's GPU pod
+    cache): a canary replica missing from them is Pending for a GPU.
+    """
+    version = canary_wanted(m, canary_replicas)
+    if version is None:
+        return None
+    dep = next((d for d in deployments if is_canary(d) and template_version(d) == version), None)
+    created = parse_time((dep or {}).get("metadata", {}).get("creationTimestamp"))
+    if dep is None or created is None:
+        return None
+    mine = [
+        p
+        for p in pods
+        if p.get("metadata", {}).get("namespace") == namespace
+        and (p.get("metadata", {}).get("labels") or {}).get(LABEL_DEPLOYMENT) == label_value(name)
+        and (p.get("metadata", {}).get("labels") or {}).get(LABEL_CANARY) == "true"
+        and (p.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_MODEL_VERSION) == version
+        and not p.get("metadata", {}).get("deletionTimestamp")
+    ]
+    ready = sum(1 for p in mine if pod_ready(p))
+    if ready >= canary_replicas:
+        return None
+    scheduled = sum(1 for p in mine if p.get("spec", {}).get("nodeName"))
+    gpu = canary_type(dep) or "its GPU type"
+    if scheduled < canary_replicas:
+        why = (
+            f"{canary_replicas - scheduled} of {canary_replicas} canary pod(s) Pending: no node had a free {gpu} GPU "
+            "(and no other allowed GPU type had room when the canary was placed)"
+        )
+    else:
+        why = (
+            f"{canary_replicas - ready} of {canary_replicas} canary pod(s) scheduled on {gpu} but never Ready "
+            "(the server did not pass its readiness probe: see the canary pod's logs and events)"
+        )
+    elapsed = (now - created).total_seconds()
+    return CanaryDeadline(version, timeout_seconds - elapsed, why)
+
+
+def timed_out(m: ModelState, deadline: CanaryDeadline, timeout_seconds: float) -> ModelState:
+    """``status.model`` once the canary of ``deadline.version`` timed out: rolled back like a failed one."""
+    message = f"{TIMEOUT_MARK}={int(timeout_seconds)}: {deadline.message}"
+    return replace(m, canary=Canary(deadline.version, FAILED, message), failed=deadline.version)
+
+
+def watcher_status(
+    status: Mapping[str, Any] | None, m: ModelState, generation: int, now: str | None = None
+) -> dict[str, Any]:
+    """The version watcher's status subset (``model`` + ``ModelSynced``) for a rolled-back ``m``.
+
+    Byte for byte what the watcher writes for the same state, so after this one write
+    it computes no change and writes nothing.
+    """
+    live = [c for c in (status or {}).get("conditions") or [] if c.get("type") == cond.MODEL_SYNCED]
+    merged, _ = cond.merge(live, [_rolled_back(m)], generation, now=now)
+    return {"model": m.to_status(), "conditions": merged}
 
 
 # -- observations the watcher decides on -------------------------------------------------
@@ -367,12 +512,20 @@ def decide(inp: SyncInput) -> SyncStep:
 
 def _rolled_back(m: ModelState) -> cond.Condition:
     msg = (m.canary.message if m.canary and m.canary.version == m.target else "") or "the smoke test failed"
+    again = "Publish a fixed version (move the tag) or change spec.model.version to try again."
+    if msg.startswith(TIMEOUT_MARK):
+        return cond.Condition(
+            cond.MODEL_SYNCED,
+            False,
+            CANARY_TIMEOUT,
+            f"The canary of {short(m.target)} was rolled back: {msg}. Pools stay on {short(m.current)}. "
+            f"Free or add GPUs (or fix the server) and move the tag, or change spec.model.version, to try again.",
+        )
     return cond.Condition(
         cond.MODEL_SYNCED,
         False,
-        "CanaryFailed",
-        f"The canary of {short(m.target)} failed ({msg}); pools stay on {short(m.current)}. "
-        "Publish a fixed version (move the tag) or change spec.model.version to try again.",
+        CANARY_FAILED,
+        f"The canary of {short(m.target)} failed ({msg}); pools stay on {short(m.current)}. {again}",
     )
 
 
