@@ -199,7 +199,13 @@ class ScalingSpec(_Checked):
     target_queue_depth: float = Field(default=4.0, gt=0, le=10000)
     """Waiting requests per ready replica the autoscaler aims for."""
     p95_latency_seconds: float = Field(default=1.2, gt=0, le=3600)
-    """P95 time-to-first-token SLO in seconds; above it the autoscaler adds replicas (TGI: queue wait; vLLM: TTFT)."""
+    """P95 time-to-first-token SLO in seconds; above it the autoscaler adds replicas (TGI: queue wait; vLLM: TTFT).
+    Placement also uses it: a GPU type whose idle time to first token for typicalPromptTokens exceeds it is not
+    used (qwenctl plan shows each type's time to first token and requests/s within it)."""
+    typical_prompt_tokens: int = Field(default=512, ge=1, le=1048576)
+    """Prompt length, in tokens, of a typical request; sizes placement's time-to-first-token estimate."""
+    typical_output_tokens: int = Field(default=128, ge=1, le=1048576)
+    """Generated tokens of a typical request; sizes placement's per-replica capacity estimate."""
     scale_down_delay_seconds: int = Field(default=300, ge=0, le=86400)
     """How long load must stay low before replicas are removed (stabilisation window)."""
     interval_seconds: int = Field(default=15, ge=5, le=3600)

@@ -5,7 +5,16 @@ sizes, calls :func:`plan`, and applies what the renderer makes of the result.
 """
 
 from .placement import DEFAULT_POLICY, Candidate, PlacementPolicy, Workload, candidate_for, candidates
-from .plan import INSUFFICIENT_GPUS, MODEL_NOT_IN_CATALOG, NO_GPU_TYPE_FITS, OK, Plan, plan, workload_for
+from .plan import (
+    INSUFFICIENT_GPUS,
+    MODEL_NOT_IN_CATALOG,
+    NO_GPU_TYPE_FITS,
+    NO_GPU_TYPE_MEETS_SLO,
+    OK,
+    Plan,
+    plan,
+    workload_for,
+)
 from .pools import FreeGPUs, Pool, fill, removal_order, replica_slots, resize
 
 __all__ = [
@@ -15,6 +24,7 @@ __all__ = [
     "INSUFFICIENT_GPUS",
     "MODEL_NOT_IN_CATALOG",
     "NO_GPU_TYPE_FITS",
+    "NO_GPU_TYPE_MEETS_SLO",
     "OK",
     "PlacementPolicy",
     "Plan",

@@ -29,7 +29,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "plan",
         help="print where a QwenDeployment's replicas would go",
-        description="Print the placement table (GPU type, shards, GPUs/replica, fits?, $/h, throughput, why) "
+        description="Print the placement table (GPU type, shards, GPUs/replica, fits?, $/h, throughput, time to first "
+        "token, requests/s within the SLO, why) "
         "and the pools for a QwenDeployment file.",
     )
     _common(p)
@@ -148,25 +149,32 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def format_plan(p: Plan) -> str:
-    rows = [["GPU", "SHARDS", "GPUS/REPLICA", "FITS", "$/H/REPLICA", "TOK/S/SEQ*", "$/H PER TOK/S", "WHY"]]
+    head = ["GPU", "SHARDS", "GPUS/REPLICA", "FITS", "$/H/REPLICA", "TOK/S/SEQ*", "TTFT IDLE", "REQ/S@SLO**"]
+    rows = [[*head, "$/H PER REQ/S", "WHY"]]
     for c in p.candidates:
         rows.append(
             [
                 c.gpu_type,
-                str(c.shards) if c.fits else "-",
-                str(c.gpus_per_replica) if c.fits else "-",
+                str(c.shards) if c.shards else "-",
+                str(c.gpus_per_replica) if c.shards else "-",
                 "yes" if c.fits else "no",
                 f"{c.price_per_hour:.3f}" if c.fits else "-",
                 f"{c.throughput:.1f}" if c.fits else "-",
-                f"{c.cost_per_throughput:.4f}" if c.fits else "-",
+                f"{c.idle_ttft:.2f}s" if c.idle_ttft else "-",
+                f"{c.slo_rate:.2f}" if c.slo_rate else "-",
+                f"{c.cost_per_slo_rate:.3f}" if c.slo_rate and c.fits else "-",
                 c.reason,
             ]
         )
     for name in p.unknown_gpu_types:
-        rows.append([name, "-", "-", "no", "-", "-", "-", "not in the catalog"])
+        rows.append([name, "-", "-", "no", "-", "-", "-", "-", "-", "not in the catalog"])
     out = [f"model {p.model}: {p.desired_replicas} replica(s) wanted", ""]
     out.append(_table(rows) if len(rows) > 1 else "(no candidates)")
-    out.append("* estimated decode tokens/s per sequence (bandwidth-bound), for ranking only")
+    out.append("* estimated decode tokens/s per sequence (bandwidth-bound)")
+    out.append(
+        "** requests/s per replica with P95 time to first token within spec.scaling.p95LatencySeconds for "
+        "typical requests (simulated replica model); TTFT IDLE: one typical prompt on an idle replica"
+    )
     out.append("")
     if p.pools:
         pool_rows = [["POOL", "REPLICAS", "SHARDS", "GPUS", "$/H"]]

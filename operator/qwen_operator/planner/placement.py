@@ -28,14 +28,29 @@ sequence ~ ``bandwidth x shards x tp_efficiency / weight_bytes``. Tensor paralle
 an all-reduce per layer: ``tp_efficiency = 0.9 ** log2(shards)`` over NVLink and
 ``0.8 ** log2(shards)`` over PCIe (A10G, L40S). It is a relative figure to rank GPU
 types by $ per unit of throughput, not a benchmark.
+
+SLO (time to first token). A replica that fits is then asked of the simulator's replica
+model (:class:`qwen_operator.sim.model.ReplicaModel`, the same model ``qwenctl simulate``
+and the simulated TGI server use) for a typical request (``spec.scaling.typicalPromptTokens``
+in, ``typicalOutputTokens`` out):
+
+- ``idle_ttft``: time to first token of one typical prompt on an idle replica (its prefill
+  forwards). Above the SLO (``spec.scaling.p95LatencySeconds``) no load can meet it, so the
+  GPU type is not used (``fits`` false, the reason says why).
+- ``slo_rate``: requests/s one replica sustains with P95 time to first token within the SLO
+  (:meth:`ReplicaModel.slo_capacity`), and ``slo_concurrency`` the requests in flight then.
+
+Ranking (``PlacementPolicy.rank_by``): ``"slo"`` orders usable types by $/h per request/s
+within the SLO; ``"decode"`` by $/h per decode token/s. Either way spill-over follows it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..catalog import GB, GPUType, QwenModel
+from ..sim.model import ReplicaModel, SLOCapacity
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class PlacementPolicy:
     min_batch_sequences: int = 1
     tp_efficiency_nvlink: float = 0.9
     tp_efficiency_pcie: float = 0.8
+    rank_by: str = "decode"  # "slo": $/h per request/s within the SLO; "decode": $/h per decode token/s
 
 
 DEFAULT_POLICY = PlacementPolicy()
@@ -61,6 +77,19 @@ class Workload:
     max_total_tokens: int = 16384
     max_concurrent_requests: int = 128
     tensor_parallel: int | None = None  # None: auto
+    max_input_tokens: int = 8192
+    slo_seconds: float | None = None  # P95 time to first token; None: no SLO check
+    prompt_tokens: int = 512  # a typical request (spec.scaling.typicalPromptTokens) ...
+    output_tokens: int = 128  # ... and its reply (typicalOutputTokens)
+
+    @property
+    def typical_prompt(self) -> int:
+        """The typical prompt, clipped to what the runtime accepts."""
+        return max(1, min(self.prompt_tokens, self.max_input_tokens, self.max_total_tokens - 1))
+
+    @property
+    def typical_output(self) -> int:
+        return max(1, min(self.output_tokens, self.max_total_tokens - self.typical_prompt))
 
     @property
     def weight_bytes(self) -> float:
@@ -85,10 +114,26 @@ class Candidate:
     kv_per_gpu: float = 0.0  # bytes reserved for the minimum batch
     usable_per_gpu: float = 0.0  # memory x utilisation, bytes
     kv_tokens: int = 0  # KV cache capacity in tokens with the memory left over
+    idle_ttft: float = 0.0  # s, typical prompt on an idle replica (0: not estimated)
+    slo_rate: float = 0.0  # requests/s within the SLO per replica (0: not estimated or cannot meet it)
+    slo_concurrency: float = 0.0  # requests in flight at slo_rate
+    rank_by: str = "decode"
 
     @property
     def gpus_per_replica(self) -> int:
         return self.shards
+
+    @property
+    def cost_per_slo_rate(self) -> float:
+        """$/h per request/s within the SLO (lower is better; inf when unknown or unusable)."""
+        if not self.fits or self.slo_rate <= 0:
+            return math.inf
+        return self.price_per_hour / self.slo_rate
+
+    @property
+    def rank_cost(self) -> float:
+        """What the fill order sorts on (``PlacementPolicy.rank_by``)."""
+        return self.cost_per_slo_rate if self.rank_by == "slo" and self.slo_rate > 0 else self.cost_per_throughput
 
     @property
     def cost_per_throughput(self) -> float:
@@ -149,22 +194,25 @@ def candidate_for(work: Workload, gpu: GPUType, policy: PlacementPolicy = DEFAUL
         fits, weights, kv, usable, tokens = _fit(work, gpu, shards, policy)
         if fits:
             price = shards * gpu.price_per_gpu_hour
-            return Candidate(
+            memory = (
+                f"{shards}x {gpu.name}: {_gb(weights)} weights + {_gb(kv)} KV + "
+                f"{_gb(policy.overhead_bytes_per_gpu)} overhead <= {_gb(usable)} per GPU; "
+                f"KV room for {tokens} tokens ({tokens / work.max_total_tokens:.1f} full-length sequences)"
+            )
+            cand = Candidate(
                 gpu_type=gpu.name,
                 fits=True,
                 shards=shards,
                 price_per_hour=price,
                 throughput=relative_throughput(work, gpu, shards, policy),
-                reason=(
-                    f"{shards}x {gpu.name}: {_gb(weights)} weights + {_gb(kv)} KV + "
-                    f"{_gb(policy.overhead_bytes_per_gpu)} overhead <= {_gb(usable)} per GPU; "
-                    f"KV room for {tokens} tokens ({tokens / work.max_total_tokens:.1f} full-length sequences)"
-                ),
+                reason=memory,
                 weights_per_gpu=weights,
                 kv_per_gpu=kv,
                 usable_per_gpu=usable,
                 kv_tokens=tokens,
+                rank_by=policy.rank_by,
             )
+            return _with_slo(cand, work, gpu) if work.slo_seconds is not None else cand
         detail = (
             f"at {shards} shard{'s' if shards > 1 else ''} needs {_gb(weights)} weights + {_gb(kv)} KV + "
             f"{_gb(policy.overhead_bytes_per_gpu)} overhead > {_gb(usable)} usable per GPU"
@@ -176,12 +224,69 @@ def candidate_for(work: Workload, gpu: GPUType, policy: PlacementPolicy = DEFAUL
     return Candidate(gpu.name, False, 0, 0.0, 0.0, why)
 
 
+_SLO_CACHE: dict[tuple[object, ...], SLOCapacity | None] = {}
+_SLO_CACHE_MAX = 1024
+
+
+def slo_capacity(work: Workload, gpu: GPUType, shards: int) -> SLOCapacity | None:
+    """The replica model's answer for ``work``'s typical request on ``shards`` x ``gpu`` (memoised:
+    the reconcile loop asks the same question every few seconds). None: the replica model
+    refuses the replica (its memory budget differs slightly from the planner's)."""
+    assert work.slo_seconds is not None
+    p, o = work.typical_prompt, work.typical_output
+    key: tuple[object, ...] = (repr(work.model), gpu, shards, work.quantization, work.max_concurrent_requests)
+    key += (work.max_input_tokens, work.max_total_tokens, p, o, work.slo_seconds)
+    if key not in _SLO_CACHE:
+        if len(_SLO_CACHE) >= _SLO_CACHE_MAX:
+            _SLO_CACHE.clear()
+        try:
+            replica = ReplicaModel(
+                work.model,
+                gpu,
+                shards,
+                work.quantization,
+                max_concurrent_requests=work.max_concurrent_requests,
+                max_input_tokens=work.max_input_tokens,
+                max_total_tokens=work.max_total_tokens,
+            )
+        except ValueError:
+            _SLO_CACHE[key] = None
+        else:
+            _SLO_CACHE[key] = replica.slo_capacity(p, o, work.slo_seconds)
+    return _SLO_CACHE[key]
+
+
+def _with_slo(c: Candidate, work: Workload, gpu: GPUType) -> Candidate:
+    """``c`` with its time-to-first-token figures; not usable when an idle replica misses the SLO."""
+    cap = slo_capacity(work, gpu, c.shards)
+    slo, p, o = work.slo_seconds, work.typical_prompt, work.typical_output
+    if cap is None:
+        return replace(c, reason=f"{c.reason}; time to first token not estimated")
+    if cap.rate <= 0:
+        return replace(
+            c,
+            fits=False,
+            idle_ttft=cap.idle_ttft,
+            reason=f"misses the SLO: time to first token of a {p}-token prompt is {cap.idle_ttft:.2f} s on an idle "
+            f"{c.shards}x {gpu.name} replica > P95 TTFT SLO {slo:g} s (spec.scaling.p95LatencySeconds); "
+            f"fits in memory ({c.reason.split(': ', 1)[1]})",
+        )
+    return replace(
+        c,
+        idle_ttft=cap.idle_ttft,
+        slo_rate=cap.rate,
+        slo_concurrency=cap.concurrency,
+        reason=f"{c.reason}; TTFT {cap.idle_ttft:.2f} s idle ({p}-token prompt), ~{cap.rate:.2f} req/s "
+        f"(~{cap.concurrency:.0f} in flight, {o}-token replies) within P95 TTFT {slo:g} s",
+    )
+
+
 def candidates(work: Workload, gpus: list[GPUType], policy: PlacementPolicy = DEFAULT_POLICY) -> list[Candidate]:
-    """One candidate per allowed GPU type, best (lowest $ per throughput) first, non-fitting last."""
+    """One candidate per allowed GPU type, best (lowest :func:`rank_key`) first, unusable last."""
     found = [candidate_for(work, gpu, policy) for gpu in gpus]
     return sorted(found, key=rank_key)
 
 
 def rank_key(c: Candidate) -> tuple[float, float, str]:
-    """Fill order: cheapest per unit of throughput, then cheapest per replica, then name."""
-    return (c.cost_per_throughput, c.price_per_hour, c.gpu_type)
+    """Fill order: cheapest per unit of capacity (:attr:`Candidate.rank_cost`), then per replica, then name."""
+    return (c.rank_cost, c.price_per_hour, c.gpu_type)

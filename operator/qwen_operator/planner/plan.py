@@ -19,6 +19,7 @@ from .pools import FreeGPUs, Pool, resize
 OK = "Planned"
 MODEL_NOT_IN_CATALOG = "ModelNotInCatalog"
 NO_GPU_TYPE_FITS = "NoGPUTypeFits"
+NO_GPU_TYPE_MEETS_SLO = "NoGPUTypeMeetsSLO"
 INSUFFICIENT_GPUS = "InsufficientGPUs"
 
 
@@ -69,6 +70,10 @@ def workload_for(spec: QwenDeploymentSpec, catalog: Catalog) -> Workload:
         max_total_tokens=spec.runtime.max_total_tokens,
         max_concurrent_requests=spec.runtime.max_concurrent_requests,
         tensor_parallel=tp if isinstance(tp, int) else None,
+        max_input_tokens=spec.runtime.max_input_tokens,
+        slo_seconds=spec.scaling.p95_latency_seconds,
+        prompt_tokens=spec.scaling.typical_prompt_tokens,
+        output_tokens=spec.scaling.typical_output_tokens,
     )
 
 
@@ -121,6 +126,17 @@ def plan(
         detail = "; ".join(f"{c.gpu_type}: {c.reason}" for c in found) or "no allowed GPU type is in the catalog"
         if unknown:
             detail += f"; not in the catalog: {', '.join(unknown)}"
+        if any(c.idle_ttft > 0 for c in found):  # some fit in memory, every one of them misses the SLO
+            return Plan(
+                candidates=found,
+                unplaced=desired,
+                reason_code=NO_GPU_TYPE_MEETS_SLO,
+                reason=f"{work.model.name} ({quant}) meets the P95 time-to-first-token SLO of "
+                f"{work.slo_seconds:g} s for {work.typical_prompt}-token prompts on no allowed GPU type "
+                f"(raise spec.scaling.p95LatencySeconds, lower typicalPromptTokens or allow a faster GPU type): "
+                f"{detail}",
+                **common,  # type: ignore[arg-type]
+            )
         return Plan(
             candidates=found,
             unplaced=desired,

@@ -38,6 +38,7 @@ quoted by the articles the project grew from:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -111,6 +112,17 @@ TGI_MAX_CONCURRENT_REQUESTS = 128
 TGI_MAX_BATCH_PREFILL_TOKENS = 4096
 TGI_MAX_WAITING_TOKENS = 20
 TGI_WAITING_SERVED_RATIO = 1.2
+
+#: The SLO is a P95 (``spec.scaling.p95LatencySeconds``).
+SLO_QUANTILE = 0.95
+#: :meth:`ReplicaModel.slo_capacity` keeps the *mean* requests in flight at or below this
+#: fraction of what the replica admits at once (KV cache for prompt + output per request,
+#: ``max_concurrent_requests``). Near prefill saturation the in-flight count swings far
+#: above its mean, and a burst that hits the limit queues (or gets HTTP 429) however low
+#: the mean TTFT is. 0.5 is where the analytic rate lands within ~15% of the engine's
+#: measured rate (:func:`..sim.capacity.calibrate_pool`) for Qwen3-14B on A10G/L40S/A100
+#: (``tests/unit/test_sim_model.py`` checks it).
+ADMISSION_HEADROOM = 0.5
 
 
 def _fp8_compute(gpu: GPUType, quantization: str) -> bool:
@@ -209,7 +221,7 @@ class ReplicaModel:
         """Bytes read per GPU per forward: quantized layers + bf16 LM head (the input embedding is a lookup)."""
         return (self._body_params * BYTES_PER_PARAM[self.quantization] + self._lm_head_params * 2.0) / self.shards
 
-    def _allreduce_s(self, tokens: int) -> float:
+    def _allreduce_s(self, tokens: float) -> float:
         """Time of the 2 x layers all-reduces of ``tokens`` hidden vectors (bf16) across the shards."""
         if self.shards == 1:
             return 0.0
@@ -222,7 +234,7 @@ class ReplicaModel:
     # --- timings -----------------------------------------------------------------------
     def forward_seconds(
         self,
-        decode_batch: int = 0,
+        decode_batch: float = 0,
         context_tokens: float = 0.0,
         prefill: Sequence[tuple[int, int]] = (),
     ) -> float:
@@ -314,3 +326,194 @@ class ReplicaModel:
             "decode_tokens_per_s_batch1": round(self.tokens_per_second_per_stream(1), 1),
             "cold_start_s": round(self.cold_start_seconds, 1),
         }
+
+    # --- capacity within a time-to-first-token SLO (analytic) ----------------------------
+    def ttft_seconds(self, prompt_tokens: int, decode_batch: float = 0.0, context_tokens: float = 0.0) -> float:
+        """Time to first token of one prompt on a replica with no queue: its chunked-prefill
+        forwards (``max_batch_prefill_tokens`` minus the running batch per forward, as the
+        engine does), each carrying the running batch's decode step. Idle: ``ttft_seconds(p)``."""
+        budget = max(1, self.max_batch_prefill_tokens - math.ceil(decode_batch))
+        done, total = 0, 0.0
+        while done < prompt_tokens:
+            chunk = min(budget, prompt_tokens - done)
+            total += self.forward_seconds(decode_batch, context_tokens, [(chunk, done)])
+            done += chunk
+        return total
+
+    def slo_capacity(
+        self, prompt_tokens: int, output_tokens: int, slo_seconds: float, quantile: float = SLO_QUANTILE
+    ) -> SLOCapacity:
+        """Requests/s (and requests in flight) one replica sustains with the ``quantile`` of
+        time to first token within ``slo_seconds``, for requests of ``prompt_tokens`` in and
+        ``output_tokens`` out under Poisson arrivals. See :func:`ttft_exceedance` for the model."""
+        idle = self.ttft_seconds(prompt_tokens)
+        if idle > slo_seconds:
+            return SLOCapacity(0.0, 0.0, idle, "idle-ttft")
+
+        def ok(rate: float) -> tuple[bool, str, float]:
+            q = _queue_state(self, rate, prompt_tokens, output_tokens)
+            if q is None:
+                return False, "prefill-saturated", math.inf
+            limit, why = _in_flight_limit(self, prompt_tokens, output_tokens)
+            if q.in_flight > ADMISSION_HEADROOM * limit:
+                return False, why, q.in_flight
+            return _exceedance(q, slo_seconds) <= 1.0 - quantile, "ttft", q.in_flight
+
+        lo, hi = 1e-4, 1.0
+        while ok(hi)[0] and hi < 1e5:
+            lo, hi = hi, hi * 2.0
+        bound = ok(hi)[1]
+        for _ in range(40):
+            mid = math.sqrt(lo * hi)
+            good, why, _ = ok(mid)
+            if good:
+                lo = mid
+            else:
+                hi, bound = mid, why
+            if hi / lo < 1.005:
+                break
+        return SLOCapacity(lo, ok(lo)[2], idle, bound)
+
+
+#: Prompts one forward can take in the analytic queue (more arrivals in one forward than this
+#: are lumped together; at rates within a TTFT SLO they are vanishingly rare).
+_MAX_PROMPTS_PER_FORWARD = 12
+#: Backlog states beyond K in the analytic queue (prompts left waiting for a later forward).
+_BACKLOG_STATES = 8
+
+
+@dataclass(frozen=True)
+class SLOCapacity:
+    """What one replica carries within a TTFT SLO (analytic, SIMULATED figures).
+
+    ``rate``: requests/s; ``concurrency``: requests in flight at that rate (Little's law);
+    ``idle_ttft``: time to first token of one prompt on an idle replica; ``bound``: what stops
+    more traffic: ``ttft`` (the SLO), ``kv-cache`` / ``max-concurrent-requests`` (admission),
+    ``prefill-saturated``, or ``idle-ttft`` (the SLO cannot be met at all: rate 0).
+    """
+
+    rate: float
+    concurrency: float
+    idle_ttft: float
+    bound: str
+
+
+@dataclass(frozen=True)
+class _Queue:
+    rate: float
+    per_forward: int  # K: whole prompts one forward takes
+    forward: tuple[float, ...]  # duration of a forward carrying k = 0..K prompts plus the decode step
+    weight: tuple[float, ...]  # probability that an arrival lands in a forward that started with n waiting
+    mean_forward: float
+    in_flight: float
+
+    def duration(self, waiting: int) -> float:
+        return self.forward[min(waiting, self.per_forward)]
+
+
+def _poisson(mean: float, n: int) -> list[float]:
+    """P(J = j) for j < n, the tail P(J >= n-1) lumped into the last entry."""
+    out, p = [], math.exp(-mean)
+    for j in range(n):
+        out.append(p)
+        p *= mean / (j + 1)
+    out[-1] = max(0.0, 1.0 - sum(out[:-1]))
+    return out
+
+
+def _queue_state(m: ReplicaModel, rate: float, prompt: int, output: int) -> _Queue | None:
+    """Steady state of the continuous-batching queue at ``rate`` (None when prefill saturates).
+
+    TGI 3's chunked prefill puts waiting prompts into the next forward (at most
+    ``K = (max_batch_prefill_tokens - b) // prompt`` whole ones), alongside the running
+    batch's decode step. The chain's state is the number ``n`` of prompts waiting when a
+    forward starts: it takes ``min(n, K)`` of them and lasts ``T_min(n,K)``
+    (:meth:`ReplicaModel.forward_seconds` with that many prompts and ``b`` decoding
+    sequences), while ``Poisson(rate x T)`` new ones arrive. ``b`` follows from Little's
+    law: each forward gives every running request one token, so
+    ``b = rate x (output - 1) x mean T``. The chain is solved by power iteration, ``b`` by
+    fixed-point iteration.
+    """
+    b = 0.0
+    pi: list[float] = []
+    q: _Queue | None = None
+    for _ in range(30):
+        k_max = (m.max_batch_prefill_tokens - math.ceil(b)) // max(1, prompt)
+        k_max = max(1, min(_MAX_PROMPTS_PER_FORWARD, k_max))
+        ctx = b * (prompt + output / 2.0)
+        forward = [m.forward_seconds(max(b, 1.0), max(ctx, prompt))]  # no prompt: a decode step
+        if prompt * k_max <= m.max_batch_prefill_tokens:
+            forward += [m.forward_seconds(b, ctx, [(prompt, 0)] * k) for k in range(1, k_max + 1)]
+        else:  # a prompt longer than one forward's budget: its chunks, one forward each
+            forward.append(m.ttft_seconds(prompt, b, ctx))
+        if rate * forward[-1] >= 0.98 * k_max:  # prompts arrive faster than full forwards take them
+            return None
+        states = k_max + _BACKLOG_STATES
+        arrivals = [_poisson(rate * t, states) for t in forward]
+        if len(pi) != states:
+            pi = [1.0] + [0.0] * (states - 1)
+        for _ in range(500):
+            nxt = [0.0] * states
+            for n, p in enumerate(pi):
+                if p:
+                    c = min(n, k_max)
+                    for j, pj in enumerate(arrivals[c][: states - (n - c)]):
+                        nxt[n - c + j] += p * pj
+                    nxt[-1] += p * sum(arrivals[c][states - (n - c) :])
+            done = max(abs(a - c) for a, c in zip(nxt, pi, strict=True)) < 1e-9
+            pi = nxt
+            if done:
+                break
+        if pi[-1] > 0.01:  # the backlog runs off the end of the chain: saturated
+            return None
+        durations = [forward[min(n, k_max)] for n in range(states)]
+        mean_t = sum(p * t for p, t in zip(pi, durations, strict=True))
+        weight = tuple(p * t / mean_t for p, t in zip(pi, durations, strict=True))
+        q = _Queue(rate, k_max, tuple(forward), weight, mean_t, 0.0)
+        b_new = rate * max(0, output - 1) * mean_t
+        converged = abs(b_new - b) <= 1e-3 * max(1.0, b)
+        b = b_new if converged else 0.5 * (b + b_new)
+        if converged:
+            break
+    assert q is not None
+    mean_ttft = sum(w * (q.duration(n) / 2.0 + sum(p * s for p, s in _own_waits(q, n))) for n, w in enumerate(q.weight))
+    return _Queue(
+        rate, q.per_forward, q.forward, q.weight, q.mean_forward, rate * (mean_ttft + (output - 1) * q.mean_forward)
+    )
+
+
+def _own_waits(q: _Queue, waiting: int) -> list[tuple[float, float]]:
+    """(probability, seconds from the end of the current forward to the first token) for an
+    arrival during a forward that started with ``waiting`` prompts: the ones it left behind
+    go first, then the arrival and the ``J ~ Poisson(rate x T)`` others that came meanwhile,
+    in arrival order (its place among them equally likely), ``K`` per forward."""
+    k = q.per_forward
+    left = waiting - min(waiting, k)
+    out = []
+    for j, pj in enumerate(_poisson(q.rate * q.duration(waiting), k + _BACKLOG_STATES)):
+        n = left + 1 + j
+        for pos in range(left, n):
+            before = pos // k
+            out.append((pj / (1 + j), before * q.forward[k] + q.duration(n - before * k)))
+    return out
+
+
+def _exceedance(q: _Queue, x: float) -> float:
+    """P(time to first token > ``x``): an arrival lands uniformly inside a forward (chosen with
+    probability proportional to its length), waits out its rest, then the forwards that serve
+    it (:func:`_own_waits`)."""
+    total = 0.0
+    for n, w in enumerate(q.weight):
+        t = q.duration(n)
+        for p, own in _own_waits(q, n):
+            total += w * p * min(1.0, max(0.0, (t - (x - own)) / t))
+    return total
+
+
+def _in_flight_limit(m: ReplicaModel, prompt: int, output: int) -> tuple[float, str]:
+    """Requests a replica holds at once: TGI reserves prompt + output KV per admitted request."""
+    kv = m.kv_capacity_tokens / max(1, prompt + output)
+    limits = [(kv, "kv-cache"), (float(m.max_concurrent_requests), "max-concurrent-requests")]
+    if m.max_batch_size is not None:
+        limits.append((float(m.max_batch_size), "max-batch-size"))
+    return min(limits)
