@@ -91,7 +91,8 @@ class Fleet:
         return {d.metadata.name: d for d in items}
 
     def events(self) -> list[tuple[str, str, str]]:
-        evs = self.core.list_namespaced_event(self.ns, field_selector="involvedObject.name=chat").items
+        only = "involvedObject.kind=QwenDeployment,involvedObject.name=chat"  # not the PDB's or Service's
+        evs = self.core.list_namespaced_event(self.ns, field_selector=only).items
         return [(e.type, e.reason, e.message) for e in evs]
 
 
@@ -215,7 +216,7 @@ def start_operator(
     def start() -> OperatorProcess:
         op = OperatorProcess(
             sandbox.kubeconfig,
-            tmp_path / "operator.log",
+            tmp_path / f"operator-{len(started)}.log",  # one log per process: a restart waits for its own start line
             extra=["--namespace", namespace, "--config", str(config)],
             env=s3_bucket.server.env(),
         ).start()
@@ -225,10 +226,21 @@ def start_operator(
     yield start
     for op in started:
         op.stop()
-    print(f"--- operator log tail ---\n{started[-1].tail(60) if started else ''}")
+    for i, op in enumerate(started):
+        print(f"--- operator {i} log tail ---\n{op.tail(60)}")
 
 
-def create(fleet: Fleet, bucket: S3Bucket, canary_replicas: int) -> None:
+def create(
+    fleet: Fleet,
+    bucket: S3Bucket,
+    canary_replicas: int,
+    replicas: int = 2,
+    gpu_types: tuple[str, ...] = ("A10G",),
+    canary_timeout: int | None = None,
+) -> None:
+    rollout: dict[str, Any] = {"maxSurge": 1, "canaryReplicas": canary_replicas}
+    if canary_timeout is not None:
+        rollout["canaryTimeoutSeconds"] = canary_timeout
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "QwenDeployment",
@@ -240,10 +252,10 @@ def create(fleet: Fleet, bucket: S3Bucket, canary_replicas: int) -> None:
                 "version": "stable",
                 "quantization": "fp8",
             },
-            "placement": {"gpuTypes": ["A10G"]},
-            "replicas": 2,
+            "placement": {"gpuTypes": list(gpu_types)},
+            "replicas": replicas,
             "scaling": {"enabled": False},
-            "rollout": {"maxSurge": 1, "canaryReplicas": canary_replicas},
+            "rollout": rollout,
         },
     }
     fleet.custom.create_namespaced_custom_object(GROUP, VERSION, fleet.ns, PLURAL, body)
