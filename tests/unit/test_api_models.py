@@ -26,7 +26,7 @@ def test_defaults_fill_every_section() -> None:
     assert s.model.version == "stable"
     assert s.model.quantization == "none"
     assert s.model.cache.type == "hostPath"
-    assert s.model.cache.path == "/var/lib/qwen-operator/models"
+    assert s.model.cache.path is None  # the operator config's nodeCache.path at render time
     assert s.runtime.engine == "tgi"
     assert (s.runtime.max_input_tokens, s.runtime.max_total_tokens) == (8192, 16384)
     assert s.placement.gpu_types == ["A10G", "L40S", "A100-80GB"]

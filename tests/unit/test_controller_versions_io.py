@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from qwen_operator.cli import UserError
-from qwen_operator.controller.cli import _sync_interval
+from qwen_operator.controller.cli import parse_config
 from qwen_operator.controller.reconcile import Observed
 from qwen_operator.controller.versions import MANAGER, VersionWatcher, classify, resolve, smoke_test
 from qwen_operator.modelsync.manifest import ChunkRef, FileEntry, Manifest
@@ -77,12 +77,18 @@ def test_registry_failures_become_condition_reasons(exc: RegistryError, reason: 
 
 
 def test_sync_interval_config_is_validated() -> None:
-    assert _sync_interval({}) == 30.0 and _sync_interval({"intervalSeconds": 0.5}) == 0.5
-    for bad in ({"intervalSeconds": 0}, {"intervalSeconds": "fast"}, {"intervalSeconds": True}):
+    assert parse_config({}).model_sync.interval_seconds == 30
+    assert parse_config({"modelSync": {"intervalSeconds": 1}}).model_sync.interval_seconds == 1
+    for bad in (
+        {"intervalSeconds": 0},
+        {"intervalSeconds": "fast"},
+        {"intervalSeconds": True},
+        {"intervalSeconds": 0.5},
+    ):
         with pytest.raises(UserError, match="modelSync.intervalSeconds"):
-            _sync_interval(bad)
+            parse_config({"modelSync": bad})
     with pytest.raises(UserError, match="modelSync"):
-        _sync_interval(["intervalSeconds"])
+        parse_config({"modelSync": ["intervalSeconds"]})
 
 
 # -- one watcher, a registry held in memory, the API server as a dict --------------------------

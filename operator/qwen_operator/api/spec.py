@@ -74,8 +74,9 @@ class ModelCache(_Checked):
     type: Literal["hostPath", "pvc"] = "hostPath"
     """hostPath: a node-local directory shared by every replica on the node (layer-diff pulls only move
     missing chunks); pvc: a PersistentVolumeClaim (ReadWriteMany when replicas span nodes)."""
-    path: str = Field(default=DEFAULT_CACHE_PATH, max_length=512, pattern=r"^/")
-    """Absolute directory on the node used when type is hostPath (created if missing)."""
+    path: str | None = Field(default=None, max_length=512, pattern=r"^/")
+    """Absolute directory on the node used when type is hostPath (created if missing). Unset: the operator
+    config's nodeCache.path (default /var/lib/qwen-operator/models)."""
     claim_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
     """Name of the PersistentVolumeClaim in the same namespace; required when type is pvc."""
 

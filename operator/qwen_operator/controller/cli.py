@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
+import types
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..cli import UserError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..modelsync.registry import Registry
+    from ..packaging.values import OperatorConfig
+    from .handlers import ControllerConfig
 
 
 def register(sub: Any) -> None:
@@ -28,7 +37,11 @@ def register(sub: Any) -> None:
         help="watch QwenDeployments in NS only (repeatable)",
     )
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
-    run.add_argument("--config", type=Path, help="operator config YAML (catalog overrides, prices, image, ...)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="operator config YAML (catalog, registry and node cache defaults, ...; default: $QWEN_OPERATOR_CONFIG)",
+    )
     run.add_argument("--kubeconfig", type=Path, help="kubeconfig (default: $KUBECONFIG, ~/.kube/config or in-cluster)")
     run.add_argument("--resync-seconds", type=float, default=None, help="periodic re-reconcile (default 60)")
     run.add_argument("--metrics-port", type=int, default=None, help="serve the operator's own /metrics on PORT")
@@ -44,6 +57,7 @@ def register(sub: Any) -> None:
 
 
 def _load_config(path: Path | None) -> dict[str, Any]:
+    """The config file as parsed YAML (``{}`` without one); keys without a value are dropped (unset)."""
     if path is None:
         env = os.environ.get("QWEN_OPERATOR_CONFIG")
         path = Path(env) if env else None
@@ -57,7 +71,78 @@ def _load_config(path: Path | None) -> dict[str, Any]:
         raise UserError(f"--config {path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: expected a mapping at the top level")
-    return data
+    return _drop_nulls(data)
+
+
+def _drop_nulls(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _drop_nulls(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
+
+
+def parse_config(raw: dict[str, Any], source: str = "operator config") -> OperatorConfig:
+    """Validate the config against :class:`~qwen_operator.packaging.values.OperatorConfig`, the schema
+    the chart's ``config`` values are checked with, so the operator accepts exactly what ``helm install``
+    does. Errors name every offending key, e.g. ``registry.endpointURL``."""
+    from pydantic import ValidationError
+
+    from ..packaging.values import OperatorConfig
+
+    try:
+        return OperatorConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_problem(OperatorConfig, err) for err in exc.errors(include_url=False)]
+        raise UserError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _problem(model: Any, err: Any) -> str:
+    loc = tuple(err["loc"])
+    where = ".".join(str(part) for part in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(model, loc[:-1])
+        return f"{where}: unknown key" + (f" (known: {', '.join(known)})" if known else "")
+    got = repr(err.get("input"))
+    return f"{where}: {err['msg']} (got {got[:80]})"
+
+
+def _known_keys(model: Any, path: tuple[Any, ...]) -> list[str]:
+    """Config keys (aliases) of the section at ``path`` inside ``model``; [] where that is a free mapping."""
+    from typing import Union, get_args, get_origin
+
+    from pydantic import BaseModel
+
+    def is_model(t: Any) -> bool:
+        return isinstance(t, type) and issubclass(t, BaseModel)
+
+    current: Any = model
+    for part in path:
+        if get_origin(current) in (Union, types.UnionType):  # X | None: the X
+            current = next((a for a in get_args(current) if a is not type(None)), None)
+        if is_model(current):
+            field = next((f for n, f in current.model_fields.items() if part in (n, f.alias)), None)
+            current = field.annotation if field is not None else None
+        elif get_origin(current) is dict:  # part is a free key, e.g. a GPU type name
+            current = get_args(current)[1]
+        else:
+            return []
+    return sorted(f.alias or n for n, f in current.model_fields.items()) if is_model(current) else []
+
+
+def controller_config(cfg: OperatorConfig, resync_seconds: float | None = None) -> ControllerConfig:
+    """What the reconciler takes from the config: ``resyncSeconds`` (the flag wins), ``operatorImage``,
+    ``podAnnotations``, and ``registry.*`` / ``nodeCache.path`` as defaults for unset spec fields."""
+    from ..render.workload import OperatorDefaults
+    from .handlers import ControllerConfig
+
+    return ControllerConfig(
+        resync_seconds=resync_seconds or cfg.resync_seconds,
+        operator_image=cfg.operator_image or None,
+        pod_annotations=tuple(sorted(cfg.pod_annotations.items())),
+        defaults=OperatorDefaults(
+            registry_endpoint_url=cfg.registry.endpoint_url or None,
+            registry_region=cfg.registry.region or None,
+            credentials_secret=cfg.registry.credentials_secret or None,
+            node_cache_path=cfg.node_cache.path,
+        ),
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -66,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..catalog import CatalogError, load_catalog
     from .autoscaler import Autoscaler
-    from .handlers import Controller, ControllerConfig, register
+    from .handlers import Controller, register
     from .kube import Kube
     from .versions import VersionWatcher
 
@@ -78,9 +163,12 @@ def _run(args: argparse.Namespace) -> int:
     )
     for noisy in ("kopf.objects", "kopf.activities.startup", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.resync_seconds is not None and args.resync_seconds <= 0:
+        raise UserError(f"--resync-seconds: must be > 0, got {args.resync_seconds}")
     raw = _load_config(args.config)
+    cfg = parse_config(raw, f"operator config {args.config or os.environ.get('QWEN_OPERATOR_CONFIG') or ''}".strip())
     try:
-        catalog = load_catalog(raw)
+        catalog = load_catalog({"catalog": raw.get("catalog") or {}})
     except CatalogError as exc:
         raise UserError(f"operator config: {exc}") from None
     if args.kubeconfig:
@@ -93,14 +181,10 @@ def _run(args: argparse.Namespace) -> int:
     except config.ConfigException as exc:
         raise UserError(f"no Kubernetes credentials: {exc}") from None
     api = client.ApiClient()
-    ctl_config = ControllerConfig(
-        resync_seconds=args.resync_seconds or float(raw.get("resyncSeconds", 60)),
-        operator_image=raw.get("operatorImage"),
-        pod_annotations=tuple(sorted((str(k), str(v)) for k, v in (raw.get("podAnnotations") or {}).items())),
-        service_monitor_crd=_crd_exists(api, "servicemonitors.monitoring.coreos.com"),
-    )
+    ctl_config = controller_config(cfg, args.resync_seconds)
+    ctl_config.service_monitor_crd = _crd_exists(api, "servicemonitors.monitoring.coreos.com")
     controller = Controller(Kube(api), catalog, ctl_config)
-    prom_url = args.prometheus_url or (raw.get("prometheus") or {}).get("url")
+    prom_url = args.prometheus_url or cfg.prometheus.url or None
     fetch = None
     if prom_url:
         from ..autoscale.prometheus import PrometheusSource
@@ -108,7 +192,10 @@ def _run(args: argparse.Namespace) -> int:
         fetch = PrometheusSource(prom_url).fetch
     controller.autoscaler = Autoscaler(controller.kube, catalog, fetch, controller.observed_or_none, prom_url)
     controller.versions = VersionWatcher(
-        controller.kube, controller.observed_or_none, interval=_sync_interval(raw.get("modelSync") or {})
+        controller.kube,
+        controller.observed_or_none,
+        interval=float(cfg.model_sync.interval_seconds),
+        registry_factory=registry_factory(cfg),
     )
     registry = kopf.OperatorRegistry()
 
@@ -165,14 +252,14 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sync_interval(section: Any) -> float:
-    """``modelSync.intervalSeconds``: how often the version watcher resolves spec.model.version (default 30)."""
-    if not isinstance(section, dict):
-        raise UserError("operator config modelSync: expected a mapping, e.g. {intervalSeconds: 30}")
-    value = section.get("intervalSeconds", 30)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise UserError(f"operator config modelSync.intervalSeconds: {value!r} is not a positive number of seconds")
-    return float(value)
+def registry_factory(cfg: OperatorConfig) -> Callable[[str], Registry]:
+    """The version watcher's S3 clients: ``registry.endpointURL`` / ``registry.region`` over the operator's
+    ambient AWS environment (credentials are always the operator's own AWS chain)."""
+    from .versions import make_registry
+
+    return functools.partial(
+        make_registry, endpoint_url=cfg.registry.endpoint_url or None, region=cfg.registry.region or None
+    )
 
 
 def _connection_info(kopf: Any, cfg: Any) -> Any:

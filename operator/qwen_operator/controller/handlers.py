@@ -26,6 +26,7 @@ import kopf
 from ..api import GROUP, PLURAL, VERSION
 from ..catalog import Catalog
 from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
+from ..render.workload import OperatorDefaults
 from .kube import Kube
 from .metrics import RECONCILE_SECONDS, RECONCILES
 from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute, with_watcher_status
@@ -43,6 +44,7 @@ class ControllerConfig:
     operator_image: str | None = None
     service_monitor_crd: bool = False
     pod_annotations: tuple[tuple[str, str], ...] = ()
+    defaults: OperatorDefaults = field(default_factory=OperatorDefaults)  # operator config registry, nodeCache
 
 
 def _gpu_pod(spec: Mapping[str, Any], **_: Any) -> bool:
@@ -200,6 +202,7 @@ class Controller:
             service_monitor_crd=self.config.service_monitor_crd,
             operator_image=self.config.operator_image,
             pod_annotations=self.config.pod_annotations,
+            defaults=self.config.defaults,
         )
 
     def _filter_expected(self, out: Outcome) -> None:

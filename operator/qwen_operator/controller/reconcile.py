@@ -31,7 +31,7 @@ from ..planner.plan import INSUFFICIENT_GPUS, OK, Plan, plan
 from ..planner.pools import Pool
 from ..render.manifests import render
 from ..render.names import ANNOTATION_MODEL_VERSION, LABEL_POOL, pool_deployment_name, selector_string
-from ..render.workload import RenderContext
+from ..render.workload import OperatorDefaults, RenderContext
 from . import conditions as cond
 from .inventory import GPUInventory, compute_inventory
 from .rollout import (
@@ -95,6 +95,7 @@ class Observed:
     service_monitor_crd: bool = False
     operator_image: str | None = None
     pod_annotations: tuple[tuple[str, str], ...] = ()
+    defaults: OperatorDefaults = field(default_factory=OperatorDefaults)  # operator config registry, nodeCache
 
 
 def with_watcher_status(obs: Observed, written: Mapping[str, Any]) -> Observed:
@@ -271,6 +272,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
         owner_uid=meta.get("uid"),
         service_monitor=obs.service_monitor_crd,
         pod_annotations=obs.pod_annotations,
+        defaults=obs.defaults,
     )
     rendered = render(spec, the_plan, ctx, catalog)
     by_name = {pool_deployment_name(name, p.gpu_type): p.gpu_type for p in the_plan.pools}

@@ -9,10 +9,13 @@ One asyncio task per QwenDeployment with an ``s3://`` registry. Every
 3. otherwise an immutable **version name** (``versions/<name>``).
 
 Registry calls are blocking boto3 and run in worker threads (``asyncio.to_thread``).
-Credentials and endpoint are the **operator's** standard AWS environment
-(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN`` or ``AWS_PROFILE``,
-``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3`` for S3-compatible stores);
-``spec.model.credentialsSecret`` is for the pods' ``model-pull`` init containers only.
+The endpoint is the operator config's ``registry.endpointURL``, else the operator's
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (S3-compatible stores), else AWS S3; the
+region is ``registry.region``, else boto3's own chain (``AWS_DEFAULT_REGION``, profile).
+Credentials are always the **operator's** standard AWS chain (``AWS_ACCESS_KEY_ID``/
+``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, a web identity): the
+operator reads no Secrets, so ``spec.model.credentialsSecret`` and
+``registry.credentialsSecret`` are for the pods' ``model-pull`` init containers only.
 
 Between resolutions it re-evaluates on every change of the resource's Deployments or
 pods (the controller pokes it), so a canary is tested and a finished roll is recorded
@@ -107,12 +110,16 @@ def smoke_test(urls: list[str], timeout: float = 10.0, attempts: int = 2, pause:
     return True, f"{len(urls)} canary replica(s) answered a text_generation request"
 
 
-def make_registry(url: str) -> Registry:
-    """A registry client with short timeouts: a dead endpoint must not stall the watcher for minutes."""
+def make_registry(url: str, endpoint_url: str | None = None, region: str | None = None) -> Registry:
+    """A registry client with short timeouts: a dead endpoint must not stall the watcher for minutes.
+
+    ``endpoint_url`` / ``region`` (operator config ``registry.*``) win over the ambient AWS
+    environment, which is used when they are empty.
+    """
     import boto3
     from botocore.config import Config
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     config = Config(
         connect_timeout=5,
         read_timeout=15,
@@ -121,7 +128,8 @@ def make_registry(url: str) -> Registry:
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"} if endpoint else {},
     )
-    return Registry(url, client=boto3.session.Session().client("s3", endpoint_url=endpoint, config=config))
+    session = boto3.session.Session(region_name=region or None)
+    return Registry(url, client=session.client("s3", endpoint_url=endpoint, config=config))
 
 
 @dataclass

@@ -25,6 +25,11 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DURATION = r"^[0-9]+(ms|s|m|h)$"
 IMAGE_REPOSITORY = r"^[a-z0-9]+([._/:-][a-z0-9]+)*$"
 Port = Annotated[int, Field(ge=1, le=65535)]
+# a Kubernetes annotation key: optional DNS-subdomain prefix and "/", then a name of at most 63 characters
+ANNOTATION_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 Namespace = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
 
 
@@ -171,7 +176,8 @@ class ModelOverride(_Values):
 
 
 class Catalog(_Values):
-    """GPU and model catalog overrides merged over the built-in catalog at operator start."""
+    """GPU and model catalog overrides merged over the built-in catalog at operator start (catalog.load_catalog;
+    the planner, the autoscaler and status cost figures then use the merged catalog)."""
 
     gpu_types: dict[str, GPUTypeOverride] = Field(default_factory=dict, alias="gpuTypes")
     """GPU types by catalog name (A10G, L40S, A100-40GB, A100-80GB, or new ones)."""
@@ -187,47 +193,65 @@ class PrometheusConfig(_Values):
 
     url: str = Field(default="", pattern=r"^(https?://[^\s]+)?$")
     """Prometheus base URL the autoscaler queries for queue depth and the latency SLO histogram (TGI:
-    tgi_queue_size, tgi_request_queue_duration). Empty: autoscaling holds replicas, it never scales on missing
-    metrics."""
+    tgi_queue_size, tgi_request_queue_duration); the --prometheus-url flag wins. Empty: autoscaling holds
+    replicas, it never scales on missing metrics."""
 
 
 class RegistryDefaults(_Values):
-    """Model registry defaults for QwenDeployments that do not set them (read by model sync)."""
+    """S3 model registry defaults, for the operator's version watcher and for the model-pull init container of
+    QwenDeployments that do not name their own spec.model.credentialsSecret (a resource that does gets exactly
+    that Secret as its registry environment: put AWS_ENDPOINT_URL / AWS_REGION in it when needed)."""
 
     endpoint_url: str = Field(default="", pattern=r"^(https?://[^\s]+)?$", alias="endpointURL")
-    """S3 endpoint URL of an S3-compatible registry (empty: AWS S3)."""
+    """S3 endpoint URL of an S3-compatible registry. The version watcher's S3 client uses it (over the operator's
+    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL); model-pull gets it as AWS_ENDPOINT_URL. Empty: the operator's
+    environment, else AWS S3."""
     region: str = Field(default="", pattern=r"^([a-z0-9-]+)?$")
-    """S3 region."""
+    """S3 region. The version watcher's S3 client uses it (over the operator's AWS_DEFAULT_REGION / profile);
+    model-pull gets it as AWS_REGION and AWS_DEFAULT_REGION. Empty: the AWS SDK's own default."""
     credentials_secret: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$", max_length=253)
-    """Secret (in each QwenDeployment's namespace) whose keys become the model-pull environment when
-    spec.model.credentialsSecret is unset."""
+    """Secret (in each QwenDeployment's namespace) whose keys become the model-pull init container's environment
+    (envFrom) when spec.model.credentialsSecret is unset; endpointURL / region above win over the same keys in
+    it. The operator never reads Secrets: its own registry credentials are its AWS environment (e.g. IRSA via
+    serviceAccount.annotations, or operator.extraEnv)."""
 
 
 class NodeCache(_Values):
     """The node-local model cache."""
 
-    path: str = Field(default=DEFAULT_CACHE_PATH, pattern=r"^/")
-    """Default node-local model cache directory (read by model sync; spec.model.cache.path wins)."""
+    path: str = Field(default=DEFAULT_CACHE_PATH, pattern=r"^/", max_length=512)
+    """Node directory of the hostPath model cache (the model-pull init container fills it, the server reads it)
+    for QwenDeployments that do not set spec.model.cache.path. Resources created while the CRD still defaulted
+    that field to /var/lib/qwen-operator/models keep it explicitly."""
 
 
 class ModelSyncConfig(_Values):
     """How often the version watcher resolves spec.model.version against the registry."""
 
     interval_seconds: int = Field(default=30, ge=1, le=3600)
-    """Seconds between registry look-ups per QwenDeployment (a moved tag is noticed within this)."""
+    """Seconds between the version watcher's registry look-ups per QwenDeployment (a moved tag is noticed
+    within this)."""
 
 
 class OperatorConfig(_Values):
-    """The operator config file (a ConfigMap mounted at /etc/qwen-operator/config.yaml)."""
+    """The operator config file (a ConfigMap mounted at /etc/qwen-operator/config.yaml), read once at start by
+    `qwenctl operator run --config`, which validates it against this schema: an unknown key or invalid value
+    stops the operator with the key's path. A config change rolls the operator pod."""
 
     catalog: Catalog = Field(default_factory=Catalog)
     """GPU and model catalog overrides merged over the built-in catalog at operator start."""
     resync_seconds: float = Field(default=60.0, gt=0)
-    """Seconds between periodic re-reconciles of every QwenDeployment (watch events reconcile at once)."""
+    """Seconds between periodic re-reconciles of every QwenDeployment (watch events reconcile at once); the
+    --resync-seconds flag wins."""
     operator_image: str = ""
-    """Image of the model-pull init container; empty means the operator image above."""
-    pod_annotations: dict[str, str] = Field(default_factory=dict)
-    """Annotations added to every model server pod the operator renders (service mesh, log shipping, ...)."""
+    """Image of the model-pull init container the reconciler renders into every pool Deployment; empty means
+    the operator image above (the chart fills it in; the bare operator uses
+    ghcr.io/qwenops/qwen-operator:<its version>)."""
+    pod_annotations: dict[Annotated[str, Field(pattern=ANNOTATION_KEY, max_length=317)], str] = Field(
+        default_factory=dict
+    )
+    """Annotations the reconciler adds to the pod template of every model server Deployment (service mesh,
+    log shipping, ...); the operator's own serving.qwenops.io annotations win over the same keys."""
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     registry: RegistryDefaults = Field(default_factory=RegistryDefaults)
     node_cache: NodeCache = Field(default_factory=NodeCache)

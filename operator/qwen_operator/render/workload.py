@@ -16,16 +16,30 @@ Pod shape, and why:
   hostPath volumes need a namespace at the "privileged" Pod Security level anyway.
 - RollingUpdate with ``maxUnavailable: 0``: capacity never drops during a version roll;
   the model version is a pod template label and annotation, so a new version rolls pods.
+
+Operator-config defaults (:class:`OperatorDefaults`) fill what a resource leaves unset, and
+the resource always wins:
+
+- the hostPath cache directory: ``spec.model.cache.path``, else ``nodeCache.path``;
+- the model-pull ``envFrom`` Secret: ``spec.model.credentialsSecret``, else
+  ``registry.credentialsSecret``, else none;
+- ``AWS_ENDPOINT_URL`` (``registry.endpointURL``) and ``AWS_REGION`` / ``AWS_DEFAULT_REGION``
+  (``registry.region``), for ``s3://`` registries, only when the resource does **not** name
+  its own ``spec.model.credentialsSecret``: that Secret is then its whole registry
+  environment (credentials, endpoint, region). Kubernetes lets ``env`` override ``envFrom``,
+  so injecting the defaults next to it would silently replace the Secret's own values. Next
+  to ``registry.credentialsSecret`` they do win over the same keys in that Secret (both are
+  operator config; set each value in one place).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ..api import API_VERSION, KIND
-from ..api.spec import QwenDeploymentSpec
+from ..api.spec import DEFAULT_CACHE_PATH, QwenDeploymentSpec
 from ..catalog import GPUType
 from ..planner.pools import Pool
 from .names import (
@@ -50,6 +64,16 @@ TERMINATION_GRACE_SECONDS = 120
 
 
 @dataclass(frozen=True)
+class OperatorDefaults:
+    """Operator-config defaults for what a QwenDeployment leaves unset (``registry.*``, ``nodeCache.path``)."""
+
+    registry_endpoint_url: str | None = None  # registry.endpointURL -> AWS_ENDPOINT_URL of model-pull
+    registry_region: str | None = None  # registry.region -> AWS_REGION and AWS_DEFAULT_REGION of model-pull
+    credentials_secret: str | None = None  # registry.credentialsSecret -> envFrom of model-pull
+    node_cache_path: str = DEFAULT_CACHE_PATH  # nodeCache.path -> the hostPath cache directory
+
+
+@dataclass(frozen=True)
 class RenderContext:
     """Facts about the resource that are not in its spec."""
 
@@ -63,6 +87,7 @@ class RenderContext:
     # pools rolling without room to surge on their own GPU type: one replica at a time (the
     # controller borrows the surge on another pool so ready capacity does not drop)
     no_surge_pools: tuple[str, ...] = ()
+    defaults: OperatorDefaults = field(default_factory=OperatorDefaults)  # operator config registry, nodeCache
 
 
 def operator_version() -> str:
@@ -112,11 +137,35 @@ def metadata(ctx: RenderContext, name: str, labels: dict[str, str]) -> dict[str,
     return meta
 
 
-def _cache_volume(spec: QwenDeploymentSpec) -> dict[str, Any]:
+def cache_path(spec: QwenDeploymentSpec, ctx: RenderContext) -> str:
+    """The hostPath cache directory: ``spec.model.cache.path``, else the operator's ``nodeCache.path``."""
+    return spec.model.cache.path or ctx.defaults.node_cache_path
+
+
+def credentials_secret(spec: QwenDeploymentSpec, ctx: RenderContext) -> str | None:
+    """The model-pull Secret: ``spec.model.credentialsSecret``, else the operator's ``registry.credentialsSecret``."""
+    return spec.model.credentials_secret or ctx.defaults.credentials_secret or None
+
+
+def registry_env(spec: QwenDeploymentSpec, ctx: RenderContext) -> list[dict[str, str]]:
+    """``registry.endpointURL`` / ``registry.region`` as model-pull environment (see the module docstring)."""
+    if spec.model.credentials_secret or not spec.model.registry.startswith("s3://"):
+        return []
+    env = []
+    if ctx.defaults.registry_endpoint_url:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": ctx.defaults.registry_endpoint_url})
+    if ctx.defaults.registry_region:
+        # boto3 reads AWS_DEFAULT_REGION; AWS_REGION is what the other AWS SDKs and CLIs read
+        env.append({"name": "AWS_REGION", "value": ctx.defaults.registry_region})
+        env.append({"name": "AWS_DEFAULT_REGION", "value": ctx.defaults.registry_region})
+    return env
+
+
+def _cache_volume(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
     cache = spec.model.cache
     if cache.type == "pvc":
         return {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
-    return {"name": "model-cache", "hostPath": {"path": cache.path, "type": "DirectoryOrCreate"}}
+    return {"name": "model-cache", "hostPath": {"path": cache_path(spec, ctx), "type": "DirectoryOrCreate"}}
 
 
 def _restricted(run_as_root: bool = False) -> dict[str, Any]:
@@ -150,8 +199,12 @@ def model_pull_container(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[s
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
         "securityContext": _restricted(run_as_root=spec.model.cache.type == "hostPath"),
     }
-    if spec.model.credentials_secret:
-        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
+    secret = credentials_secret(spec, ctx)
+    if secret:
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
+    env = registry_env(spec, ctx)
+    if env:
+        container["env"] = env
     return container
 
 
@@ -234,7 +287,7 @@ def pool_deployment(spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gp
                     "initContainers": [model_pull_container(spec, ctx)],
                     "containers": [server_container(spec, ctx, pool.shards)],
                     "volumes": [
-                        _cache_volume(spec),
+                        _cache_volume(spec, ctx),
                         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.runtime.shm_size}},
                         {"name": "tmp", "emptyDir": {}},
                     ],
