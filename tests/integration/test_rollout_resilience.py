@@ -233,3 +233,38 @@ def test_canary_without_a_gpu_times_out_across_a_restart_and_is_not_retried(
     warnings = [(r, m) for t, r, m in fleet.events() if t == "Warning"]
     assert [r for r, _ in warnings] == ["CanaryTimeout"], warnings
     assert "Pending" in warnings[0][1]
+
+
+def test_full_pool_canary_borrows_a_gpu_type_and_a_killed_borrowed_roll_finishes(
+    kube_api: Any, namespace: str, s3_bucket: S3Bucket, models: dict[str, Path], start_operator: Any, sim_server: str
+) -> None:
+    v1 = push(s3_bucket, models["v1"], "v1")
+    op = start_operator()
+    fleet = Fleet(kube_api, namespace)
+    create(fleet, s3_bucket, canary_replicas=1, replicas=4, gpu_types=("A10G", "L40S"))
+    wait_for("ModelSynced on v1", lambda: fleet.synced_on(v1))
+    wait_for("4 ready on A10G", lambda: len(fleet.ready_pods()) == 4 and list(fleet.deployments()) == ["chat-a10g"])
+    with CanaryEndpoints(fleet) as endpoints, ReadyPoller(fleet) as poller, UidSampler(fleet) as uids:
+        endpoints.url = sim_server
+        v2 = push(s3_bucket, models["v2"], "v2")
+        # A10G is full: the canary runs on L40S instead of waiting for a GPU
+        wait_for("the canary on L40S", lambda: "chat-l40s-canary" in fleet.deployments(), timeout=60)
+        # promoted; the full A10G pool rolls one at a time with one replica borrowed on L40S
+        wait_for("an A10G pod on v2", lambda: pool_pods_on(fleet, v2) and "chat-l40s" in fleet.deployments(), 90)
+        assert not fleet.synced_on(v2), "the roll finished before the crash: nothing was tested"
+        op.kill()
+        op2 = start_operator()
+        wait_for("ModelSynced on v2 after the restart", lambda: fleet.synced_on(v2), timeout=120)
+        wait_for("the borrowed replica returned", lambda: list(fleet.deployments()) == ["chat-a10g"], timeout=60)
+        time.sleep(0.5)
+    assert op2.alive(), op2.tail()
+    assert "chat-a10g-canary" not in uids.seen and len(uids.seen["chat-l40s-canary"]) == 1, uids.seen
+    assert len(uids.seen["chat-a10g"]) == 1 and len(uids.seen["chat-l40s"]) == 1, uids.seen
+    assert poller.minimum >= 4, f"ready pool replicas dropped to {poller.minimum} across the crash"
+    pods = fleet.ready_pods()
+    assert len(pods) == 4 and {p.metadata.annotations[VERSION_ANNOTATION] for p in pods} == {v2}
+    dep = fleet.deployments()["chat-a10g"]
+    assert (dep.spec.strategy.rolling_update.max_surge, dep.spec.strategy.rolling_update.max_unavailable) == (1, 0)
+    seen = reasons(fleet)
+    assert seen.count("CanaryPassed") == 1 and "CanaryFailed" not in seen and "CanaryTimeout" not in seen, seen
+    assert fleet.model()["canary"]["phase"] == "Passed"
