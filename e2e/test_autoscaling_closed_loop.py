@@ -11,7 +11,15 @@ trough. Asserts what an SRE would check on a real fleet:
 * after the new replicas are Ready, the P95 SLO latency is back under the SLO;
 * after the spike the fleet shrinks (ScaledDown, fewer pods);
 * with Prometheus stopped nothing scales down and ``ScalingActive`` is False with a reason;
-* every request is answered or counted as a 429; the operator never wrote ``spec``.
+* every request is answered or counted as a 429; the operator never wrote ``spec``;
+* GitOps does not fight the autoscaler: the resource is created the way Flux's
+  kustomize-controller applies it (server-side apply, its field manager); with the fleet
+  scaled out, a server-side ``kubectl diff`` under Flux's and Argo CD's field managers shows
+  no drift, re-applying from "Git" changes neither ``generation`` nor the autoscaler's
+  decision, the operator's field managers own only ``status``, and Argo CD's health check
+  (manifests/gitops/argocd/health.lua, run in Lua) reports the live object Healthy.
+  (Flux and Argo CD themselves do not run here: their appliers are emulated by the real
+  kubectl doing what they do.)
 
 All replica numbers are SIMULATED. Timings compress a real day: 15 s cold starts instead
 of ~50 s, 5 s evaluations, a 20 s scale-down delay.
@@ -35,6 +43,8 @@ from qwen_operator.sandbox.stages import READY_AFTER_ANNOTATION
 from qwen_operator.sim.fleet_bridge import FleetBridge
 from qwen_operator.sim.loadgen import LoadGenerator, peak_and_trough
 from qwen_operator.sim.trace import default_trace_path, load_azure_csv
+from qwen_operator.testing.argocd import health
+from qwen_operator.testing.cluster import Kubectl
 from qwen_operator.testing.operator import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.timeout(540)]
@@ -151,12 +161,61 @@ def closed_loop_operator(
 
 
 def test_peak_and_trough_closed_loop(
-    kube_api: Any, namespace: str, prometheus: PrometheusServer, closed_loop_operator: OperatorProcess
+    kube_api: Any,
+    kubectl: Kubectl,
+    namespace: str,
+    prometheus: PrometheusServer,
+    closed_loop_operator: OperatorProcess,
+    tmp_path: Path,
 ) -> None:
-    asyncio.run(scenario(kube_api, namespace, prometheus))
+    asyncio.run(scenario(kube_api, namespace, prometheus, GitOps(kubectl, tmp_path / "qwd.yaml", namespace)))
 
 
-async def scenario(api: Any, ns: str, prometheus: PrometheusServer) -> None:
+@dataclass
+class GitOps:
+    """What Flux's kustomize-controller and Argo CD (ServerSideApply=true) do with the manifest in Git."""
+
+    kubectl: Kubectl
+    path: Path
+    ns: str
+
+    FLUX, ARGOCD = "kustomize-controller", "argocd-controller"
+
+    def write(self, doc: dict[str, Any]) -> None:
+        self.path.write_text(yaml.safe_dump({**doc, "metadata": {**doc["metadata"], "namespace": self.ns}}))
+
+    def apply(self, manager: str) -> None:
+        self.kubectl("apply", "--server-side", f"--field-manager={manager}", "-f", str(self.path))
+
+    def drift(self, manager: str) -> str:
+        """What a sync would change (server-side dry-run diff); empty when live matches Git."""
+        proc = self.kubectl("diff", "--server-side", f"--field-manager={manager}", "-f", str(self.path), check=False)
+        assert proc.returncode in (0, 1), f"kubectl diff failed ({proc.returncode}): {proc.stderr}"
+        return proc.stdout if proc.returncode else ""
+
+
+def check_gitops_while_scaled_out(api: Any, gitops: GitOps, generation: int) -> dict[str, Any]:
+    """Run with the fleet scaled out past spec: Git and the autoscaler must not disagree."""
+    crd = client.CustomObjectsApi(api)
+    before = crd.get_namespaced_custom_object(GROUP, VERSION, gitops.ns, PLURAL, NAME)
+    desired = before["status"]["autoscaler"]["desiredReplicas"]
+    assert desired > before["spec"]["replicas"], "the autoscaler has not moved past spec.replicas yet"
+    for manager in (GitOps.FLUX, GitOps.ARGOCD):
+        assert gitops.drift(manager) == "", f"{manager} would see drift:\n{gitops.drift(manager)}"
+    gitops.apply(GitOps.FLUX)  # a Flux reconcile re-applies Git
+    after = crd.get_namespaced_custom_object(GROUP, VERSION, gitops.ns, PLURAL, NAME)
+    assert after["metadata"]["generation"] == generation, "re-applying Git changed spec"
+    assert after["status"]["autoscaler"]["desiredReplicas"] >= desired, "re-applying Git reset the autoscaler"
+    foreign = [
+        (m["manager"], m.get("subresource", ""))
+        for m in after["metadata"]["managedFields"]
+        if m["manager"] != GitOps.FLUX and m.get("subresource") != "status"
+    ]
+    assert not foreign, f"field managers other than Git's own non-status fields: {foreign}"
+    return after
+
+
+async def scenario(api: Any, ns: str, prometheus: PrometheusServer, gitops: GitOps) -> None:
     t0 = time.monotonic()
     marks: dict[str, float] = {}
     obs = Observer(api, ns)
@@ -165,7 +224,8 @@ async def scenario(api: Any, ns: str, prometheus: PrometheusServer) -> None:
     observer = asyncio.get_running_loop().create_task(obs.run())
     load: LoadGenerator | None = None
     try:
-        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body())
+        gitops.write(body())
+        await asyncio.to_thread(gitops.apply, GitOps.FLUX)  # created the way Flux applies it
         await until("the first replica Ready behind the balancer", lambda: sum(bridge.counts()[1].values()) >= 1, 120)
         marks["first replica ready"] = time.monotonic()
         await until("the autoscaler's first status write", lambda: obs.points and obs.last.desired is not None, 30)
@@ -197,6 +257,23 @@ async def scenario(api: Any, ns: str, prometheus: PrometheusServer) -> None:
         await until("the new replicas Ready", all_ready, 90)
         marks["new replicas ready"] = time.monotonic()
         peak = sum(bridge.counts()[1].values())
+
+        # GitOps with the fleet scaled out past spec.replicas: no drift, no fight
+        live = await asyncio.to_thread(check_gitops_while_scaled_out, api, gitops, generation)
+
+        async def argocd_healthy() -> tuple[str, str]:
+            obj = await asyncio.to_thread(
+                client.CustomObjectsApi(api).get_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, NAME
+            )
+            return health(obj)
+
+        seen = health(live)
+        deadline = time.monotonic() + 30
+        while seen[0] != "Healthy" and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            seen = await argocd_healthy()
+        assert seen[0] == "Healthy", f"Argo CD health of the scaled-out object: {seen}"
+        marks["GitOps checked"] = time.monotonic()
 
         def p95_ok() -> bool:
             s = bridge.sample()

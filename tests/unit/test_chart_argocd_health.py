@@ -9,28 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
+from qwen_operator.testing.argocd import HEALTH_LUA, health
+
 REPO = Path(__file__).resolve().parents[2]
 GITOPS = REPO / "manifests" / "gitops"
-HEALTH_LUA = GITOPS / "argocd" / "health.lua"
 HEALTH_KEY = "resource.customizations.health.serving.qwenops.io_QwenDeployment"
-
-
-def lua_table(lua: Any, value: Any) -> Any:
-    if isinstance(value, dict):
-        return lua.table_from({k: lua_table(lua, v) for k, v in value.items()})
-    if isinstance(value, list):
-        return lua.table_from([lua_table(lua, v) for v in value])
-    return value
-
-
-def health(obj: dict[str, Any], script: str | None = None) -> tuple[str, str]:
-    """Run the script the way Argo CD does: a global ``obj``, the chunk returns ``hs``."""
-    from lupa import LuaRuntime
-
-    lua = LuaRuntime(unpack_returned_tuples=True)
-    lua.globals().obj = lua_table(lua, obj)
-    hs = lua.execute(script if script is not None else HEALTH_LUA.read_text())
-    return str(hs["status"]), str(hs["message"])
 
 
 def qwd(generation: int = 2, observed: int | None = 2, **conditions: tuple[str, str, str]) -> dict[str, Any]:
