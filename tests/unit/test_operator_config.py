@@ -6,11 +6,13 @@ config, then nothing; for the operator's own registry client: the config, then i
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -22,7 +24,8 @@ from qwen_operator.controller.cli import _load_config, controller_config, parse_
 from qwen_operator.controller.reconcile import Observed, compute
 from qwen_operator.controller.versions import make_registry
 from qwen_operator.packaging import helm
-from qwen_operator.packaging.chart import find, template
+from qwen_operator.packaging.chart import HelmError, find, template
+from qwen_operator.packaging.generate import VALUES_SCHEMA
 from qwen_operator.packaging.values import OperatorConfig
 from qwen_operator.planner import plan
 from qwen_operator.render import RenderContext, render
@@ -161,6 +164,17 @@ def test_the_charts_rendered_config_is_accepted_with_every_key() -> None:
     assert controller_config(cfg).defaults == DEFAULTS
     assert cfg.operator_image.startswith("ghcr.io/qwenops/qwen-operator:")  # the chart's image
     assert cfg == OperatorConfig.model_validate({**FULL, "operatorImage": cfg.operator_image})
+
+
+def test_the_chart_rejects_what_the_operator_rejects() -> None:
+    """A pod annotation key off the Kubernetes pattern fails `helm install`, not the operator's start."""
+    schema = json.loads(VALUES_SCHEMA.read_text())
+    bad = {"config": {"podAnnotations": {"not a key": "x"}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    jsonschema.validate({"config": {"podAnnotations": {"sidecar.istio.io/inject": "false"}}}, schema)
+    with pytest.raises(HelmError, match="podAnnotations"):
+        template(values=bad)
 
 
 # -- nodeCache.path ------------------------------------------------------------------------

@@ -248,7 +248,8 @@ class OperatorConfig(_Values):
     the operator image above (the chart fills it in; the bare operator uses
     ghcr.io/qwenops/qwen-operator:<its version>)."""
     pod_annotations: dict[Annotated[str, Field(pattern=ANNOTATION_KEY, max_length=317)], str] = Field(
-        default_factory=dict
+        default_factory=dict,
+        json_schema_extra={"additionalProperties": False},  # a key off the pattern is an error
     )
     """Annotations the reconciler adds to the pod template of every model server Deployment (service mesh,
     log shipping, ...); the operator's own serving.qwenops.io annotations win over the same keys."""
