@@ -19,7 +19,7 @@ def lua_table(lua: Any, value: Any) -> Any:
 
 def health(obj: dict[str, Any], script: str | None = None) -> tuple[str, str]:
     """``(status, message)`` of ``obj``: a global ``obj``, the chunk returns ``hs`` (Argo CD's contract)."""
-    from lupa import LuaRuntime
+    from lupa import LuaRuntime  # type: ignore[import-untyped]
 
     lua = LuaRuntime(unpack_returned_tuples=True)
     lua.globals().obj = lua_table(lua, obj)
