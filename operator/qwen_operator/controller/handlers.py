@@ -67,10 +67,10 @@ class Controller:
     triggers: dict[Key, asyncio.Event] = field(default_factory=dict)
     expected: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
     last_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    reconciles: int = 0
-    started_at: float = field(default_factory=time.monotonic)
     # a canary timeout recorded in status.model: (resourceVersion it was computed from, what was written)
     model_written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
+    reconciles: int = 0
+    started_at: float = field(default_factory=time.monotonic)
     autoscaler: Any = None  # controller.autoscaler.Autoscaler, set by the CLI when wiring
     versions: Any = None  # controller.versions.VersionWatcher, set by the CLI when wiring
 
@@ -171,10 +171,10 @@ class Controller:
                 RECONCILES.labels("ok").inc()
                 backoff = 1.0
                 timeout = self.config.resync_seconds
-            except asyncio.CancelledError:
-                raise
                 if out.requeue_after is not None:  # a canary deadline falls before the next resync
                     timeout = max(0.5, min(timeout, out.requeue_after + 0.5))
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # noqa: BLE001 - a failed reconcile is retried, never fatal
                 RECONCILES.labels("error").inc()
                 if _terminating_namespace(exc):

@@ -236,7 +236,6 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=current)
     out.plan = the_plan
     model = ModelState.from_status(live_status)
-    target_version = pool_version(model) or spec.model.version
     timeout = spec.rollout.canary_timeout_seconds
     deadline = canary_deadline(
         model, name, namespace, spec.rollout.canary_replicas, timeout, obs.deployments, obs.pods, clock
@@ -256,6 +255,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
         )
     elif deadline is not None:
         out.requeue_after = deadline.remaining
+    target_version = pool_version(model) or spec.model.version
     the_plan, blocked, borrowed, borrow_ready = _borrow_surge(
         the_plan, live_by_type, target_version, spec.rollout.max_surge, inventory, catalog
     )
