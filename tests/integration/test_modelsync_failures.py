@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import filecmp
+import io
+import os
 import signal
 import subprocess
 import sys
@@ -12,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from qwen_operator.modelsync.manifest import Manifest
+from qwen_operator.modelsync import pull as pull_module
+from qwen_operator.modelsync.manifest import ChunkRef, FileEntry, Manifest
 from qwen_operator.modelsync.pull import PullError, pull
 from qwen_operator.modelsync.push import push
-from qwen_operator.modelsync.registry import Registry, TransientError
+from qwen_operator.modelsync.registry import READ_BLOCK, Registry, TransientError
+from qwen_operator.modelsync.store import covered, read_journal
 from qwen_operator.modelsync.synthetic import Checkpoint, Shape
 from qwen_operator.testing.s3 import S3Bucket
 
@@ -31,6 +36,27 @@ def same_tree(a: Path, b: Path) -> bool:
     return fa == fb and all(filecmp.cmp(a / p, b / p, shallow=False) for p in fa)
 
 
+def kept_locally(cache: Path, manifest: Manifest) -> tuple[int, int, int]:
+    """What an interrupted pull left that a resume must not fetch again: ``(bytes, chunks
+    fully kept, chunks partly kept)`` -- committed blobs plus journalled ranges of partials."""
+    kept = full = part = 0
+    for f in manifest.files:
+        blob = cache / "blobs/sha256" / f.sha256[7:]
+        partial = cache / "tmp" / f"{f.sha256[7:]}.partial"
+        if blob.is_file():
+            kept, full = kept + f.size, full + len(f.chunks)
+            continue
+        ranges = read_journal(partial.with_suffix(".journal")) if partial.is_file() else []
+        offset = 0
+        for c in f.chunks:
+            have = covered(ranges, offset, c.size)
+            kept += have
+            full += have == c.size
+            part += 0 < have < c.size
+            offset += c.size
+    return kept, full, part
+
+
 class FailingRegistry(Registry):
     """A real registry client whose connection "drops" after ``budget`` downloaded bytes."""
 
@@ -39,8 +65,8 @@ class FailingRegistry(Registry):
         self.budget = budget
         self.passed = 0
 
-    def get_blob(self, digest: str, start: int = 0) -> Iterator[bytes]:
-        for block in super().get_blob(digest, start):
+    def get_blob(self, digest: str, start: int = 0, block_size: int = READ_BLOCK) -> Iterator[memoryview]:
+        for block in super().get_blob(digest, start, block_size):
             if self.passed + len(block) > self.budget:
                 raise ConnectionResetError("injected: connection reset mid-pull")
             self.passed += len(block)
@@ -91,8 +117,9 @@ def test_interrupted_pull_resumes_without_refetching(
     with pytest.raises(PullError, match="connection reset"):
         pull(broken, cache, "qwen", version="v1", workers=1)
     assert not (cache / "models/qwen/current").exists()
-    committed = [p for p in (cache / "blobs/sha256").iterdir()]
-    assert 0 < len(committed) < len(need)
+    kept, _, _ = kept_locally(cache, pushed["v1"][2])
+    assert kept == broken.passed  # every byte received was written and journalled
+    assert 0 < kept < total
     resumed = Registry(s3_bucket.registry_url())
     result = pull(resumed, cache, "qwen", version="v1")
     # every byte crossed the network once: what the first attempt kept is never fetched again
@@ -112,23 +139,21 @@ def test_killed_pull_process_resumes(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    blobs = cache / "blobs" / "sha256"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (blobs.is_dir() and len(list(blobs.iterdir())) >= 3):
+    while time.monotonic() < deadline and kept_locally(cache, pushed["v1"][2])[0] < total // 4:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not (cache / "models/qwen/current").exists()
-    have = sum(p.stat().st_size for p in blobs.iterdir())
-    partial = sum(p.stat().st_size for p in (cache / "tmp").glob("*.partial"))
-    assert 0 < have + partial < total
+    have, full, partly = kept_locally(cache, pushed["v1"][2])
+    assert 0 < have < total
     gets_before = len(s3_bucket.requests("GET"))
-    partials = len(list((cache / "tmp").glob("*.partial")))
     result = pull(Registry(s3_bucket.registry_url()), cache, "qwen", version="v1")
-    assert result.bytes_fetched == total - have - partial
-    ranged = s3_bucket.requests("GET")[gets_before:]
-    blob_gets = sum("/blobs/" in r[1] for r in ranged)  # one GET per missing chunk (ranged for partials)
-    assert result.chunks_fetched - partials <= blob_gets <= result.chunks_fetched
+    assert result.bytes_fetched == total - have  # nothing the killed pull wrote is fetched again
+    blob_gets = sum("/blobs/" in r[1] for r in s3_bucket.requests("GET")[gets_before:])
+    # one GET per chunk not fully kept (a ranged one for a chunk the killed pull had begun)
+    assert blob_gets == result.chunks_fetched == len(pushed["v1"][2].unique_chunks()) - full
+    assert partly <= result.chunks_fetched
     assert same_tree(pushed["v1"][0], (cache / "models/qwen/current").resolve())
 
 
@@ -161,10 +186,10 @@ def test_concurrent_pulls_into_one_cache(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 30 MiB tmpfs: a real filesystem that runs out of space."""
+    """A 16 MiB tmpfs: a real filesystem that runs out of space (v1 takes ~11 MB of it)."""
     mnt = tmp_path / "small-disk"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"mounting a small tmpfs needs root: {r.stderr.strip()}")
     try:
@@ -201,8 +226,8 @@ class FlakyRegistry(Registry):
         self.broken: set[str] = set()
         self.passed = 0
 
-    def get_blob(self, digest: str, start: int = 0) -> Iterator[bytes]:
-        for i, block in enumerate(super().get_blob(digest, start)):
+    def get_blob(self, digest: str, start: int = 0, block_size: int = READ_BLOCK) -> Iterator[memoryview]:
+        for i, block in enumerate(super().get_blob(digest, start, block_size)):
             if digest not in self.broken and i == 1:
                 self.broken.add(digest)
                 raise TransientError("injected: stream broke off")
@@ -217,26 +242,132 @@ def test_broken_streams_are_resumed_with_ranged_gets(
     gets_before = len(s3_bucket.requests("GET"))
     result = pull(flaky, tmp_path / "cache", "qwen", version="v1")
     need = pushed["v1"][2].unique_chunks()
-    assert flaky.broken  # chunks over 1 MiB broke off once each...
+    assert flaky.broken  # chunks of more than one read block broke off once each...
     assert flaky.passed == result.bytes_fetched == sum(need.values())  # ...and resumed where it broke off
     ranged = [r for r in s3_bucket.requests("GET")[gets_before:] if "/blobs/" in r[1]]
     assert len(ranged) == len(need) + len(flaky.broken)
     assert same_tree(pushed["v1"][0], (tmp_path / "cache/models/qwen/current").resolve())
 
 
-def test_corrupt_local_chunk_is_dropped_and_refetched(
+def test_disk_filling_up_mid_pull_fails_clearly_and_resumes(
+    s3_bucket: S3Bucket,
+    pushed: dict[str, tuple[Path, str, Manifest]],
+    small_disk: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = small_disk / "cache"
+    reg = s3_bucket.registry_url()
+    pull(Registry(reg), cache, "qwen", version="v1")
+    full = tmp_path / "src-v3"
+    Checkpoint(SHAPE).full().write(full)
+    push(Registry(reg), full, "v3")
+    monkeypatch.setattr(pull_module, "_check_space", lambda root, need: None)  # reach the real ENOSPC
+    with pytest.raises(PullError, match="disk full"):
+        pull(Registry(reg), cache, "qwen", version="v3")
+    assert same_tree(pushed["v1"][0], (cache / "models/qwen/current").resolve())
+    subprocess.run(["mount", "-o", "remount,size=40m", str(small_disk)], check=True)
+    pull(Registry(reg), cache, "qwen", version="v3")
+    assert same_tree(full, (cache / "models/qwen/current").resolve())
+
+
+def interrupt_half_way(s3_bucket: S3Bucket, cache: Path) -> int:
+    """Pull v1 with the connection dropping half-way (one worker); returns bytes received."""
+    total = sum(Registry(s3_bucket.registry_url()).get_manifest(s3_bucket_digest(s3_bucket)).unique_chunks().values())
+    broken = FailingRegistry(s3_bucket.registry_url(), budget=total // 2)
+    with pytest.raises(PullError):
+        pull(broken, cache, "qwen", version="v1", workers=1)
+    return broken.passed
+
+
+def s3_bucket_digest(s3_bucket: S3Bucket, version: str = "v1") -> str:
+    return Registry(s3_bucket.registry_url()).resolve(version=version)
+
+
+def test_rotten_local_copies_are_fetched_again(
     s3_bucket: S3Bucket, pushed: dict[str, tuple[Path, str, Manifest]], tmp_path: Path
 ) -> None:
+    """Bit rot on the node (same size, wrong bytes) in a committed blob and in a journalled
+    chunk of a partial: the next pull finds both by digest and fetches just those again."""
     cache = tmp_path / "cache"
-    total = sum(pushed["v1"][2].unique_chunks().values())
-    with pytest.raises(PullError):
-        pull(FailingRegistry(s3_bucket.registry_url(), budget=total // 2), cache, "qwen", version="v1", workers=1)
+    manifest = pushed["v1"][2]
+    total = sum(manifest.unique_chunks().values())
+    interrupt_half_way(s3_bucket, cache)
+    kept, _, _ = kept_locally(cache, manifest)
     victim = max((cache / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    victim_size = victim.stat().st_size
     victim.chmod(0o644)
-    victim.write_bytes(b"\0" * victim.stat().st_size)  # bit rot on the node
-    with pytest.raises(PullError, match="corrupt.*re-run the pull"):
-        pull(Registry(s3_bucket.registry_url()), cache, "qwen", version="v1")
-    assert not victim.exists() and not (cache / "models/qwen/current").exists()
-    again = Registry(s3_bucket.registry_url())
-    pull(again, cache, "qwen", version="v1")
+    victim.write_bytes(b"\0" * victim_size)
+    f, offset, chunk = journalled_chunk(cache, manifest)
+    with (cache / "tmp" / f"{f.sha256[7:]}.partial").open("r+b") as out:
+        out.seek(offset)
+        out.write(b"\xff" * chunk.size)
+    err = io.StringIO()
+    result = pull(Registry(s3_bucket.registry_url()), cache, "qwen", version="v1", out=err)
+    assert result.bytes_fetched == total - kept + victim_size + chunk.size
+    assert "damaged" in err.getvalue()
     assert same_tree(pushed["v1"][0], (cache / "models/qwen/current").resolve())
+
+
+def journalled_chunk(cache: Path, manifest: Manifest) -> tuple[FileEntry, int, ChunkRef]:
+    """A chunk that a partial's journal says is written."""
+    for f in manifest.files:
+        journal = cache / "tmp" / f"{f.sha256[7:]}.journal"
+        ranges = read_journal(journal)
+        offset = 0
+        for c in f.chunks:
+            if covered(ranges, offset, c.size) == c.size:
+                return f, offset, c
+            offset += c.size
+    raise AssertionError("no journalled chunk")
+
+
+def test_crash_before_the_durability_point_heals(
+    s3_bucket: S3Bucket, pushed: dict[str, tuple[Path, str, Manifest]], tmp_path: Path
+) -> None:
+    """A power cut after chunks were written and blobs renamed but before anything was
+    synced: committed names may point at empty files and journalled ranges at zeros. The
+    next pull notices (size, digest), fetches exactly what was lost and succeeds."""
+    cache = tmp_path / "cache"
+    manifest = pushed["v1"][2]
+    total = sum(manifest.unique_chunks().values())
+    interrupt_half_way(s3_bucket, cache)
+    kept, _, _ = kept_locally(cache, manifest)
+    lost = 0
+    for blob in (cache / "blobs/sha256").iterdir():  # what delayed allocation leaves after a crash
+        lost += blob.stat().st_size
+        blob.chmod(0o644)
+        os.truncate(blob, 0)
+    f, offset, chunk = journalled_chunk(cache, manifest)
+    with (cache / "tmp" / f"{f.sha256[7:]}.partial").open("r+b") as out:
+        out.seek(offset)
+        out.write(b"\0" * chunk.size)  # the journal reached the disk, this chunk's data did not
+    lost += chunk.size
+    result = pull(Registry(s3_bucket.registry_url()), cache, "qwen", version="v1")
+    assert result.bytes_fetched == total - kept + lost
+    assert same_tree(pushed["v1"][0], (cache / "models/qwen/current").resolve())
+
+
+def test_current_moves_only_after_everything_is_durable(
+    s3_bucket: S3Bucket, pushed: dict[str, tuple[Path, str, Manifest]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    reg = s3_bucket.registry_url()
+    pull(Registry(reg), cache, "qwen", version="v1")
+    synced: list[str] = []
+    real = os.fdatasync
+
+    def failing_fdatasync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        if "/staging/" in synced[-1]:
+            raise OSError(errno.EIO, "injected: I/O error at the durability point")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    with pytest.raises(PullError, match="I/O error"):
+        pull(Registry(reg), cache, "qwen", version="v2")
+    assert same_tree(pushed["v1"][0], (cache / "models/qwen/current").resolve())
+    assert any("/blobs/" in p or "/tmp/" in p for p in synced)  # each built file was synced before its rename
+    monkeypatch.setattr(os, "fdatasync", real)
+    pull(Registry(reg), cache, "qwen", version="v2")
+    assert same_tree(pushed["v2"][0], (cache / "models/qwen/current").resolve())

@@ -15,6 +15,7 @@ from boto3's standard chain (``AWS_*`` variables, profiles, ``AWS_ENDPOINT_URL``
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import threading
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 MULTIPART_THRESHOLD = 16 * MIB
 PART_SIZE = 8 * MIB
+READ_BLOCK = 256 * 1024  # download block: stays in L2 between the socket copy, sha256 and the write
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken", "ExpiredToken"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -199,8 +201,14 @@ class Registry:
                 self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
                 raise
 
-    def get_blob(self, digest: str, start: int = 0) -> Iterator[bytes]:
-        """Stream blob bytes from ``start`` (a ranged GET when resuming)."""
+    def get_blob(self, digest: str, start: int = 0, block_size: int = READ_BLOCK) -> Iterator[memoryview]:
+        """Stream blob bytes from ``start`` (a ranged GET when resuming).
+
+        Each block is a view of one reused buffer, valid until the next block is asked
+        for: the caller writes or hashes it and moves on. The body is read with
+        ``readinto`` straight from the HTTP response into that buffer (one copy from the
+        socket), not through urllib3's per-read ``bytes`` objects.
+        """
         with translate_errors(f"downloading blob {digest} from {self.url}"):
             key = self.blob_key(digest)
             if start:
@@ -209,14 +217,41 @@ class Registry:
                 resp = self.client.get_object(Bucket=self.url.bucket, Key=key)
             body = resp["Body"]
             self.stats.add(gets=1)
+            length = int(resp.get("ContentLength", -1))
+            raw = getattr(body, "_raw_stream", None)
+            fp = getattr(raw, "_fp", None)  # the http.client response under urllib3's
+            direct = (
+                raw is not None
+                and length >= 0
+                and callable(getattr(fp, "readinto", None))
+                and not getattr(fp, "chunked", True)
+                and not raw.headers.get("content-encoding")
+            )
             try:
-                for block in body.iter_chunks(1 * MIB):
-                    self.stats.add(down=len(block))
-                    yield block
-            except (botocore.exceptions.HTTPClientError, urllib3.exceptions.HTTPError) as exc:
+                if direct and fp is not None and raw is not None:
+                    buf = memoryview(bytearray(max(1, min(block_size, length))))
+                    left = length
+                    while left:
+                        n = fp.readinto(buf[: min(len(buf), left)])
+                        if not n:
+                            raise TransientError(f"download of blob {digest} broke off: {left} bytes short")
+                        left -= n
+                        self.stats.add(down=n)
+                        yield buf[:n]
+                    raw.release_conn()  # fully read: the connection goes back to the pool
+                else:
+                    for block in body.iter_chunks(block_size):
+                        self.stats.add(down=len(block))
+                        yield memoryview(block)
+            except (
+                botocore.exceptions.HTTPClientError,
+                urllib3.exceptions.HTTPError,
+                http.client.HTTPException,
+                OSError,
+            ) as exc:
                 raise TransientError(f"download of blob {digest} broke off: {exc}") from exc
             finally:
-                body.close()
+                body.close()  # a no-op once released; drops a connection that still holds unread bytes
 
     # --- manifests, versions, tags ----------------------------------------------------
 

@@ -1,24 +1,34 @@
-"""The node-local model cache: a content-addressed chunk store plus version trees.
+"""The node-local model cache: content-addressed files plus version trees.
 
 Layout of ``DIR`` (the contract the operator's init container and TGI rely on)::
 
     .lock                           shared while pulling, exclusive to collect blobs
-    blobs/sha256/<hex>              verified chunks, read-only, shared by every model
-    tmp/<hex>.partial               a chunk being downloaded (flock'd; resumed by a ranged GET)
+    blobs/sha256/<hex>              verified whole files, read-only, by their sha256 (a
+                                    single-chunk file's digest is its chunk's digest)
+    tmp/<hex>.partial               a file being built at full size, chunks written at their
+                                    offsets (flock'd by its builder; resumed by the next pull)
+    tmp/<hex>.journal               byte ranges of that partial already written ("OFFSET LEN")
     models/NAME/.lock               serialises assembling and flipping NAME
     models/NAME/current             -> versions/<id>  (flipped atomically; TGI's --model-id)
-    models/NAME/versions/<id>/      complete version trees (id = manifest digest hex[:16])
+    models/NAME/versions/<id>/      complete version trees (id = manifest digest hex[:16]),
+                                    hard links to blobs or to files of kept versions
     models/NAME/manifests/<id>.json manifest of each kept version
     models/NAME/history             kept version ids, most recent first
 
-A chunk is committed by write-temp, fsync, rename, so a killed pull leaves either a whole
-verified blob or a partial file that the next pull continues from. Chunks that live
-inside a kept version file are also readable from there (``local_index``); blob GC drops
-such blobs, so a multi-chunk file does not cost its size twice on disk.
+Every byte is written once: a chunk is downloaded (or copied from a local file that
+holds it) straight into its offset of ``tmp/<hex>.partial``. The journal records what
+was written, so a killed pull resumes without fetching it again; the file's sha256 is
+checked before it is renamed into ``blobs/`` (after an fdatasync), and a file whose
+digest is wrong is repaired chunk by chunk (see ``pull``). A blob that this process did
+not build is re-hashed before it is used, so one whose data a crash lost is rebuilt, not
+served. Chunks inside kept version files are readable from there (``local_index``); blob
+GC drops blobs no kept version needs, so a file does not cost its size twice on disk.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -31,13 +41,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from qwen_operator.modelsync.manifest import Manifest, ManifestError
-from qwen_operator.modelsync.registry import DigestMismatchError, Registry, TransientError
+from qwen_operator.modelsync.registry import DigestMismatchError
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 PARTIAL_MAX_AGE_S = 24 * 3600
 RETRIES = 4
+HASH_BLOCK = 8 << 20
 
 
 def sanitise_name(prefix: str) -> str:
@@ -114,62 +126,32 @@ class Store:
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
-    def fetch(
-        self, registry: Registry, digest: str, size: int, limiter: RateLimiter, on_bytes: Callable[[int], None]
-    ) -> int:
-        """Download one chunk into the store unless present; returns bytes fetched.
-
-        The partial file is flock'd, so two pullers never download the same chunk at
-        once: the second waits and then finds the committed blob.
-        """
-        final = self.blob_path(digest)
-        partial = self.tmp / (final.name + ".partial")
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if final.is_file():
-                if os.fstat(fd).st_size == 0:
-                    partial.unlink(missing_ok=True)  # we created it after the blob was committed
-                return 0
-            have = os.fstat(fd).st_size
-            h = hashlib.sha256()
-            if have > size:
-                os.ftruncate(fd, 0)
-                have = 0
-            pos = 0
-            while pos < have:  # continue the hash over what an earlier pull fetched
-                block = os.pread(fd, min(8 << 20, have - pos), pos)
-                h.update(block)
-                pos += len(block)
-            fetched = 0
-            for attempt in range(1, RETRIES + 1):
-                if have + fetched >= size:
-                    break
+    @contextmanager
+    def partial(self, digest: str) -> Iterator[Partial]:
+        """Hold ``tmp/<hex>.partial`` (and its journal) exclusively, waiting for another
+        builder of the same file -- in this or another process -- to finish first."""
+        path = self.tmp / (digest.split(":", 1)[1] + ".partial")
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                st = os.fstat(fd)
                 try:
-                    os.lseek(fd, have + fetched, os.SEEK_SET)
-                    for block in registry.get_blob(digest, start=have + fetched):
-                        limiter.take(len(block))
-                        os.write(fd, block)
-                        h.update(block)
-                        fetched += len(block)
-                        on_bytes(len(block))
-                    break
-                except TransientError:
-                    if attempt == RETRIES:
-                        raise
-                    time.sleep(0.2 * attempt)  # then continue with a ranged GET
-            got = "sha256:" + h.hexdigest()
-            if got != digest or have + fetched != size:
-                os.ftruncate(fd, 0)
-                raise DigestMismatchError(
-                    f"chunk {digest} from {registry.url} is corrupt: got {have + fetched} bytes "
-                    f"with digest {got}; the registry blob must be re-pushed"
-                )
-            os.fdatasync(fd)
-            os.fchmod(fd, 0o444)
-            os.rename(partial, final)  # the caller fsyncs the directory once per pull
-            return fetched
+                    now = os.stat(path)
+                except FileNotFoundError:
+                    now = None
+                if now is None or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+                    os.close(fd)  # committed or removed by the holder we waited for: retry
+                    continue
+            except BaseException:
+                os.close(fd)
+                raise
+            break
+        part = Partial(path, fd)
+        try:
+            yield part
         finally:
+            part.close_journal()
             os.close(fd)
 
     # --- local versions -------------------------------------------------------------
@@ -220,8 +202,23 @@ class Store:
                 freed += st.st_size
         now = time.time()
         for partial in list(self.tmp.glob("*.partial")):
-            if now - partial.stat().st_mtime > PARTIAL_MAX_AGE_S:
+            try:
+                if now - partial.stat().st_mtime <= PARTIAL_MAX_AGE_S:
+                    continue
+                fd = os.open(partial, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 partial.unlink(missing_ok=True)
+                partial.with_suffix(".journal").unlink(missing_ok=True)
+            except BlockingIOError:
+                pass  # being built right now
+            finally:
+                os.close(fd)
+        for journal in list(self.tmp.glob("*.journal")):
+            if not journal.with_suffix(".partial").exists():
+                journal.unlink(missing_ok=True)
         return removed, freed
 
     def read_history(self, mdir: Path) -> list[str]:
@@ -251,6 +248,148 @@ class Store:
             shutil.rmtree(staging, ignore_errors=True)
         self.write_history(mdir, kept)
         return removed
+
+
+class Partial:
+    """A file being built in ``tmp/``: its open descriptor (flock'd) and its journal.
+
+    The journal lists byte ranges already written, as ``OFFSET LEN`` lines appended after
+    the bytes are in the file (so after a killed process it never claims more than the
+    page cache holds). Ranges are of the file's content, whatever the chunking, because
+    the file is named by its sha256. They are trusted only until the file's digest is
+    checked: a range whose bytes a crash lost shows up there and is fetched again.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.journal = path.with_suffix(".journal")
+        self._jfd = -1
+        self._lock = threading.Lock()
+
+    def written(self, size: int) -> list[tuple[int, int]]:
+        """Merged ``(offset, end)`` ranges the journal says are written; none unless the
+        partial already has the expected size (otherwise it is started afresh)."""
+        if os.fstat(self.fd).st_size != size:
+            return []
+        return read_journal(self.journal)
+
+    def reset(self, size: int) -> None:
+        """Start the file afresh: an empty journal and a sparse file of ``size`` bytes."""
+        self.close_journal()
+        self.journal.unlink(missing_ok=True)
+        os.ftruncate(self.fd, 0)
+        os.ftruncate(self.fd, size)
+
+    def record(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        with self._lock:
+            if self._jfd < 0:
+                self._jfd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.write(self._jfd, f"{offset} {length}\n".encode())
+
+    def close_journal(self) -> None:
+        with self._lock:
+            if self._jfd >= 0:
+                os.close(self._jfd)
+                self._jfd = -1
+
+    def commit(self, dest: Path) -> None:
+        """Make the verified file durable and read-only, then rename it to ``dest``."""
+        os.fdatasync(self.fd)
+        os.fchmod(self.fd, 0o444)
+        os.rename(self.path, dest)  # the caller fsyncs the directory before it relies on the name
+        self.close_journal()
+        self.journal.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        self.close_journal()
+        self.path.unlink(missing_ok=True)
+        self.journal.unlink(missing_ok=True)
+
+
+def read_journal(path: Path) -> list[tuple[int, int]]:
+    """Merged ``(offset, end)`` ranges listed in a partial's journal (torn lines ignored)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    spans: list[tuple[int, int]] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            spans.append((int(parts[0]), int(parts[0]) + int(parts[1])))
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def covered(ranges: list[tuple[int, int]], offset: int, size: int) -> int:
+    """How many bytes from ``offset`` (at most ``size``) the merged ranges cover."""
+    for a, b in ranges:
+        if a <= offset < b:
+            return min(size, b - offset)
+    return 0
+
+
+def hash_range(fd: int, offset: int, size: int) -> str:
+    """``sha256:<hex>`` of ``size`` bytes of a file at ``offset``."""
+    h = hashlib.sha256()
+    pos, end = offset, offset + size
+    while pos < end:
+        block = os.pread(fd, min(HASH_BLOCK, end - pos), pos)
+        if not block:
+            break  # short file: the digest will not match
+        h.update(block)
+        pos += len(block)
+    return "sha256:" + h.hexdigest()
+
+
+def copy_range(src: int, src_off: int, dst: int, dst_off: int, size: int) -> None:
+    """Copy bytes between files in the kernel (copy_file_range), else through userspace."""
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(src, dst, size - done, src_off + done, dst_off + done)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            n = -1
+        if n <= 0:
+            break
+        done += n
+    while done < size:
+        block = os.pread(src, min(HASH_BLOCK, size - done), src_off + done)
+        if not block:
+            raise DigestMismatchError(f"local source is {size - done} bytes short")
+        done += os.pwrite(dst, block, dst_off + done)
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], fn)
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, size: int) -> None:
+    """Ask the kernel to start writing a range to disk now (not waiting for it), so the
+    disk works while the download goes on and the final fdatasync has little left to do.
+    Only a hint: durability still comes from fdatasync."""
+    if _SYNC_FILE_RANGE is not None and size > 0:
+        _SYNC_FILE_RANGE(fd, offset, size, SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_dir(path: Path) -> None:
