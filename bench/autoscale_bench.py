@@ -5,9 +5,11 @@ static-peak GPU-hours, <= 1.25x oracle, beats hpa-queue on SLO minutes at no mor
 GPU-hours, <= 1/3 of its oscillations) are claims to be measured side by side on the
 same SIMULATED fleet, and reported honestly, including on traces the policy was not
 tuned on (``--untuned``: another seed of the diurnal day and the ``week`` envelope).
-Prints figures; asserts nothing.
+Prints figures; asserts nothing. ``--prewarm`` adds, after the usual output, the pre-warm
+variants (``qwen+schedule``, ``qwen+predictive``) side by side with plain qwen and the oracle
+on the diurnal day and the week.
 
-    .venv/bin/python bench/autoscale_bench.py [--untuned] [--json OUT]
+    .venv/bin/python bench/autoscale_bench.py [--untuned] [--prewarm] [--json OUT]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from qwen_operator.sim.simulate import PolicyResult, SimConfig, build_profiles, 
 from qwen_operator.sim.trace import build_trace, default_trace_path, load_azure_csv
 
 POLICIES = ("qwen", "hpa-queue", "static-peak", "static-mean", "oracle")
+PREWARM = ("qwen", "qwen+schedule", "qwen+predictive", "oracle")
 
 
 def check_targets(res: dict[str, PolicyResult]) -> list[tuple[str, str, bool]]:
@@ -46,18 +49,27 @@ def check_targets(res: dict[str, PolicyResult]) -> list[tuple[str, str, bool]]:
     ]
 
 
-def run(envelope: str, seed: int, cfg: SimConfig, rows: list, label: str) -> dict[str, PolicyResult]:  # type: ignore[type-arg]
+def run(
+    envelope: str,
+    seed: int,
+    cfg: SimConfig,
+    rows: list,  # type: ignore[type-arg]
+    label: str,
+    policies: tuple[str, ...] = POLICIES,
+) -> dict[str, PolicyResult]:
     trace = build_trace(rows, envelope, seed=seed)
     profiles, notes = build_profiles(rows, cfg)
     print(f"\n=== {label}: envelope {envelope}, seed {seed}: {len(trace)} requests, {trace.duration / 3600:.0f}h ===")
     for note in notes:
         print(f"  pool {note}")
     results = {}
-    for name in POLICIES:
+    for name in policies:
         started = time.monotonic()
         results[name] = simulate_policy(name, trace, profiles, cfg)
         print(f"  [simulated] {name} done in {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
     print(format_table(results, cfg.slo_seconds, cfg.latency_metric))
+    if policies != POLICIES:
+        return results
     print("targets (qwen):")
     for target, measured, met in check_targets(results):
         print(f"  {'MET ' if met else 'MISS'} {target:<32} {measured}")
@@ -68,6 +80,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", default=None, help="Azure trace CSV (default ../shared/traces)")
     parser.add_argument("--untuned", action="store_true", help="also run the diurnal day with seed 7 and the week")
+    parser.add_argument("--prewarm", action="store_true", help="also compare the pre-warm variants (diurnal, week)")
     parser.add_argument("--json", help="write every figure as JSON")
     args = parser.parse_args()
     rows = load_azure_csv(args.trace or default_trace_path())
@@ -83,6 +96,20 @@ def main() -> int:
             "policies": {k: r.metrics() for k, r in res.items()},
             "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in check_targets(res)],
         }
+    if args.prewarm:
+        for envelope in ("diurnal", "week"):
+            res = run(envelope, 0, cfg, rows, "pre-warm variants", PREWARM)
+            q = res["qwen"]
+            for name in ("qwen+schedule", "qwen+predictive"):
+                r = res[name]
+                print(
+                    f"  {name}: {r.gpu_hours - q.gpu_hours:+.2f} GPU-h ({r.gpu_hours / q.gpu_hours - 1:+.1%}) vs qwen, "
+                    f"SLO minutes {r.slo_minutes_fraction - q.slo_minutes_fraction:+.2%}, "
+                    f"rejected {r.rejected - q.rejected:+d} requests; the floor changed {r.floor_decisions} decisions"
+                )
+            out[f"{envelope}/seed0/prewarm"] = {
+                "policies": {k: {**r.metrics(), "floor_decisions": r.floor_decisions} for k, r in res.items()}
+            }
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"simulated": True, "runs": out}, fh, indent=2)

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from qwen_operator.autoscale.policy import (
+    Floor,
     History,
     PoolState,
     Recommendation,
@@ -195,3 +196,54 @@ def test_scale_down_hysteresis_keeps_a_replica_that_would_leave_no_margin() -> N
     d = decide(0.0, [pool], Signals(0, 0.3, 1, 3.8), T)
     assert d.kind == "hold"
     assert d.total == 2
+
+
+# --- replica floors (schedule windows, predictive pre-warm) -----------------------------------
+
+MORNING = Floor(4, "schedule 'morning' floor 4")
+
+
+def test_floor_raises_the_fleet_even_without_metrics_and_says_why() -> None:
+    d = decide(0.0, [a10g(2)], Signals(None, None), T, floor=MORNING)
+    assert d.kind == "scale-up" and d.total == 4
+    assert d.reason.startswith("schedule 'morning' floor 4: below 4 replicas, adding 2")
+
+
+def test_floor_is_clamped_to_max_replicas() -> None:
+    targets = Targets(min_replicas=1, max_replicas=3)
+    d = decide(0.0, [a10g(1)], Signals(0, 0.5, 1), targets, floor=Floor(9, "predicted peak in 4 min: floor 9"))
+    assert d.total == 3 and "clamped to maxReplicas 3" in d.reason
+
+
+def test_floor_never_lowers_min_replicas() -> None:
+    targets = Targets(min_replicas=3, max_replicas=12)
+    d = decide(0.0, [a10g(1)], Signals(0, 0.5, 1), targets, floor=Floor(2, "schedule 'low' floor 2"))
+    assert d.total == 3 and d.reason.startswith("below minReplicas 3")  # minReplicas, not the floor
+    idle = History(recommendations=(Recommendation(-1000.0, 0.1),))
+    d = decide(0.0, [a10g(3)], Signals(0, NAN, 0), targets, idle, floor=Floor(1, "schedule 'x' floor 1"))
+    assert d.total == 3  # no scale-down below minReplicas whatever the floor
+
+
+def test_scale_down_stops_at_the_floor_and_the_hold_names_it() -> None:
+    idle = History(recommendations=(Recommendation(-1000.0, 0.1),))
+    pools = [a10g(5)]
+    d = decide(0.0, pools, Signals(0, NAN, 0), T, idle, floor=MORNING)
+    assert d.kind == "scale-down" and d.total == 4  # the fifth replica is not the floor's
+    d = decide(0.0, [a10g(4)], Signals(0, NAN, 0), T, idle, floor=MORNING)
+    assert d.kind == "hold" and d.total == 4
+    assert d.reason.startswith("schedule 'morning' floor 4: holding 4 replicas")
+    # the same fleet without the floor shrinks
+    assert decide(0.0, [a10g(4)], Signals(0, NAN, 0), T, idle).total == 3
+
+
+def test_load_above_the_floor_scales_up_as_usual_and_keeps_the_load_capacity() -> None:
+    d = decide(0.0, [a10g(4)], Signals(40, 3.0, 60), T, floor=MORNING)
+    assert d.kind == "panic" and d.total > 4 and "floor" not in d.reason
+    held = decide(0.0, [a10g(4)], Signals(0, 0.3, 2), T, floor=MORNING)
+    assert held.total == 4
+    assert held.desired_capacity is not None and held.desired_capacity < 4  # what load asked for, not the floor
+
+
+def test_no_floor_is_the_unchanged_policy() -> None:
+    for pools, signals in (([a10g(2)], Signals(16, 0.8, 30)), ([a10g(5)], Signals(0, NAN, 0))):
+        assert decide(0.0, pools, signals, T) == decide(0.0, pools, signals, T, floor=None)

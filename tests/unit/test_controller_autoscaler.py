@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from qwen_operator.autoscale.policy import PoolState, Targets
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from qwen_operator.api.spec import QwenDeploymentSpec
+from qwen_operator.autoscale.policy import Floor, PoolState, Targets
+from qwen_operator.autoscale.prewarm import ScheduleProblem
 from qwen_operator.autoscale.prometheus import FleetSignals
-from qwen_operator.controller.autoscaler import AutoscalerState, evaluate
+from qwen_operator.catalog import load_catalog
+from qwen_operator.controller.autoscaler import Autoscaler, AutoscalerState, cold_start_seconds, evaluate, prewarm_lead
+from qwen_operator.controller.reconcile import GPU_TYPE_ANNOTATION, Observed
 
 POOLS = [PoolState("A10G", cost_per_hour=1.006, throughput=1.0, ready=3, starting=0, free=4)]
 TARGETS = Targets(
@@ -45,3 +55,128 @@ def test_prometheus_durations_are_valid_go_durations() -> None:
     from qwen_operator.autoscale.prometheus import duration
 
     assert duration(5.0) == "5s" and duration(3) == "3s" and duration(2.5) == "2500ms"
+
+
+# --- pre-warm floors in the controller -----------------------------------------------------------
+
+CATALOG = load_catalog(None)
+MONDAY_0856 = dt.datetime(2024, 1, 15, 8, 56, tzinfo=dt.UTC)
+
+
+def test_a_floor_applies_even_when_prometheus_is_down() -> None:
+    state = AutoscalerState()
+    down = FleetSignals(error="No Prometheus URL is configured.")
+    floor = Floor(5, "schedule 'morning' floor 5")
+    decision, condition = evaluate(0.0, POOLS, down, TARGETS, state, previous_desired=3, floor=floor)
+    assert decision is not None and decision.total == 5
+    assert condition.status is False and condition.reason == "MetricsUnavailable"
+    assert "schedule 'morning' floor 5" in condition.message and "Never scaling down" in condition.message
+    # at or below what is already desired: the usual hold
+    decision, _ = evaluate(0.0, POOLS, down, TARGETS, state, previous_desired=5, floor=floor)
+    assert decision is None
+
+
+def test_an_unreadable_window_sets_scaling_active_false_naming_the_field() -> None:
+    problem = ScheduleProblem("spec.scaling.schedules[0].timezone", "time zone 'Mars/Base' is not ...; ignored")
+    busy = FleetSignals(queue=40.0, in_flight=60.0, p95_seconds=3.0)
+    decision, condition = evaluate(0.0, POOLS, busy, TARGETS, AutoscalerState(), 3, problems=[problem])
+    assert decision is not None and decision.total > 3  # metrics-based scaling carries on
+    assert condition.status is False and condition.reason == "InvalidSchedule"
+    assert condition.message.startswith("spec.scaling.schedules[0].timezone: time zone 'Mars/Base'")
+
+
+def test_default_lead_is_the_modelled_cold_start_plus_one_interval() -> None:
+    spec = QwenDeploymentSpec.model_validate(_qwd()["spec"])
+    cold = cold_start_seconds(spec, CATALOG)
+    assert 10 < cold < 3600
+    assert prewarm_lead(spec, CATALOG) == pytest.approx(cold + 15)
+    pinned = QwenDeploymentSpec.model_validate(_qwd(predictive={"enabled": True, "leadSeconds": 120})["spec"])
+    assert prewarm_lead(pinned, CATALOG) == 120
+
+
+def _qwd(status: dict[str, Any] | None = None, **scaling: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "chat", "namespace": "llm", "uid": "u-1", "generation": 1},
+        "spec": {
+            "model": {"name": "Qwen/Qwen3-14B", "registry": "s3://models/qwen3-14b", "quantization": "fp8"},
+            "placement": {"gpuTypes": ["L40S"]},
+            "scaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 6, **scaling},
+        },
+        "status": status or {},
+    }
+
+
+def _observed(qwd: dict[str, Any], replicas: int) -> Observed:
+    node = {
+        "metadata": {"name": "l0", "labels": {"nvidia.com/gpu.product": "NVIDIA-L40S"}},
+        "spec": {},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    dep = {
+        "metadata": {"name": "chat-l40s", "annotations": {GPU_TYPE_ANNOTATION: "L40S"}},
+        "spec": {"replicas": replicas},
+        "status": {"readyReplicas": replicas},
+    }
+    return Observed(qwd=qwd, deployments=[dep] if replicas else [], nodes=[node])
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.status: dict[str, Any] = {}
+        self.events: list[tuple[str, str, str]] = []
+
+    def apply_status(self, ns: str, name: str, status: dict[str, Any], manager: str) -> None:
+        self.status = status
+
+    def event(self, obj: Any, kind: str, reason: str, message: str) -> None:
+        self.events.append((kind, reason, message))
+
+
+def _tick(obs: Observed, signals: FleetSignals, when: dt.datetime) -> FakeKube:
+    kube = FakeKube()
+    scaler = Autoscaler(kube, CATALOG, lambda *_: signals, lambda key: obs, "http://prometheus", clock=lambda: when)
+    asyncio.run(scaler.tick(("llm", "chat")))
+    return kube
+
+
+def test_a_schedule_window_raises_desired_replicas_and_the_status_says_why() -> None:
+    window = {"name": "morning", "days": ["Mon"], "start": "08:50", "end": "11:00", "minReplicas": 4}
+    qwd = _qwd(status={"autoscaler": {"desiredReplicas": 2}}, schedules=[window])
+    idle = FleetSignals(queue=0.0, in_flight=0.0, p95_seconds=None)
+    kube = _tick(_observed(qwd, 2), idle, MONDAY_0856)
+    a = kube.status["autoscaler"]
+    assert a["desiredReplicas"] == 4 and a["floor"] == 4 and a["floorReason"] == "schedule 'morning' floor 4"
+    assert a["lastDecision"].startswith("schedule 'morning' floor 4: below 4 replicas, adding 2")
+    assert ("Normal", "ScaledUp") == kube.events[0][:2] and "schedule 'morning' floor 4" in kube.events[0][2]
+    assert "profile" not in a  # predictive off
+    # Tuesday: the window is closed, nothing raises the floor
+    kube = _tick(_observed(qwd, 2), idle, MONDAY_0856 + dt.timedelta(days=1))
+    assert "floor" not in kube.status["autoscaler"]
+
+
+def test_a_bad_time_zone_is_reported_at_runtime() -> None:
+    window = {"start": "00:00", "end": "23:59", "timezone": "Mars/Olympus_Mons", "minReplicas": 4}
+    qwd = _qwd(status={"autoscaler": {"desiredReplicas": 2}}, schedules=[window])
+    kube = _tick(_observed(qwd, 2), FleetSignals(queue=0.0, in_flight=0.0), MONDAY_0856)
+    c = next(c for c in kube.status["conditions"] if c["type"] == "ScalingActive")
+    assert c["status"] == "False" and c["reason"] == "InvalidSchedule"
+    assert "spec.scaling.schedules[0].timezone" in c["message"] and "Mars/Olympus_Mons" in c["message"]
+    assert kube.status["autoscaler"]["desiredReplicas"] == 2  # the window is ignored
+
+
+def test_the_predictive_profile_survives_a_restart_through_status() -> None:
+    predictive = {"enabled": True, "leadSeconds": 600}
+    busy = FleetSignals(queue=30.0, in_flight=60.0, p95_seconds=3.0)
+    qwd = _qwd(status={"autoscaler": {"desiredReplicas": 2}}, predictive=predictive)
+    monday_peak = MONDAY_0856.replace(hour=9, minute=5)
+    kube = _tick(_observed(qwd, 2), busy, monday_peak)
+    profile = kube.status["autoscaler"]["profile"]
+    assert profile["day"] == "2024-01-15" and profile["today"][36] >= 3 and len(profile["peaks"]) == 96
+    learned = profile["today"][36]
+    # a new operator process on Tuesday reads it back from status and pre-warms ahead of 09:00
+    qwd = _qwd(status={"autoscaler": {"desiredReplicas": 2, "profile": profile}}, predictive=predictive)
+    idle = FleetSignals(queue=0.0, in_flight=0.0, p95_seconds=None)
+    kube = _tick(_observed(qwd, 2), idle, MONDAY_0856 + dt.timedelta(days=1))
+    a = kube.status["autoscaler"]
+    assert a["desiredReplicas"] == min(6, learned) and a["floorReason"] == f"predicted peak in 4 min: floor {learned}"
+    assert a["profile"]["day"] == "2024-01-16" and a["profile"]["peaks"][36] == learned

@@ -139,3 +139,74 @@ def test_cli_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
     printed = capsys.readouterr().out
     assert "SIMULATED" in printed
     assert "qwen" in printed
+
+
+# --- pre-warm variants ---------------------------------------------------------------------------
+
+from qwen_operator.sim import trace as trace_mod  # noqa: E402
+from qwen_operator.sim.simulate import ALL_POLICIES, envelope_schedule, prewarm_lead  # noqa: E402
+from qwen_operator.sim.trace import Envelope, build_trace  # noqa: E402
+
+#: Two short days: a quiet night (0.2 req/s), a 10 req/s half-hour from 09:00, known in advance.
+TEST_DAY = Envelope(
+    "testday",
+    "quiet, 09:00-09:30 x50",
+    days=2,
+    points=((0.0, 0.02), (9.0, 0.02), (9.1, 1.0), (9.5, 1.0), (9.6, 0.02), (24.0, 0.02)),
+    rate_scale=10.0,
+)
+
+
+@pytest.fixture(scope="module")
+def prewarm_runs(profiles: dict) -> dict:  # type: ignore[type-arg]
+    mp = pytest.MonkeyPatch()
+    mp.setitem(trace_mod.ENVELOPES, "testday", TEST_DAY)
+    try:
+        tr = build_trace(ROWS, TEST_DAY, seed=3)
+        return {p: simulate_policy(p, tr, profiles, CFG) for p in ("qwen", "qwen+schedule", "qwen+predictive")}
+    finally:
+        mp.undo()
+
+
+def _replicas_at(r: object, t: float) -> int:
+    tl = r.timeline  # type: ignore[attr-defined]
+    k = next(i for i, x in enumerate(tl.t) if x >= t)
+    return sum(c[k] for c in tl.replicas.values())
+
+
+def test_envelope_schedule_opens_a_cold_start_ahead_of_the_known_peak(profiles: dict) -> None:  # type: ignore[type-arg]
+    from qwen_operator.sim.fleet import Fleet
+
+    tr = build_trace(ROWS, "diurnal", seed=0, rate_scale=0.05)
+    lead = prewarm_lead(profiles, CFG)
+    assert lead == pytest.approx(max(p.cold_start_seconds for p in profiles.values()) + CFG.tick_seconds)
+    (w,) = envelope_schedule(tr, Fleet(profiles, CFG.gpus, "ttft"), CFG, lead)
+    assert w.end == 11 * 60 and w.start == 9 * 60 - math.ceil(lead / 60) and w.min_replicas >= 1
+    assert envelope_schedule(Trace("flat", "replay"), Fleet(profiles, CFG.gpus, "ttft"), CFG, lead) == []
+    assert set(ALL_POLICIES) >= {"qwen", "oracle", "qwen+schedule", "qwen+predictive"}
+
+
+def test_schedule_variant_is_warm_before_the_peak_and_plain_qwen_is_not(prewarm_runs: dict) -> None:  # type: ignore[type-arg]
+    q, s = prewarm_runs["qwen"], prewarm_runs["qwen+schedule"]
+    before_peak = 9 * 3600.0  # the window opened a cold start earlier; the rise starts now
+    assert _replicas_at(s, before_peak) > _replicas_at(q, before_peak)
+    assert s.floor_decisions > 0 and q.floor_decisions == 0
+    assert s.gpu_hours > q.gpu_hours  # pre-warming is not free
+
+
+def test_predictive_variant_learns_day_one_and_prewarms_day_two(prewarm_runs: dict) -> None:  # type: ignore[type-arg]
+    q, p = prewarm_runs["qwen"], prewarm_runs["qwen+predictive"]
+    day1, day2 = 9 * 3600.0, 86400.0 + 9 * 3600.0
+    assert _replicas_at(p, day1) == _replicas_at(q, day1)  # nothing to learn from yet
+    assert _replicas_at(p, day2) > _replicas_at(q, day2)
+    assert p.floor_decisions > 0
+
+
+def test_cli_policy_lists_and_groups() -> None:
+    from qwen_operator.sim.cli import parse_policies
+
+    assert parse_policies("all") == ("qwen", "hpa-queue", "static-peak", "static-mean", "oracle")
+    assert parse_policies("prewarm") == ("qwen", "qwen+schedule", "qwen+predictive", "oracle")
+    assert parse_policies("qwen, qwen+schedule,qwen") == ("qwen", "qwen+schedule")
+    with pytest.raises(UserError, match=r"--policy: 'qwen\+magic' is not valid"):
+        parse_policies("qwen+magic")

@@ -173,12 +173,87 @@ class PlacementSpec(BaseModel):
     (must divide the model's attention and KV heads)."""
 
 
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+#: Wall-clock time of day, 00:00 to 23:59.
+HHMM_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+#: The shape of an IANA time zone name (whether it exists is checked at runtime: CEL has no tz database).
+TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
+
+_SCHEDULE_RULES = (
+    Rule(
+        cel="self.start != self.end",
+        message="end must differ from start (a window crossing midnight is written e.g. start 22:00, end 06:00)",
+        check=lambda w: w.start != w.end,
+        field_path=".end",
+        reason="FieldValueInvalid",
+    ),
+)
+
+
+class ScalingSchedule(_Checked):
+    """A recurring window with a replica floor (pre-warm ahead of a known peak, like KEDA's cron scaler)."""
+
+    model_config = _config(_SCHEDULE_RULES)
+    RULES = _SCHEDULE_RULES
+
+    name: str | None = Field(default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Label used in status.autoscaler.lastDecision and events, e.g. morning (default: the window's index)."""
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(WEEKDAYS),
+        min_length=1,
+        max_length=7,
+        json_schema_extra={
+            "default": list(WEEKDAYS),
+            "x-kubernetes-list-type": "set",
+            "items": {"description": "A day of the week.", "type": "string", "enum": list(WEEKDAYS)},
+        },
+    )
+    """Days the window starts on (Mon..Sun, default every day); a window crossing midnight ends the next day."""
+    start: str = Field(max_length=5, pattern=HHMM_PATTERN)
+    """Local time the window opens, HH:MM (24-hour). Set it a cold start ahead of the peak: replicas take
+    minutes to load the model."""
+    end: str = Field(max_length=5, pattern=HHMM_PATTERN)
+    """Local time the window closes, HH:MM (exclusive); earlier than start means the next day."""
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, pattern=TIMEZONE_PATTERN)
+    """IANA time zone of start and end, e.g. Europe/Berlin (daylight saving time is followed). An unknown
+    name is reported as ScalingActive=False, reason InvalidSchedule, and that window is ignored."""
+    min_replicas: int = Field(ge=0, le=1000)
+    """Fewest replicas while the window is open: the floor is max(scaling.minReplicas, this), at most
+    scaling.maxReplicas; load can still scale above it."""
+
+
+class PredictiveScaling(BaseModel):
+    """Pre-warm ahead of recurring peaks learned from previous days (opt-in)."""
+
+    model_config = _config()
+
+    enabled: bool = False
+    """Raise the floor to the replicas the autoscaler needed at the same time of day on previous days, leadSeconds
+    ahead (the per-slot profile is kept in status.autoscaler.profile)."""
+    lookback_days: int = Field(default=7, ge=1, le=28)
+    """Half-life of a learned peak in days: a slot's peak not seen again halves over this many days."""
+    lead_seconds: int | None = Field(default=None, ge=0, le=86400)
+    """How far ahead the floor looks; unset: the modelled cold start of the slowest allowed GPU type plus
+    intervalSeconds."""
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, pattern=TIMEZONE_PATTERN)
+    """IANA time zone whose days and times of day the profile is kept in (daylight saving time is followed)."""
+
+
 _SCALING_RULES = (
     Rule(
         cel="!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
         message="minReplicas must be less than or equal to maxReplicas",
         check=lambda s: s.min_replicas <= s.max_replicas,
         field_path=".minReplicas",
+        reason="FieldValueInvalid",
+    ),
+    Rule(
+        cel="!has(self.schedules) || !has(self.maxReplicas)"
+        " || self.schedules.all(w, w.minReplicas <= self.maxReplicas)",
+        message="every schedule's minReplicas must be less than or equal to maxReplicas",
+        check=lambda s: all(w.min_replicas <= s.max_replicas for w in s.schedules),
+        field_path=".schedules",
         reason="FieldValueInvalid",
     ),
 )
@@ -211,6 +286,10 @@ class ScalingSpec(_Checked):
     """How long load must stay low before replicas are removed (stabilisation window)."""
     interval_seconds: int = Field(default=15, ge=5, le=3600)
     """How often the autoscaler evaluates metrics."""
+    schedules: list[ScalingSchedule] = Field(default_factory=list, max_length=16)
+    """Recurring windows with a replica floor, e.g. weekdays 08:50-11:00 Europe/Berlin minReplicas 6."""
+    predictive: PredictiveScaling = Field(default_factory=PredictiveScaling)
+    """Learned pre-warm ahead of recurring peaks (off by default)."""
 
 
 class RolloutSpec(BaseModel):

@@ -100,6 +100,32 @@ class ModelStatus(BaseModel):
     """The canary of the latest target version (absent when spec.rollout.canaryReplicas is 0)."""
 
 
+class PredictiveProfile(BaseModel):
+    """What the autoscaler needed per time-of-day slot on previous days (spec.scaling.predictive).
+
+    Kept in status so it survives operator restarts without writing spec; 96 slots of 15 minutes."""
+
+    model_config = _CONFIG
+
+    slot_seconds: int = Field(default=900, ge=60, le=86400)
+    """Length of one slot in seconds (900: 96 slots per day)."""
+    day: str = Field(default="", max_length=10)
+    """Local date (YYYY-MM-DD, in spec.scaling.predictive.timezone) today holds."""
+    peaks: list[float] = Field(
+        default_factory=list,
+        max_length=1440,
+        json_schema_extra={"items": {"description": "Replicas (decayed) in one slot.", "type": "number"}},
+    )
+    """Per slot, the replicas load needed on previous days: the maximum, each day without it decaying by
+    half over spec.scaling.predictive.lookbackDays."""
+    today: list[int] = Field(
+        default_factory=list,
+        max_length=1440,
+        json_schema_extra={"items": {"description": "Replicas in one slot.", "type": "integer"}},
+    )
+    """Per slot, the most replicas load needed so far today (folded into peaks when the day ends)."""
+
+
 class AutoscalerStatus(BaseModel):
     """The autoscaler's last decision; the reconciler sizes pools from desiredReplicas."""
 
@@ -115,6 +141,12 @@ class AutoscalerStatus(BaseModel):
     """When the autoscaler last changed desiredReplicas."""
     last_decision: str | None = Field(default=None, max_length=1024)
     """Why the last decision was taken, in one sentence."""
+    floor: int | None = Field(default=None, ge=0)
+    """Replicas a schedule window or the predictive pre-warm keeps at least (absent when neither applies)."""
+    floor_reason: str | None = Field(default=None, max_length=256)
+    """Which window or prediction sets floor, e.g. schedule 'morning' floor 4."""
+    profile: PredictiveProfile | None = None
+    """The learned time-of-day profile (only with spec.scaling.predictive.enabled)."""
 
 
 class QwenDeploymentStatus(BaseModel):

@@ -24,8 +24,11 @@ The rule (DESIGN.md, "Autoscaling"), in capacity units (replicas x relative thro
   never a scale-down on missing data. A NaN P95 with a zero queue and zero in-flight is a
   verified idle fleet, which may shrink slowly.
 * New capacity goes to the cheapest pool per unit throughput with free GPUs.
-* An optional ``floor_capacity`` (pre-warm from :mod:`.forecast`) raises the need ahead
-  of a predicted peak; it never lowers it.
+* An optional ``floor_capacity`` raises the capacity need; it never lowers it.
+* An optional :class:`Floor` (a schedule window or the learned pre-warm of :mod:`.prewarm`)
+  raises minReplicas for this decision, clamped to maxReplicas: below it the fleet grows
+  to it at once, whatever the metrics (so a pre-warm works even before traffic or with
+  Prometheus down), and scale-down stops at it. Every decision it changes names it.
 """
 
 from __future__ import annotations
@@ -85,6 +88,14 @@ class Targets:
     scale_down_step: int = 1
     scale_up_pods: int = 4  # non-panic step: max(+scale_up_pods, +100%)
     utilisation: float = 0.8  # request rate target as a fraction of the pools' throughput at the SLO
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Fewest replicas for one decision, above minReplicas, and why (e.g. a schedule window)."""
+
+    replicas: int
+    reason: str  # e.g. "schedule 'morning' floor 4"
 
 
 @dataclass(frozen=True)
@@ -224,9 +235,15 @@ def decide(
     targets: Targets,
     history: History | None = None,
     floor_capacity: float | None = None,
+    floor: Floor | None = None,
 ) -> Decision:
     """The desired replicas per pool for this evaluation (pure; see the module docstring)."""
     history = history or History()
+    lowest = targets.min_replicas
+    floored = floor is not None and min(floor.replicas, targets.max_replicas) > targets.min_replicas
+    if floored:
+        assert floor is not None
+        lowest = min(floor.replicas, targets.max_replicas)
     by_name = {p.gpu_type: p for p in pools}
     current = {p.gpu_type: p.replicas for p in pools}
     total_now = sum(current.values())
@@ -244,9 +261,15 @@ def decide(
         return Decision(counts, sum(counts.values()), kind, reason, hist, ratio, desired_capacity)
 
     # Hard bounds first: they are the user's instructions, whatever the metrics say.
-    if total_now < targets.min_replicas:
-        short = targets.min_replicas - total_now
+    if total_now < lowest:
+        short = lowest - total_now
         counts = place_scale_up(pools, current, math.inf, short)
+        if floored:
+            assert floor is not None
+            why = f"{floor.reason}: below {lowest} replicas, adding {short}"
+            if lowest < floor.replicas:
+                why += f" (clamped to maxReplicas {targets.max_replicas})"
+            return result(counts, "scale-up", why, history)
         return result(counts, "scale-up", f"below minReplicas {targets.min_replicas}: adding {short}", history)
     if total_now > targets.max_replicas:
         counts = place_scale_down(pools, current, -math.inf, total_now - targets.max_replicas, targets.max_replicas)
@@ -323,7 +346,19 @@ def decide(
     stabilised = max(r.capacity for r in recs)
     # hysteresis: the smaller fleet must cover the window's max *with* the tolerance to spare
     keep = stabilised * (1.0 + targets.tolerance)
-    counts = place_scale_down(pools, current, keep, targets.scale_down_step, targets.min_replicas)
+    counts = place_scale_down(pools, current, keep, targets.scale_down_step, lowest)
+    if floored and counts == current:
+        unfloored = place_scale_down(pools, current, keep, targets.scale_down_step, targets.min_replicas)
+        if unfloored != current:  # only the floor keeps these replicas
+            assert floor is not None
+            return result(
+                current,
+                "hold",
+                f"{floor.reason}: holding {total_now} replicas although {stabilised:.2f} needs fewer; {explain}",
+                new_hist,
+                ratio,
+                desired_cap,
+            )
     removed = {k: current[k] - counts[k] for k in counts if counts[k] != current[k]}
     if removed:
         what = ", ".join(f"-{n} {k}" for k, n in removed.items())

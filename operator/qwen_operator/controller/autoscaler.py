@@ -12,11 +12,22 @@ stabilisation window is seeded with the current size, so a restart never causes 
 immediate scale-down. Status is rewritten when the decision changes, or to refresh the
 observed numbers at most every ``REFRESH_SECONDS`` when they moved: an idle fleet costs
 zero writes.
+
+Pre-warm (:mod:`..autoscale.prewarm`): ``spec.scaling.schedules`` windows and the opt-in
+``spec.scaling.predictive`` profile raise the policy's floor (``status.autoscaler.floor``
+and ``floorReason``; every decision the floor changed says so in ``lastDecision`` and the
+event). The learned profile lives in ``status.autoscaler.profile`` (96 fifteen-minute
+slots; read back after a restart, rewritten with the other numbers at most every
+``REFRESH_SECONDS``), so it survives operator restarts without writing spec. A time zone
+the tz database does not know cannot be rejected at admission (CEL has no tz database):
+it sets ``ScalingActive=False``, reason ``InvalidSchedule``, naming the field; that
+window (or the prediction) is ignored and metrics-based scaling carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import math
 import time
@@ -25,12 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.spec import QwenDeploymentSpec
-from ..autoscale.policy import Decision, History, PoolState, Recommendation, Signals, Targets, decide
+from ..autoscale import prewarm
+from ..autoscale.policy import Decision, Floor, History, PoolState, Recommendation, Signals, Targets, decide
 from ..autoscale.prometheus import FleetSignals
-from ..catalog import Catalog
-from ..planner.plan import plan
+from ..catalog import Catalog, resolve_gpu_name
+from ..planner.plan import plan, workload_for
 from ..render.names import pool_deployment_name
 from ..render.runtimes import runtime_for
+from ..sim.model import ReplicaModel
 from . import conditions as cond
 from .inventory import compute_inventory
 from .metrics import DECISIONS, DESIRED, SCALE_EVENTS
@@ -40,6 +53,9 @@ from .rollout import is_canary
 log = logging.getLogger("qwen_operator.autoscaler")
 MANAGER = "qwen-operator-autoscaler"
 REFRESH_SECONDS = 60.0
+#: Cold start assumed for the predictive lead when the replica model cannot estimate one.
+DEFAULT_COLD_START_SECONDS = 300.0
+INVALID_SCHEDULE = "InvalidSchedule"
 
 Fetch = Callable[[str, list[str], Any], FleetSignals]
 
@@ -50,6 +66,7 @@ class AutoscalerState:
     last_written: dict[str, Any] | None = None
     last_write_at: float = 0.0
     last_scale_time: str | None = None
+    profile: prewarm.Profile | None = None  # None: not read back from status yet
 
 
 def pool_states(obs: Observed, spec: QwenDeploymentSpec, catalog: Catalog) -> list[PoolState]:
@@ -82,6 +99,83 @@ def pool_states(obs: Observed, spec: QwenDeploymentSpec, catalog: Catalog) -> li
     return out
 
 
+def cold_start_seconds(spec: QwenDeploymentSpec, catalog: Catalog) -> float:
+    """The replica model's cold start on the slowest GPU type the plan may use (pure)."""
+    try:
+        work = workload_for(spec, catalog)
+    except KeyError:
+        return DEFAULT_COLD_START_SECONDS
+    worst = 0.0
+    for cand in plan(spec, catalog, replicas=0).candidates:
+        if not cand.fits:
+            continue
+        try:
+            gpu = catalog.gpus[resolve_gpu_name(cand.gpu_type, catalog.gpus)]
+            replica = ReplicaModel(
+                work.model,
+                gpu,
+                cand.shards,
+                work.quantization,
+                max_concurrent_requests=work.max_concurrent_requests,
+                max_input_tokens=work.max_input_tokens,
+                max_total_tokens=work.max_total_tokens,
+            )
+        except (KeyError, ValueError):
+            continue
+        worst = max(worst, replica.cold_start_seconds)
+    return worst or DEFAULT_COLD_START_SECONDS
+
+
+def prewarm_lead(spec: QwenDeploymentSpec, catalog: Catalog) -> float:
+    """spec.scaling.predictive.leadSeconds, else the modelled cold start plus one evaluation interval."""
+    lead = spec.scaling.predictive.lead_seconds
+    if lead is not None:
+        return float(lead)
+    return cold_start_seconds(spec, catalog) + spec.scaling.interval_seconds
+
+
+def floor_for(
+    spec: QwenDeploymentSpec, when: dt.datetime, profile: prewarm.Profile | None, lead_seconds: float
+) -> tuple[Floor | None, list[prewarm.ScheduleProblem]]:
+    """The binding pre-warm floor at ``when`` (schedules and prediction) and what cannot be evaluated (pure)."""
+    s = spec.scaling
+    scheduled, problems = prewarm.schedule_floor(prewarm.windows_from_spec(s.schedules), when)
+    predicted = None
+    if s.predictive.enabled:
+        if prewarm.zone(s.predictive.timezone) is None:
+            problems.append(
+                prewarm.ScheduleProblem(
+                    "spec.scaling.predictive.timezone",
+                    f"time zone {s.predictive.timezone!r} is not in the operator's IANA time zone database;"
+                    " no predictive pre-warm",
+                )
+            )
+        elif profile is not None:
+            predicted = prewarm.predicted_floor(
+                profile, when, s.predictive.timezone, lead_seconds, s.predictive.lookback_days
+            )
+    return prewarm.combine([scheduled, predicted], s.min_replicas, s.max_replicas), problems
+
+
+def learn(
+    spec: QwenDeploymentSpec,
+    profile: prewarm.Profile,
+    when: dt.datetime,
+    decision: Decision | None,
+    pools: list[PoolState],
+) -> prewarm.Profile:
+    """``profile`` with the replicas the load (not the floor) asked for in ``decision`` (pure)."""
+    p = spec.scaling.predictive
+    tz = prewarm.zone(p.timezone)
+    if tz is None:
+        return profile
+    local = when.astimezone(tz)
+    need = None if decision is None else prewarm.load_replicas(decision, pools, spec.scaling.max_replicas)
+    if need is None:  # nothing learned, but the day moves on
+        return prewarm.roll(profile, local.toordinal(), p.lookback_days)
+    return prewarm.observe(profile, local, need, p.lookback_days)
+
+
 def targets_for(spec: QwenDeploymentSpec) -> Targets:
     s = spec.scaling
     return Targets(
@@ -100,9 +194,45 @@ def evaluate(
     targets: Targets,
     state: AutoscalerState,
     previous_desired: int | None,
+    floor: Floor | None = None,
+    problems: list[prewarm.ScheduleProblem] | None = None,
 ) -> tuple[Decision | None, cond.Condition]:
-    """One evaluation (pure). ``None`` decision = hold at ``previous_desired`` (no signal)."""
+    """One evaluation (pure). ``None`` decision = hold at ``previous_desired`` (no signal).
+
+    ``floor`` (a schedule window or the prediction) applies even without metrics: a
+    pre-warm must not wait for Prometheus. ``problems`` (windows that cannot be evaluated)
+    turn the condition to ``ScalingActive=False``, reason ``InvalidSchedule``."""
+    decision, condition = _evaluate(now, pools, fleet, targets, state, previous_desired, floor)
+    if problems:
+        detail = "; ".join(f"{p.field}: {p.message}" for p in problems)
+        condition = cond.Condition(
+            cond.SCALING_ACTIVE, False, INVALID_SCHEDULE, f"{detail}. Scaling continues otherwise: {condition.message}"
+        )
+    return decision, condition
+
+
+def _evaluate(
+    now: float,
+    pools: list[PoolState],
+    fleet: FleetSignals,
+    targets: Targets,
+    state: AutoscalerState,
+    previous_desired: int | None,
+    floor: Floor | None,
+) -> tuple[Decision | None, cond.Condition]:
     if not fleet.ok:
+        floored = None
+        if floor is not None and min(floor.replicas, targets.max_replicas) > (previous_desired or 0):
+            floored = decide(now, pools, Signals(None, None), targets, state.history, floor=floor)
+            if floored.kind != "scale-up":
+                floored = None
+        if floored is not None:
+            return floored, cond.Condition(
+                cond.SCALING_ACTIVE,
+                False,
+                "MetricsUnavailable",
+                f"{fleet.error} Never scaling down without metrics; {floored.reason}.",
+            )
         return None, cond.Condition(
             cond.SCALING_ACTIVE,
             False,
@@ -118,7 +248,7 @@ def evaluate(
         p95_seconds=fleet.p95_seconds if fleet.p95_seconds is not None else math.nan,
         in_flight=fleet.in_flight,
     )
-    decision = decide(now, pools, signals, targets, state.history)
+    decision = decide(now, pools, signals, targets, state.history, floor=floor)
     state.history = decision.history
     return decision, cond.Condition(
         cond.SCALING_ACTIVE, True, "MetricsAvailable", f"Scaling on queue depth and P95 latency: {decision.reason}"
@@ -135,6 +265,7 @@ class Autoscaler:
         fetch: Fetch | None,
         observed: Callable[[tuple[str, str]], Observed | None],
         prometheus_url: str | None,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.kube = kube
         self.catalog = catalog
@@ -144,6 +275,7 @@ class Autoscaler:
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.states: dict[tuple[str, str], AutoscalerState] = {}
         self.decisions = 0
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))  # wall clock of schedules and the profile
 
     def sync(self, key: tuple[str, str], enabled: bool) -> None:
         if enabled and key not in self.tasks:
@@ -184,7 +316,17 @@ class Autoscaler:
             fleet = await asyncio.to_thread(self.fetch, key[0], prefixes, runtime_for(spec).metrics)
         now = time.monotonic()
         held = previous if previous is not None else sum(p.replicas for p in pools) or spec.desired_replicas(None)
-        decision, condition = evaluate(now, pools, fleet, targets_for(spec), state, held)
+        wall = self.clock()
+        predictive = spec.scaling.predictive.enabled
+        if not predictive:
+            state.profile = None
+        elif state.profile is None:  # first tick of this process: what previous ones learned
+            state.profile = prewarm.Profile.from_status(live.get("profile"))
+        lead = prewarm_lead(spec, self.catalog) if predictive else 0.0
+        floor, problems = floor_for(spec, wall, state.profile, lead)
+        decision, condition = evaluate(now, pools, fleet, targets_for(spec), state, held, floor, problems)
+        if state.profile is not None:
+            state.profile = learn(spec, state.profile, wall, decision, pools)
         self.decisions += 1
         DECISIONS.labels(key[0], key[1], decision.kind if decision else "hold-no-metrics").inc()
         desired = previous if decision is None else decision.total
@@ -203,6 +345,9 @@ class Autoscaler:
                 "p95Seconds": None if fleet.p95_seconds is None else round(fleet.p95_seconds, 2),
                 "lastScaleTime": state.last_scale_time or live.get("lastScaleTime"),
                 "lastDecision": (decision.reason if decision else condition.message)[:1000],
+                "floor": floor.replicas if floor else None,
+                "floorReason": floor.reason[:256] if floor else None,
+                "profile": state.profile.to_status() if state.profile is not None else None,
             },
         }
         status["autoscaler"] = {k: v for k, v in status["autoscaler"].items() if v is not None}
@@ -212,7 +357,13 @@ class Autoscaler:
             int(obs.qwd["metadata"].get("generation") or 1),
         )
         status["conditions"] = merged
-        material = (desired, condition.status_str, condition.reason, decision.kind if decision else "hold")
+        material = (
+            desired,
+            condition.status_str,
+            condition.reason,
+            decision.kind if decision else "hold",
+            floor.reason if floor else None,
+        )
         last = state.last_written or {}
         due = now - state.last_write_at >= REFRESH_SECONDS
         if last.get("material") != material or (due and last.get("status") != _numbers(status)):
@@ -231,4 +382,4 @@ class Autoscaler:
 
 def _numbers(status: Mapping[str, Any]) -> dict[str, Any]:
     a = status["autoscaler"]
-    return {k: a.get(k) for k in ("desiredReplicas", "queueDepth", "p95Seconds")}
+    return {k: a.get(k) for k in ("desiredReplicas", "queueDepth", "p95Seconds", "profile")}

@@ -20,10 +20,29 @@ from ..catalog.gpus import DEFAULT_GPUS, resolve_gpu_name
 from ..catalog.models import DEFAULT_MODELS, QUANTIZATIONS, resolve_model_name
 from ..cli import UserError
 from .capacity import LATENCY_METRICS
-from .simulate import POLICIES, PolicyResult, SimConfig, simulate
+from .simulate import ALL_POLICIES, POLICIES, PolicyResult, SimConfig, simulate
 from .trace import ENVELOPES, TraceError, build_trace, default_trace_path, load_azure_csv
 
 BANNER = "SIMULATED fleet (replica model + continuous-batching engine; no real GPUs)"
+#: ``--policy`` groups: ``all`` (the README table) and ``prewarm`` (pre-warm variants side by side).
+POLICY_GROUPS = {"all": POLICIES, "prewarm": ("qwen", "qwen+schedule", "qwen+predictive", "oracle")}
+
+
+def parse_policies(text: str) -> tuple[str, ...]:
+    """``qwen,qwen+schedule`` / ``all`` / ``prewarm`` -> the policies to run, in order, once each."""
+    out: list[str] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if part in POLICY_GROUPS:
+            names: tuple[str, ...] = POLICY_GROUPS[part]
+        elif part in ALL_POLICIES:
+            names = (part,)
+        else:
+            valid = ", ".join([*ALL_POLICIES, *POLICY_GROUPS])
+            raise UserError(f"--policy: {part!r} is not valid; valid: {valid} (comma-separated)")
+        out += [n for n in names if n not in out]
+    if not out:
+        raise UserError("--policy: give a policy, e.g. all, prewarm or qwen,qwen+schedule")
+    return tuple(out)
 
 
 def parse_gpus(text: str) -> dict[str, int]:
@@ -50,7 +69,7 @@ def _choice(flag: str, value: str, valid: tuple[str, ...] | list[str]) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     _choice("--envelope", args.envelope, list(ENVELOPES))
-    _choice("--policy", args.policy, [*POLICIES, "all"])
+    parse_policies(args.policy)
     _choice("--quantization", args.quantization, QUANTIZATIONS)
     _choice("--latency", args.latency, LATENCY_METRICS)
     if args.rate_scale is not None and not (args.rate_scale > 0 and math.isfinite(args.rate_scale)):
@@ -72,14 +91,15 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 
 def format_table(results: dict[str, PolicyResult], slo: float, metric: str) -> str:
+    w = max(12, *(len(name) for name in results))
     head = (
-        f"{'policy':<12} {'GPU-h':>8} {'cost $':>9} {'SLO min':>8} {'P95 s':>7} "
+        f"{'policy':<{w}} {'GPU-h':>8} {'cost $':>9} {'SLO min':>8} {'P95 s':>7} "
         f"{'rejected':>9} {'scales':>7} {'osc':>5}"
     )
     lines = [f"{BANNER}; SLO: P95 {metric} <= {slo:g}s", head, "-" * len(head)]
     for name, r in results.items():
         lines.append(
-            f"{name:<12} {r.gpu_hours:8.2f} {r.cost_usd:9.2f} {r.slo_minutes_fraction:8.2%} {r.p95_seconds:7.2f} "
+            f"{name:<{w}} {r.gpu_hours:8.2f} {r.cost_usd:9.2f} {r.slo_minutes_fraction:8.2%} {r.p95_seconds:7.2f} "
             f"{r.rejected_fraction:9.3%} {r.scale_events:7d} {r.oscillations:5d}"
         )
     return "\n".join(lines)
@@ -91,7 +111,7 @@ def _progress(policy: str, now: float, total: float) -> None:
 
 def run_simulate(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    policies = POLICIES if args.policy == "all" else (args.policy,)
+    policies = parse_policies(args.policy)
     try:
         rows = load_azure_csv(args.trace or default_trace_path())
         trace = build_trace(rows, args.envelope, seed=args.seed, rate_scale=args.rate_scale)
@@ -109,6 +129,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"  pool {note}")
     print(format_table(results, cfg.slo_seconds, cfg.latency_metric))
+    floored = {name: r.floor_decisions for name, r in results.items() if "+" in name}
+    if floored:
+        print("decisions a pre-warm floor changed: " + ", ".join(f"{k} {v}" for k, v in floored.items()))
     print(f"(simulated in {time.monotonic() - started:.1f}s wall clock)")
     if args.json:
         payload: dict[str, Any] = {
@@ -141,7 +164,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--gpus", default="a10g=8,l40s=4,a100-80gb=2", help="GPU counts per type")
     p.add_argument("--slo-p95", type=float, default=1.2, help="P95 latency SLO in seconds")
     p.add_argument("--latency", default="ttft", help="SLO latency: ttft (time to first token, default) or e2e")
-    p.add_argument("--policy", default="all", help=f"one of {', '.join(POLICIES)}, all (default all)")
+    p.add_argument(
+        "--policy",
+        default="all",
+        help=f"comma-separated: {', '.join(ALL_POLICIES)}; or all (the first five, default), prewarm "
+        "(qwen, qwen+schedule, qwen+predictive, oracle)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rate-scale", type=float, default=None, help="multiply the envelope's arrival rate")
     p.add_argument("--json", metavar="OUT", help="write the metrics per policy as JSON")

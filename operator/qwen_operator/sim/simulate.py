@@ -19,6 +19,14 @@ the busiest minute all the time), ``static-mean`` (enough for the mean rate), ``
 (knows the next two minutes' arrivals, scales instantly with no cold start: not
 achievable, it marks the physical limit).
 
+Pre-warm variants (:mod:`..autoscale.prewarm`, the controller's own floor code):
+``qwen+schedule`` is qwen plus one ``spec.scaling.schedules`` window matching the
+envelope's known peak (:func:`envelope_schedule`: it opens a cold start plus one tick
+before the rise, on the days with the full daily factor, with the replicas that carry the
+peak window's mean rate at the policy's utilisation); ``qwen+predictive`` is qwen plus
+``spec.scaling.predictive`` learning from the previous simulated days (the trace starts
+on a Monday at 00:00 UTC, so only ``week`` has previous days to learn from).
+
 The latency the SLO is about defaults to time to first token (``ttft``): with the Azure
 trace's outputs (median 129 tokens) no GPU finishes a request end to end in 1.2 s, so an
 end-to-end SLO at that level is unreachable by any policy; ``latency_metric="e2e"``
@@ -27,17 +35,23 @@ measures that instead.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..autoscale import prewarm
 from ..autoscale.baselines import HPAState, hpa_queue_decide
 from ..autoscale.policy import History, PoolState, Signals, Targets, decide, place_scale_down, place_scale_up
 from .capacity import PoolProfile, calibrate_pool, smallest_fit
 from .fleet import Fleet
-from .trace import Trace, TraceRow
+from .trace import ENVELOPES, Trace, TraceRow
 
 POLICIES = ("qwen", "hpa-queue", "static-peak", "static-mean", "oracle")
+PREWARM_POLICIES = ("qwen+schedule", "qwen+predictive")
+ALL_POLICIES = POLICIES + PREWARM_POLICIES
+#: Simulated t=0: a Monday 00:00 UTC (the week envelope's day 0), so schedules and profiles see real dates.
+SIM_EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 DEFAULT_GPUS = {"A10G": 8, "L40S": 4, "A100-80GB": 2}
 METRIC_KEYS = (
     "gpu_hours",
@@ -68,6 +82,8 @@ class SimConfig:
     utilisation: float = 0.8  # qwen: target fraction of throughput (and concurrency) at the SLO
     oracle_lookahead_seconds: float = 120.0
     seed: int = 0
+    prewarm_lead_seconds: float | None = None  # pre-warm variants; None: slowest cold start + one tick
+    lookback_days: int = 7  # qwen+predictive: spec.scaling.predictive.lookbackDays
 
 
 @dataclass
@@ -92,6 +108,7 @@ class PolicyResult:
     rejected: int
     invalid: int
     timeline: Timeline
+    floor_decisions: int = 0  # decisions a pre-warm floor changed (pre-warm variants)
 
     def metrics(self) -> dict[str, float | int]:
         return {k: getattr(self, k) for k in METRIC_KEYS}
@@ -154,6 +171,41 @@ def _size_for(fleet: Fleet, rate: float, cfg: SimConfig, floor: int) -> dict[str
     return counts
 
 
+def prewarm_lead(profiles: dict[str, PoolProfile], cfg: SimConfig) -> float:
+    """The pre-warm lead: ``cfg.prewarm_lead_seconds``, else the slowest pool's cold start plus one tick
+    (the controller's default for an unset ``leadSeconds``)."""
+    if cfg.prewarm_lead_seconds is not None:
+        return cfg.prewarm_lead_seconds
+    return max((p.cold_start_seconds for p in profiles.values()), default=0.0) + cfg.tick_seconds
+
+
+def envelope_schedule(trace: Trace, fleet: Fleet, cfg: SimConfig, lead_seconds: float) -> list[prewarm.Window]:
+    """One window for the envelope's known peak, as its operator would write it from last week's dashboard:
+    open from ``lead_seconds`` (rounded up to a minute) before the rise to the peak's end, on the days
+    with the full daily factor, ``minReplicas`` = replicas carrying the window's mean arrival rate
+    at ``cfg.utilisation`` (the busiest scheduled day). No window for a replayed trace (no known peak)."""
+    env = ENVELOPES.get(trace.name)
+    if env is None or env.replay or not env.points:
+        return []
+    top = max(v for _, v in env.points)
+    first = next(i for i, (_, v) in enumerate(env.points) if v == top)
+    rise_h = env.points[max(0, first - 1)][0]
+    end_h = max(h for h, v in env.points if v == top)
+    start_min = (round(rise_h * 60) - math.ceil(lead_seconds / 60.0)) % 1440
+    end_min = round(end_h * 60) % 1440
+    full = max(env.day_factors)
+    days = frozenset(d for d in range(7) if env.day_factors[d] == full)
+    busiest = 0.0
+    for d in range(env.days):
+        if d % 7 not in days:
+            continue
+        lo, hi = d * 86400.0 + rise_h * 3600.0, d * 86400.0 + end_h * 3600.0
+        n = sum(1 for t in trace.arrivals if lo <= t < hi)
+        busiest = max(busiest, n / (hi - lo))
+    replicas = sum(_size_for(fleet, busiest / cfg.utilisation, cfg, cfg.min_replicas).values())
+    return [prewarm.Window("peak", start_min, end_min, replicas, "UTC", days)]
+
+
 def _minutes_within(per_minute: dict[int, list[float]], slo: float) -> float:
     good = total = 0
     for lats in per_minute.values():
@@ -167,8 +219,8 @@ def simulate_policy(
     name: str, trace: Trace, profiles: dict[str, PoolProfile], cfg: SimConfig, progress: Progress | None = None
 ) -> PolicyResult:
     """Run ``trace`` through a fleet governed by policy ``name``."""
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}")
+    if name not in ALL_POLICIES:
+        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(ALL_POLICIES)}")
     if not profiles:
         raise ValueError("no GPU pool can serve this model within the SLO")
     fleet = Fleet(profiles, cfg.gpus, cfg.latency_metric)
@@ -195,6 +247,10 @@ def simulate_policy(
     else:  # autoscaled fleets start warm, sized for the first minutes
         fleet.apply(0.0, _size_for(fleet, oracle_rate(0.0), cfg, cfg.min_replicas), instant=True)
 
+    lead = prewarm_lead(profiles, cfg)
+    windows = envelope_schedule(trace, fleet, cfg, lead) if name == "qwen+schedule" else []
+    learned = prewarm.Profile()
+    floor_decisions = 0
     history, hpa_state = History(), HPAState()
     timeline = Timeline(replicas={p: [] for p in profiles})
     arr, prompt, output = trace.arrivals, trace.prompt_tokens, trace.output_tokens
@@ -220,6 +276,26 @@ def simulate_policy(
             queue, in_flight = fleet.queue_and_in_flight(now)
             rate = fleet.request_rate(now)
             d = decide(now, _pools(fleet, now, cfg), Signals(queue, p95, in_flight, rate), targets, history)
+            history = d.history
+            fleet.apply(now, d.desired)
+        elif name in PREWARM_POLICIES:
+            queue, in_flight = fleet.queue_and_in_flight(now)
+            rate = fleet.request_rate(now)
+            when = SIM_EPOCH + dt.timedelta(seconds=now)
+            if name == "qwen+schedule":
+                found, _ = prewarm.schedule_floor(windows, when)
+            else:
+                found = prewarm.predicted_floor(learned, when, "UTC", lead, cfg.lookback_days)
+            floor = prewarm.combine([found], targets.min_replicas, targets.max_replicas)
+            pools = _pools(fleet, now, cfg)
+            signals = Signals(queue, p95, in_flight, rate)
+            d = decide(now, pools, signals, targets, history, floor=floor)
+            if floor is not None and floor.reason in d.reason:
+                floor_decisions += 1
+            if name == "qwen+predictive":
+                need = prewarm.load_replicas(d, pools, targets.max_replicas)
+                if need is not None:
+                    learned = prewarm.observe(learned, when, need, cfg.lookback_days)
             history = d.history
             fleet.apply(now, d.desired)
         elif name == "hpa-queue":
@@ -265,6 +341,7 @@ def simulate_policy(
         rejected=st.rejected,
         invalid=st.invalid,
         timeline=timeline,
+        floor_decisions=floor_decisions,
     )
 
 
