@@ -35,7 +35,7 @@ def node(name: str, product: str, gpus: int) -> dict[str, Any]:
     }
 
 
-NODES = [node("a0", "NVIDIA-A10G", 1), node("l0", "NVIDIA-L40S", 4)]
+NODES = [node("l0", "NVIDIA-L40S", 1), node("a0", "NVIDIA-A10G", 4)]
 
 
 def as_live(manifest: dict[str, Any], ready: int | None = None) -> dict[str, Any]:
@@ -77,8 +77,9 @@ def converge(obs: Observed, rounds: int = 5) -> Observed:
 def test_first_reconcile_creates_pools_cheapest_first_and_spills_over() -> None:
     out = compute(Observed(qwd=qwd(), nodes=NODES), CATALOG, now="T")
     deps = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
-    # one A10G GPU free -> one fp8 replica there, the second spills to L40S
-    assert {n: d["spec"]["replicas"] for n, d in deps.items()} == {"chat-a10g": 1, "chat-l40s": 1}
+    # L40S is cheapest per request/s within the SLO: its one free GPU takes one fp8 replica,
+    # the second spills to A10G
+    assert {n: d["spec"]["replicas"] for n, d in deps.items()} == {"chat-l40s": 1, "chat-a10g": 1}
     assert all(HASH_ANNOTATION in m["metadata"]["annotations"] for m in out.apply)
     assert {m["kind"] for m in out.apply} >= {"Service", "PodDisruptionBudget", "Deployment"}
     assert [e.reason for e in out.events] == ["PoolCreated", "PoolCreated"]
@@ -93,7 +94,7 @@ def test_converged_world_needs_zero_writes_and_reports_ready() -> None:
     assert again.writes == 0 and not again.events
     status = obs.qwd["status"]
     assert status["readyReplicas"] == 2 and status["replicas"] == 2 and status["readySummary"] == "2/2"
-    assert status["poolSummary"] == "A10G:1,L40S:1"
+    assert status["poolSummary"] == "A10G:1,L40S:1"  # status lists planned pools by GPU type name
     assert status["selector"].startswith("app.kubernetes.io/component=server")
     conds = {c["type"]: c for c in status["conditions"]}
     assert conds["Ready"]["status"] == "True" and conds["Degraded"]["status"] == "False"
@@ -103,24 +104,24 @@ def test_converged_world_needs_zero_writes_and_reports_ready() -> None:
 def test_changing_gpu_types_keeps_old_pool_until_replacement_is_ready() -> None:
     obs = converge(Observed(qwd=qwd(), nodes=NODES))
     moved = copy.deepcopy(dict(obs.qwd))
-    moved["spec"]["placement"]["gpuTypes"] = ["L40S"]
+    moved["spec"]["placement"]["gpuTypes"] = ["A10G"]
     obs = Observed(qwd=moved, deployments=obs.deployments, others=obs.others, nodes=NODES)
     out = compute(obs, CATALOG, now="T")
     assert not out.delete  # replacement not applied yet
     resized = {m["metadata"]["name"]: m["spec"]["replicas"] for m in out.apply if m["kind"] == "Deployment"}
-    assert resized == {"chat-l40s": 2}
-    # replacement applied but only 1/2 ready: the A10G pool must stay
-    live = [d for d in obs.deployments if d["metadata"]["name"] != "chat-l40s"]
-    l40s = next(m for m in out.apply if m["metadata"]["name"] == "chat-l40s")
-    half = Observed(qwd=moved, deployments=[*live, as_live(l40s, ready=1)], others=obs.others, nodes=NODES)
+    assert resized == {"chat-a10g": 2}
+    # replacement applied but only 1/2 ready: the L40S pool must stay
+    live = [d for d in obs.deployments if d["metadata"]["name"] != "chat-a10g"]
+    a10g = next(m for m in out.apply if m["metadata"]["name"] == "chat-a10g")
+    half = Observed(qwd=moved, deployments=[*live, as_live(a10g, ready=1)], others=obs.others, nodes=NODES)
     out2 = compute(half, CATALOG, now="T")
     assert not out2.delete and not out2.apply
     prog = next(c for c in out2.status["conditions"] if c["type"] == "Progressing")  # type: ignore[index]
     assert prog["status"] == "True" and prog["reason"] == "WaitingForReplacement"
     # fully ready: now the old pool goes
-    full = Observed(qwd=moved, deployments=[*live, as_live(l40s)], others=obs.others, nodes=NODES)
+    full = Observed(qwd=moved, deployments=[*live, as_live(a10g)], others=obs.others, nodes=NODES)
     out3 = compute(full, CATALOG, now="T")
-    assert [d["metadata"]["name"] for d in out3.delete] == ["chat-a10g"]
+    assert [d["metadata"]["name"] for d in out3.delete] == ["chat-l40s"]
     assert [e.reason for e in out3.events] == ["PoolRemoved"]
 
 
@@ -163,53 +164,53 @@ def _pod_on(node_name: str, gpus: int, name: str) -> dict[str, Any]:
 
 
 def test_scale_up_spills_over_when_the_existing_pool_holds_every_gpu_of_its_type() -> None:
-    nodes = [node(f"a{i}", "NVIDIA-A10G", 1) for i in range(4)] + [node("l0", "NVIDIA-L40S", 4)]
+    nodes = [node(f"l{i}", "NVIDIA-L40S", 1) for i in range(4)] + [node("a0", "NVIDIA-A10G", 4)]
     obs = converge(Observed(qwd=qwd(replicas=4, placement={"gpuTypes": ["A10G", "L40S"]}), nodes=nodes))
-    assert {d["metadata"]["name"]: d["spec"]["replicas"] for d in obs.deployments} == {"chat-a10g": 4}
-    pods = [_pod_on(f"a{i}", 1, f"chat-a10g-{i}") for i in range(4)]  # our own pods hold all 4 A10G GPUs
+    assert {d["metadata"]["name"]: d["spec"]["replicas"] for d in obs.deployments} == {"chat-l40s": 4}
+    pods = [_pod_on(f"l{i}", 1, f"chat-l40s-{i}") for i in range(4)]  # our own pods hold all 4 L40S GPUs
     bigger = copy.deepcopy(dict(obs.qwd))
     bigger["spec"]["replicas"] = 8
     out = compute(
         Observed(qwd=bigger, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=pods), CATALOG, now="T"
     )
     sizes = {m["metadata"]["name"]: m["spec"]["replicas"] for m in out.apply if m["kind"] == "Deployment"}
-    assert sizes == {"chat-l40s": 4}, sizes  # A10G stays at 4; the next 4 spill to L40S
+    assert sizes == {"chat-a10g": 4}, sizes  # L40S stays at 4; the next 4 spill to A10G
 
 
 def test_rollout_on_a_full_pool_borrows_the_surge_on_another_gpu_type() -> None:
-    nodes = [node(f"a{i}", "NVIDIA-A10G", 1) for i in range(4)] + [node("l0", "NVIDIA-L40S", 4)]
+    nodes = [node(f"l{i}", "NVIDIA-L40S", 1) for i in range(4)] + [node("a0", "NVIDIA-A10G", 4)]
     spec = qwd(replicas=4, placement={"gpuTypes": ["A10G", "L40S"]})
     spec["status"] = {"model": {"currentVersion": "sha256:v1", "targetVersion": "sha256:v1"}}
     obs = converge(Observed(qwd=spec, nodes=nodes))
-    pods = [_pod_on(f"a{i}", 1, f"chat-a10g-{i}") for i in range(4)]  # the pool fills every A10G GPU
+    pods = [_pod_on(f"l{i}", 1, f"chat-l40s-{i}") for i in range(4)]  # the pool fills every L40S GPU
     moving = copy.deepcopy(dict(obs.qwd))
     moving["status"]["model"] = {"currentVersion": "sha256:v1", "targetVersion": "sha256:v2"}
     out = compute(
         Observed(qwd=moving, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=pods), CATALOG, now="T"
     )
     deps = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
-    assert deps["chat-l40s"]["spec"]["replicas"] == 1  # phase 1: borrow one replica on L40S first
-    assert deps["chat-a10g"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert deps["chat-a10g"]["spec"]["replicas"] == 1  # phase 1: borrow one replica on A10G first
+    assert deps["chat-l40s"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     assert [e.reason for e in out.events if e.reason == "SurgeBorrowed"]
     # phase 2: the borrowed replica is Ready -> the full pool rolls one replica at a time (no deadlock)
-    borrowed_ready = as_live(deps["chat-l40s"])
-    a10g_live = next(d for d in obs.deployments if d["metadata"]["name"] == "chat-a10g")
+    borrowed_ready = as_live(deps["chat-a10g"])
+    l40s_live = next(d for d in obs.deployments if d["metadata"]["name"] == "chat-l40s")
     out = compute(
         Observed(
             qwd=moving,
-            deployments=[a10g_live, borrowed_ready],
+            deployments=[l40s_live, borrowed_ready],
             others=obs.others,
             nodes=nodes,
-            pods=[*pods, _pod_on("l0", 1, "chat-l40s-0")],
+            pods=[*pods, _pod_on("a0", 1, "chat-a10g-0")],
         ),
         CATALOG,
         now="T",
     )
-    a10g = next(m for m in out.apply if m["metadata"]["name"] == "chat-a10g")
-    assert a10g["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
-    assert a10g["spec"]["template"]["metadata"]["annotations"]["serving.qwenops.io/model-version"] == "sha256:v2"
-    # mid-roll: the old pod gave its GPU back (a free A10G for a moment): still one at a time, still borrowing
-    mid = as_live(a10g, ready=3)
+    l40s = next(m for m in out.apply if m["metadata"]["name"] == "chat-l40s")
+    assert l40s["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert l40s["spec"]["template"]["metadata"]["annotations"]["serving.qwenops.io/model-version"] == "sha256:v2"
+    # mid-roll: the old pod gave its GPU back (a free L40S for a moment): still one at a time, still borrowing
+    mid = as_live(l40s, ready=3)
     mid["status"]["updatedReplicas"] = 1
     out_mid = compute(
         Observed(
@@ -217,47 +218,47 @@ def test_rollout_on_a_full_pool_borrows_the_surge_on_another_gpu_type() -> None:
             deployments=[mid, borrowed_ready],
             others=obs.others,
             nodes=nodes,
-            pods=[*pods[:3], _pod_on("l0", 1, "chat-l40s-0")],
+            pods=[*pods[:3], _pod_on("a0", 1, "chat-a10g-0")],
         ),
         CATALOG,
         now="T",
     )
-    assert not any(m["metadata"]["name"] == "chat-a10g" for m in out_mid.apply)  # strategy unchanged
-    assert not any(m["metadata"]["name"] == "chat-l40s" for m in out_mid.apply) and not out_mid.delete
-    deps = {"chat-a10g": a10g, "chat-l40s": deps["chat-l40s"]}
-    # once the A10G pool has settled on v2, the borrowed replica goes again
-    live = [as_live(a10g), as_live(deps["chat-l40s"])]
+    assert not any(m["metadata"]["name"] == "chat-l40s" for m in out_mid.apply)  # strategy unchanged
+    assert not any(m["metadata"]["name"] == "chat-a10g" for m in out_mid.apply) and not out_mid.delete
+    deps = {"chat-l40s": l40s, "chat-a10g": deps["chat-a10g"]}
+    # once the L40S pool has settled on v2, the borrowed replica goes again
+    live = [as_live(l40s), as_live(deps["chat-a10g"])]
     done = copy.deepcopy(moving)
     done["status"]["model"] = {"currentVersion": "sha256:v2", "targetVersion": "sha256:v2"}
-    pods_after = [*pods, _pod_on("l0", 1, "chat-l40s-0")]
+    pods_after = [*pods, _pod_on("a0", 1, "chat-a10g-0")]
     out2 = compute(
         Observed(qwd=done, deployments=live, others=obs.others, nodes=nodes, pods=pods_after), CATALOG, now="T"
     )
-    a10g2 = next((m for m in out2.apply if m["metadata"]["name"] == "chat-a10g"), None)
-    if a10g2 is not None:  # first the pool gets its normal strategy back, then the borrowed pool goes
-        assert a10g2["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    l40s2 = next((m for m in out2.apply if m["metadata"]["name"] == "chat-l40s"), None)
+    if l40s2 is not None:  # first the pool gets its normal strategy back, then the borrowed pool goes
+        assert l40s2["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
         assert not out2.delete
-        live = [as_live(a10g2), live[1]]
+        live = [as_live(l40s2), live[1]]
         out2 = compute(
             Observed(qwd=done, deployments=live, others=obs.others, nodes=nodes, pods=pods_after), CATALOG, now="T"
         )
-    assert [d["metadata"]["name"] for d in out2.delete] == ["chat-l40s"]
+    assert [d["metadata"]["name"] for d in out2.delete] == ["chat-a10g"]
 
 
 def test_rollout_with_room_keeps_the_surge_strategy_and_borrows_nothing() -> None:
-    nodes = [node(f"a{i}", "NVIDIA-A10G", 1) for i in range(6)] + [node("l0", "NVIDIA-L40S", 4)]
+    nodes = [node(f"l{i}", "NVIDIA-L40S", 1) for i in range(6)] + [node("a0", "NVIDIA-A10G", 4)]
     spec = qwd(replicas=4, placement={"gpuTypes": ["A10G", "L40S"]})
     spec["status"] = {"model": {"currentVersion": "sha256:v1", "targetVersion": "sha256:v1"}}
     obs = converge(Observed(qwd=spec, nodes=nodes))
-    pods = [_pod_on(f"a{i}", 1, f"chat-a10g-{i}") for i in range(4)]  # 2 A10G GPUs still free
+    pods = [_pod_on(f"l{i}", 1, f"chat-l40s-{i}") for i in range(4)]  # 2 L40S GPUs still free
     moving = copy.deepcopy(dict(obs.qwd))
     moving["status"]["model"] = {"currentVersion": "sha256:v1", "targetVersion": "sha256:v2"}
     out = compute(
         Observed(qwd=moving, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=pods), CATALOG, now="T"
     )
     deps = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
-    assert deps["chat-a10g"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
-    assert "chat-l40s" not in deps
+    assert deps["chat-l40s"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert "chat-a10g" not in deps
 
 
 def test_rollout_with_nowhere_to_borrow_waits_with_surge_and_says_so() -> None:
@@ -274,3 +275,23 @@ def test_rollout_with_nowhere_to_borrow_waits_with_surge_and_says_so() -> None:
     a10g = next(m for m in out.apply if m["metadata"]["name"] == "chat-a10g")
     assert a10g["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}  # never drop capacity
     assert [e.type for e in out.events if e.reason == "RolloutWaitingForGPU"] == ["Warning"]
+
+
+def test_borrowed_surge_goes_to_the_next_type_in_the_planners_rank() -> None:
+    """Three types, the L40S pool full: the borrower is the next by $/h per req/s within the SLO (A100-80GB,
+    ~0.62), not the A10G that is cheaper per decode token/s (~0.99 $/h per req/s)."""
+    nodes = [node(f"l{i}", "NVIDIA-L40S", 1) for i in range(4)]
+    nodes += [node("a0", "NVIDIA-A10G", 4), node("g0", "NVIDIA-A100-SXM4-80GB", 4)]
+    spec = qwd(replicas=4, placement={"gpuTypes": ["A10G", "L40S", "A100-80GB"]})
+    spec["status"] = {"model": {"currentVersion": "sha256:v1", "targetVersion": "sha256:v1"}}
+    obs = converge(Observed(qwd=spec, nodes=nodes))
+    assert {d["metadata"]["name"]: d["spec"]["replicas"] for d in obs.deployments} == {"chat-l40s": 4}
+    pods = [_pod_on(f"l{i}", 1, f"chat-l40s-{i}") for i in range(4)]
+    moving = copy.deepcopy(dict(obs.qwd))
+    moving["status"]["model"] = {"currentVersion": "sha256:v1", "targetVersion": "sha256:v2"}
+    out = compute(
+        Observed(qwd=moving, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=pods), CATALOG, now="T"
+    )
+    sizes = {m["metadata"]["name"]: m["spec"]["replicas"] for m in out.apply if m["kind"] == "Deployment"}
+    assert sizes == {"chat-l40s": 4, "chat-a100-80gb": 1}, sizes
+    assert [e.reason for e in out.events if e.reason == "SurgeBorrowed"]

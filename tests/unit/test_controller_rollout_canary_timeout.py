@@ -77,7 +77,7 @@ def gpu_pod(name: str, node_name: str | None, version: str, canary: bool = False
     }
 
 
-def canary_dep(version: str, created: float, gpu: str = "A10G") -> dict[str, Any]:
+def canary_dep(version: str, created: float, gpu: str = "L40S") -> dict[str, Any]:
     return {
         "kind": "Deployment",
         "metadata": {
@@ -188,8 +188,8 @@ def qwd(status_model: ModelState, timeout: int = 60, gpu_types: tuple[str, ...] 
     }
 
 
-A10G_NODES = [node(f"a{i}", "NVIDIA-A10G", 1) for i in range(2)]
-NODES = [*A10G_NODES, node("l0", "NVIDIA-L40S", 4)]
+L40S_NODES = [node(f"l{i}", "NVIDIA-L40S", 1) for i in range(2)]
+NODES = [*L40S_NODES, node("a0", "NVIDIA-A10G", 4)]
 
 
 def settled(manifest: dict[str, Any], created: float = 0) -> dict[str, Any]:
@@ -201,11 +201,11 @@ def settled(manifest: dict[str, Any], created: float = 0) -> dict[str, Any]:
 
 
 def stable_world(gpu_types: tuple[str, ...] = ("A10G", "L40S")) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The A10G pool on V1 holding both A10G GPUs (so A10G is full)."""
+    """The L40S pool on V1 holding both L40S GPUs (so L40S is full)."""
     out = compute(Observed(qwd=qwd(ModelState(current=V1, target=V1), gpu_types=gpu_types), nodes=NODES), CATALOG)
     live = [settled(m) for m in out.apply]
-    assert {m["metadata"]["name"] for m in live if m["kind"] == "Deployment"} == {"chat-a10g"}
-    pods = [gpu_pod(f"chat-a10g-{i}", f"a{i}", V1) for i in range(2)]
+    assert {m["metadata"]["name"] for m in live if m["kind"] == "Deployment"} == {"chat-l40s"}
+    pods = [gpu_pod(f"chat-l40s-{i}", f"l{i}", V1) for i in range(2)]
     return live, pods
 
 
@@ -220,10 +220,10 @@ def test_full_pool_type_places_the_canary_on_the_cheapest_other_type_with_room()
     live, pods = stable_world()
     out = compute(Observed(qwd=qwd(TESTING_V2), nodes=NODES, pods=pods, **split(live)), CATALOG, at=at(0))
     canaries = [m for m in out.apply if m["kind"] == "Deployment" and is_canary(m)]
-    assert [c["metadata"]["name"] for c in canaries] == ["chat-l40s-canary"]
-    assert canaries[0]["metadata"]["annotations"][GPU_TYPE_ANNOTATION] == "L40S"
+    assert [c["metadata"]["name"] for c in canaries] == ["chat-a10g-canary"]
+    assert canaries[0]["metadata"]["annotations"][GPU_TYPE_ANNOTATION] == "A10G"
     assert template_version(canaries[0]) == V2
-    # the canary's own pod now uses L40S room; A10G frees up: the canary stays where it is
+    # the canary's own pod now uses A10G room; L40S frees up: the canary stays where it is
     live_canary = settled(canaries[0])
     freed = pods[:1]
     again = compute(
@@ -235,17 +235,17 @@ def test_full_pool_type_places_the_canary_on_the_cheapest_other_type_with_room()
 def test_a_pool_type_with_room_keeps_the_canary_and_nowhere_falls_back_to_it() -> None:
     live, pods = stable_world()
     roomy = compute(Observed(qwd=qwd(TESTING_V2), nodes=NODES, pods=pods[:1], **split(live)), CATALOG, at=at(0))
-    assert [m["metadata"]["name"] for m in roomy.apply if is_canary(m)] == ["chat-a10g-canary"]
-    live1, pods1 = stable_world(("A10G",))
-    only = qwd(TESTING_V2, gpu_types=("A10G",))
+    assert [m["metadata"]["name"] for m in roomy.apply if is_canary(m)] == ["chat-l40s-canary"]
+    live1, pods1 = stable_world(("L40S",))
+    only = qwd(TESTING_V2, gpu_types=("L40S",))
     full = compute(Observed(qwd=only, nodes=NODES, pods=pods1, **split(live1)), CATALOG, at=at(0))
-    assert [m["metadata"]["name"] for m in full.apply if is_canary(m)] == ["chat-a10g-canary"]  # waits for a GPU
+    assert [m["metadata"]["name"] for m in full.apply if is_canary(m)] == ["chat-l40s-canary"]  # waits for a GPU
     assert full.requeue_after is None  # not created yet: no clock
 
 
 def test_reconciler_times_out_a_pending_canary_once_and_survives_a_restart() -> None:
-    live1, pods1 = stable_world(("A10G",))
-    obj = qwd(TESTING_V2, timeout=60, gpu_types=("A10G",))
+    live1, pods1 = stable_world(("L40S",))
+    obj = qwd(TESTING_V2, timeout=60, gpu_types=("L40S",))
     canary = settled(canary_dep(V2, created=0), created=0)
     canary["status"] = {"observedGeneration": 1, "replicas": 1, "unavailableReplicas": 1}
     world = Observed(qwd=obj, nodes=NODES, pods=pods1, **split([*live1, canary]))
@@ -256,7 +256,7 @@ def test_reconciler_times_out_a_pending_canary_once_and_survives_a_restart() -> 
     out = compute(world, CATALOG, at=at(61))  # a fresh process computes the same: nothing is in memory
     assert out.model_status is not None
     assert out.model_status["model"]["failedVersion"] == V2
-    assert [d["metadata"]["name"] for d in out.delete] == ["chat-a10g-canary"]
+    assert [d["metadata"]["name"] for d in out.delete] == ["chat-l40s-canary"]
     assert not [m for m in out.apply if m["kind"] == "Deployment"]  # pools untouched, still on V1
     warnings = [e for e in out.events if e.type == "Warning"]
     assert [e.reason for e in warnings] == ["CanaryTimeout"] and "Pending" in warnings[0].message
@@ -276,18 +276,18 @@ def test_reconciler_times_out_a_pending_canary_once_and_survives_a_restart() -> 
     assert later.model_status is None and not [m for m in later.apply if is_canary(m)]
     # crash between the status write and the delete: the next process deletes the canary, no second timeout
     leftover = compute(replace(world, qwd=delivered), CATALOG, at=at(500))
-    assert leftover.model_status is None and [d["metadata"]["name"] for d in leftover.delete] == ["chat-a10g-canary"]
+    assert leftover.model_status is None and [d["metadata"]["name"] for d in leftover.delete] == ["chat-l40s-canary"]
     assert "CanaryTimeout" not in [e.reason for e in leftover.events]
 
 
 def test_a_canary_of_another_version_is_recreated_so_its_clock_restarts() -> None:
-    live1, pods1 = stable_world(("A10G",))
+    live1, pods1 = stable_world(("L40S",))
     old = settled(canary_dep(V2, created=0), created=0)
     testing_v3 = replace(TESTING_V2, target=V3, canary=Canary(V3, TESTING))
-    obj = qwd(testing_v3, timeout=60, gpu_types=("A10G",))
+    obj = qwd(testing_v3, timeout=60, gpu_types=("L40S",))
     out = compute(Observed(qwd=obj, nodes=NODES, pods=pods1, **split([*live1, old])), CATALOG, at=at(500))
     assert out.model_status is None  # V3's canary has no Deployment yet: no clock, no timeout
-    assert [d["metadata"]["name"] for d in out.delete] == ["chat-a10g-canary"]
+    assert [d["metadata"]["name"] for d in out.delete] == ["chat-l40s-canary"]
     assert not [m for m in out.apply if is_canary(m)]
     after = compute(Observed(qwd=obj, nodes=NODES, pods=pods1, **split(live1)), CATALOG, at=at(501))
     created = [m for m in after.apply if is_canary(m)]

@@ -208,7 +208,7 @@ def node(name: str, product: str, gpus: int) -> dict[str, Any]:
     }
 
 
-NODES = [node("a0", "NVIDIA-A10G", 8), node("l0", "NVIDIA-L40S", 4)]
+NODES = [node("l0", "NVIDIA-L40S", 8), node("a0", "NVIDIA-A10G", 4)]
 
 
 class World:
@@ -292,11 +292,11 @@ def degraded(w: World) -> dict[str, Any]:
 def test_direct_rollout_moves_every_pool_and_records_current() -> None:
     w = World(canary_replicas=0)
     w.reconcile()
-    assert pool_versions(w) == {"chat-a10g": "stable"}  # unresolved: spec.model.version
+    assert pool_versions(w) == {"chat-l40s": "stable"}  # unresolved: spec.model.version
     w.run(V1)
-    assert pool_versions(w) == {"chat-a10g": V1} and w.qwd["status"]["model"]["currentVersion"] == V1
+    assert pool_versions(w) == {"chat-l40s": V1} and w.qwd["status"]["model"]["currentVersion"] == V1
     w.run(V2)
-    assert pool_versions(w) == {"chat-a10g": V2}
+    assert pool_versions(w) == {"chat-l40s": V2}
     assert w.qwd["status"]["model"]["currentVersion"] == V2 and w.qwd["status"]["modelSynced"] == "Synced"
     assert w.events.count("PoolUpdated") == 2 and w.events.count("ModelSynced") == 2
 
@@ -308,19 +308,19 @@ def test_canary_rollout_passing_promotes_and_removes_the_canary() -> None:
     w.watch(V2)
     w.reconcile()
     deps = w.deployments()
-    assert set(deps) == {"chat-a10g", "chat-a10g-canary"}
-    canary = deps["chat-a10g-canary"]
-    assert template_version(canary) == V2 and template_version(deps["chat-a10g"]) == V1
+    assert set(deps) == {"chat-l40s", "chat-l40s-canary"}
+    canary = deps["chat-l40s-canary"]
+    assert template_version(canary) == V2 and template_version(deps["chat-l40s"]) == V1
     assert canary["spec"]["replicas"] == 1
     sel = canary["spec"]["selector"]["matchLabels"]
-    assert sel["serving.qwenops.io/pool"] == "a10g-canary" and sel["serving.qwenops.io/canary"] == "true"
-    assert deps["chat-a10g"]["spec"]["selector"]["matchLabels"]["serving.qwenops.io/pool"] == "a10g"
+    assert sel["serving.qwenops.io/pool"] == "l40s-canary" and sel["serving.qwenops.io/canary"] == "true"
+    assert deps["chat-l40s"]["spec"]["selector"]["matchLabels"]["serving.qwenops.io/pool"] == "l40s"
     service = w.live[("Service", "chat")]
     assert set(service["spec"]["selector"].items()) <= set(canary["spec"]["template"]["metadata"]["labels"].items())
     status = w.qwd["status"]
-    assert [p["gpuType"] for p in status["pools"]] == ["A10G"] and status["readyReplicas"] == 2  # canary apart
+    assert [p["gpuType"] for p in status["pools"]] == ["L40S"] and status["readyReplicas"] == 2  # canary apart
     w.run(V2, smoke=(True, "ok"))
-    assert pool_versions(w) == {"chat-a10g": V2}
+    assert pool_versions(w) == {"chat-l40s": V2}
     assert w.qwd["status"]["model"]["currentVersion"] == V2
     assert ["CanaryStarted", "CanaryCreated", "CanaryPassed", "CanaryRemoved"] == [
         e for e in w.events if e.startswith("Canary")
@@ -335,7 +335,7 @@ def test_canary_rollout_failing_rolls_back_and_degrades() -> None:
     w.watch(V2)
     w.reconcile()
     w.run(V2, smoke=(False, "HfHubHTTPError: 500 Server Error"))
-    assert pool_versions(w) == {"chat-a10g": V1}  # the canary is gone, pools never moved
+    assert pool_versions(w) == {"chat-l40s": V1}  # the canary is gone, pools never moved
     model = w.qwd["status"]["model"]
     assert (model["currentVersion"], model["targetVersion"], model["failedVersion"]) == (V1, V2, V2)
     d = degraded(w)
@@ -344,7 +344,7 @@ def test_canary_rollout_failing_rolls_back_and_degrades() -> None:
     # a fixed version: the failure clears from Degraded as soon as the target moves on
     w.watch(V3)
     w.reconcile()
-    assert degraded(w)["status"] == "False" and "chat-a10g-canary" in w.deployments()
+    assert degraded(w)["status"] == "False" and "chat-l40s-canary" in w.deployments()
 
 
 def test_a_new_resource_without_pools_is_not_synced_yet() -> None:

@@ -13,13 +13,14 @@ SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
 
 
 def test_plan_prints_table_and_pools(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["plan", "-f", str(SAMPLES / "qwen3-14b-chat.yaml"), "--gpus", "a10g=2,l40s=8", "--replicas", "3"])
+    rc = main(["plan", "-f", str(SAMPLES / "qwen3-14b-chat.yaml"), "--gpus", "a10g=8,l40s=2", "--replicas", "3"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "GPU" in out and "SHARDS" in out and "WHY" in out
     assert out.index("POOL") > out.index("WHY")
     pool_lines = out[out.index("POOL") :].splitlines()[1:3]
-    assert {line.split()[0]: int(line.split()[1]) for line in pool_lines} == {"A10G": 2, "L40S": 1}
+    # L40S first (cheapest per request/s within the SLO), spilling over to A10G
+    assert [(line.split()[0], int(line.split()[1])) for line in pool_lines] == [("L40S", 2), ("A10G", 1)]
     assert "total: 3 replica(s)" in out
 
 

@@ -125,8 +125,14 @@ def test_throughput_and_cost_ranking() -> None:
     by = {c.gpu_type: c for c in p.candidates}
     # decode-bound: A100-80GB's bandwidth makes it fastest per sequence, A10G cheapest per unit
     assert by["A100-80GB"].throughput > by["L40S"].throughput > by["A10G"].throughput
-    assert p.candidates[0].gpu_type == "A10G"
-    costs = [c.cost_per_throughput for c in p.candidates]
+    assert min(p.candidates, key=lambda c: c.cost_per_throughput).gpu_type == "A10G"
+    # the default rank is $/h per request/s within the TTFT SLO: L40S first, A10G last
+    assert [c.gpu_type for c in p.candidates] == ["L40S", "A100-40GB", "A100-80GB", "A10G"]
+    assert [c.cost_per_slo_rate for c in p.candidates] == sorted(c.cost_per_slo_rate for c in p.candidates)
+    # rank_by="decode" orders by $/h per decode token/s
+    decode = plan(spec("Qwen/Qwen3-14B", "fp8"), Catalog(), replicas=1, policy=PlacementPolicy(rank_by="decode"))
+    assert decode.candidates[0].gpu_type == "A10G"
+    costs = [c.cost_per_throughput for c in decode.candidates]
     assert costs == sorted(costs)
     # tensor parallelism over PCIe is less efficient than one bigger GPU per replica
     bf16 = {c.gpu_type: c for c in plan(spec("Qwen/Qwen3-14B"), Catalog(), replicas=1).candidates}

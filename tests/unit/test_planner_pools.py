@@ -1,4 +1,4 @@
-"""Pool tables: cheapest-per-throughput first, spill-over, unplaced replicas, scale-down order."""
+"""Pool tables: cheapest per unit of capacity first, spill-over, unplaced replicas, scale-down order."""
 
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ from qwen_operator.planner import (
 )
 
 
-def cand(gpu: str, shards: int, price: float, throughput: float, fits: bool = True) -> Candidate:
-    return Candidate(gpu, fits, shards if fits else 0, price, throughput, "test")
+def cand(gpu: str, shards: int, price: float, throughput: float, fits: bool = True, slo_rate: float = 0.0) -> Candidate:
+    return Candidate(gpu, fits, shards if fits else 0, price, throughput, "test", slo_rate=slo_rate)
 
 
-# cost per throughput: A 1.0, B 2.0, C 3.0 (C's price per replica is the lowest: rank is by $/throughput)
+# no SLO estimate, so ranked by cost per throughput: A 1.0, B 2.0, C 3.0 (C's price per replica is the
+# lowest: rank is by $/throughput)
 A, B, C = cand("A", 1, 1.0, 1.0), cand("B", 2, 4.0, 2.0), cand("C", 1, 0.9, 0.3)
 NOFIT = cand("D", 1, 0.1, 10.0, fits=False)
 
@@ -104,11 +105,23 @@ def chat_spec() -> QwenDeploymentSpec:
     )
 
 
-def test_plan_spills_from_a10g_to_l40s_to_a100() -> None:
-    p = plan(chat_spec(), Catalog(), replicas=7, free_gpus={"A10G": 4, "L40S": 2, "A100-80GB": 8})
-    assert p.pool_summary == "A10G:4,L40S:2,A100-80GB:1"
+def test_slo_rate_ranks_over_throughput_when_estimated() -> None:
+    # $/h per req/s: X 0.5, Y 2.0 (Y is the cheaper per decode token/s: 0.5 vs 1.0)
+    x, y = cand("X", 1, 2.0, 2.0, slo_rate=4.0), cand("Y", 1, 1.0, 2.0, slo_rate=0.5)
+    pools, _, _ = fill([y, x], 3, {"X": 2, "Y": 4})
+    assert [(p.gpu_type, p.replicas) for p in pools] == [("X", 2), ("Y", 1)]
+    assert removal_order([x, y]) == ["Y", "X"]
+    # a type without an estimate goes after both, whatever its $/h per decode token/s
+    z = cand("Z", 1, 0.1, 10.0)
+    assert removal_order([z, x, y]) == ["Z", "Y", "X"]
+
+
+def test_plan_spills_from_l40s_to_a100_to_a10g() -> None:
+    """Qwen3-14B fp8, 512-token prompts: $/h per req/s within the SLO ~0.16 L40S, ~0.62 A100-80GB, ~0.99 A10G."""
+    p = plan(chat_spec(), Catalog(), replicas=7, free_gpus={"A10G": 8, "L40S": 4, "A100-80GB": 2})
+    assert p.pool_summary == "L40S:4,A100-80GB:2,A10G:1"
     assert p.reason_code == OK and p.placed == 7
-    assert p.cost_per_hour == pytest.approx(4 * 1.006 + 2 * 1.861 + 5.12)
+    assert p.cost_per_hour == pytest.approx(4 * 1.861 + 2 * 5.12 + 1.006)
 
 
 def test_plan_reports_insufficient_gpus() -> None:
@@ -118,5 +131,8 @@ def test_plan_reports_insufficient_gpus() -> None:
 
 
 def test_plan_with_current_pools_scales_down_the_expensive_pool() -> None:
+    # most expensive per request/s within the SLO first: A10G, then A100-80GB
     p = plan(chat_spec(), Catalog(), replicas=4, current={"A10G": 2, "L40S": 2, "A100-80GB": 2})
-    assert p.pool_summary == "A10G:2,L40S:2"
+    assert p.pool_summary == "L40S:2,A100-80GB:2"
+    p = plan(chat_spec(), Catalog(), replicas=1, current={"A10G": 2, "L40S": 2, "A100-80GB": 2})
+    assert p.pool_summary == "L40S:1"

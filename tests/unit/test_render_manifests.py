@@ -37,12 +37,17 @@ def deployment(objs: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return next(o for o in by_kind(objs, "Deployment") if o["metadata"]["name"] == name)
 
 
+#: One free L40S (filled first: cheapest per request/s within the SLO), the rest spills to A10G.
+TWO_POOLS = {"A10G": 4, "L40S": 1}
+
+
 def test_one_deployment_per_pool_with_deterministic_names() -> None:
-    objs = manifests(make_spec(), {"A10G": 4, "L40S": 4})
+    objs = manifests(make_spec(), TWO_POOLS)
     assert [o["kind"] for o in objs] == ["Service", "PodDisruptionBudget", "Deployment", "Deployment"]
+    assert [o["metadata"]["name"] for o in by_kind(objs, "Deployment")] == ["chat-l40s", "chat-a10g"]  # rank order
     a10g, l40s = deployment(objs, "chat-a10g"), deployment(objs, "chat-l40s")
     assert a10g["spec"]["replicas"] == 2 and l40s["spec"]["replicas"] == 1  # 4 A10G / 2 shards
-    assert objs == manifests(make_spec(), {"A10G": 4, "L40S": 4})  # pure and deterministic
+    assert objs == manifests(make_spec(), TWO_POOLS)  # pure and deterministic
 
 
 def test_tgi_container() -> None:
@@ -140,7 +145,7 @@ def test_no_credentials_and_pvc_cache() -> None:
 
 
 def test_labels_strategy_and_selectors() -> None:
-    objs = manifests(make_spec(), {"A10G": 4, "L40S": 4})
+    objs = manifests(make_spec(), TWO_POOLS)
     d = deployment(objs, "chat-a10g")
     labels = d["spec"]["template"]["metadata"]["labels"]
     for key in (

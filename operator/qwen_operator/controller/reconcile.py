@@ -27,6 +27,7 @@ from ..api.spec import QwenDeploymentSpec
 from ..api.status import pool_summary, ready_summary
 from ..api.validate import validate_spec
 from ..catalog import Catalog
+from ..planner.placement import rank_key
 from ..planner.plan import INSUFFICIENT_GPUS, OK, Plan, plan
 from ..planner.pools import Pool
 from ..render.manifests import render
@@ -472,11 +473,11 @@ def _borrow_surge(
     A pool whose GPU type has no free GPU for a surge pod would deadlock a maxSurge/
     maxUnavailable=0 roll (the surge pod stays Pending). Such a pool rolls one replica at a
     time instead, and one extra replica runs meanwhile on the cheapest other planned GPU type
-    with room ("borrowed surge"); once the pool has settled the planner removes it again,
-    most expensive first. The pool switches to one-at-a-time only once the borrowed replicas
-    are Ready. With nowhere to borrow, the surge strategy stays (capacity is never dropped)
-    and the roll waits for a GPU. Returns (plan, pools without surge room, borrower, borrowed
-    replicas Ready).
+    with room, in the planner's fill order (``rank_key``) ("borrowed surge"); once the pool
+    has settled the planner removes it again, most expensive first. The pool switches to
+    one-at-a-time only once the borrowed replicas are Ready. With nowhere to borrow, the surge
+    strategy stays (capacity is never dropped) and the roll waits for a GPU. Returns (plan,
+    pools without surge room, borrower, borrowed replicas Ready).
     """
     no_surge: list[str] = []
     for pool in the_plan.pools:
@@ -492,10 +493,7 @@ def _borrow_surge(
     if not no_surge:
         return the_plan, [], None, False
     extra = len(no_surge)
-    for cand in sorted(
-        (c for c in the_plan.candidates if c.fits and c.gpu_type not in no_surge),
-        key=lambda c: c.price_per_hour / max(c.throughput, 1e-9),
-    ):
+    for cand in sorted((c for c in the_plan.candidates if c.fits and c.gpu_type not in no_surge), key=rank_key):
         planned = next((p for p in the_plan.pools if p.gpu_type == cand.gpu_type), None)
         planned_n = planned.replicas if planned else 0
         live_n = _replicas(live_by_type[cand.gpu_type]) if cand.gpu_type in live_by_type else 0

@@ -40,8 +40,19 @@ in, ``typicalOutputTokens`` out):
 - ``slo_rate``: requests/s one replica sustains with P95 time to first token within the SLO
   (:meth:`ReplicaModel.slo_capacity`), and ``slo_concurrency`` the requests in flight then.
 
-Ranking (``PlacementPolicy.rank_by``): ``"slo"`` orders usable types by $/h per request/s
-within the SLO; ``"decode"`` by $/h per decode token/s. Either way spill-over follows it.
+Ranking (``PlacementPolicy.rank_by``), which scale-up fills, spill-over follows and scale-down
+empties in reverse:
+
+- ``"slo"`` (the default): $/h per request/s within the SLO (``cost_per_slo_rate``), the
+  capacity unit ``qwenctl simulate`` measures. It counts what decode bandwidth alone does
+  not: prefill compute (fp8 tensor cores on L40S, none on A10G) and the KV cache left over
+  for concurrent sequences. E.g. Qwen3-14B fp8, 512-token prompts, P95 TTFT 1.2 s: L40S
+  0.16 $/h per req/s, A10G 0.99, so L40S fills first although A10G is the cheaper GPU.
+  A type the replica model could not estimate (no ``slo_rate``) ranks after every type it
+  did estimate, by $/h per decode token/s, rather than comparing the two units.
+- ``"decode"``: $/h per decode token/s per sequence (``cost_per_throughput``), the
+  bandwidth-only figure above; also what ``"slo"`` falls back to without an SLO
+  (``Workload.slo_seconds`` None).
 """
 
 from __future__ import annotations
@@ -62,7 +73,7 @@ class PlacementPolicy:
     min_batch_sequences: int = 1
     tp_efficiency_nvlink: float = 0.9
     tp_efficiency_pcie: float = 0.8
-    rank_by: str = "decode"  # "slo": $/h per request/s within the SLO; "decode": $/h per decode token/s
+    rank_by: str = "slo"  # "slo": $/h per request/s within the SLO; "decode": $/h per decode token/s
 
 
 DEFAULT_POLICY = PlacementPolicy()
@@ -117,7 +128,7 @@ class Candidate:
     idle_ttft: float = 0.0  # s, typical prompt on an idle replica (0: not estimated)
     slo_rate: float = 0.0  # requests/s within the SLO per replica (0: not estimated or cannot meet it)
     slo_concurrency: float = 0.0  # requests in flight at slo_rate
-    rank_by: str = "decode"
+    rank_by: str = "slo"  # PlacementPolicy.rank_by; "slo" without slo_rate ranks by decode (see rank_key)
 
     @property
     def gpus_per_replica(self) -> int:
@@ -287,6 +298,11 @@ def candidates(work: Workload, gpus: list[GPUType], policy: PlacementPolicy = DE
     return sorted(found, key=rank_key)
 
 
-def rank_key(c: Candidate) -> tuple[float, float, str]:
-    """Fill order: cheapest per unit of capacity (:attr:`Candidate.rank_cost`), then per replica, then name."""
-    return (c.rank_cost, c.price_per_hour, c.gpu_type)
+def rank_key(c: Candidate) -> tuple[int, float, float, str]:
+    """Fill order: cheapest per unit of capacity (:attr:`Candidate.rank_cost`), then per replica, then name.
+
+    Ranked by ``"slo"``, a candidate without an SLO estimate (its ``rank_cost`` is $/h per decode
+    token/s, another unit) comes after every candidate with one.
+    """
+    unestimated = int(c.rank_by == "slo" and c.slo_rate <= 0)
+    return (unestimated, c.rank_cost, c.price_per_hour, c.gpu_type)

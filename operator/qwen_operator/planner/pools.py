@@ -1,7 +1,8 @@
 """Pool sizing: how many replicas go on each GPU type, given free GPUs.
 
-Scale-up fills the cheapest GPU type per unit of throughput first and spills to the next
-when its free GPUs run out; scale-down removes the most expensive capacity first. Pools
+Scale-up fills the cheapest GPU type per unit of capacity first (by default $/h per request/s
+within the TTFT SLO; see :func:`~.placement.rank_key`) and spills to the next when its free
+GPUs run out; scale-down removes the most expensive capacity first. Pools
 that already exist keep their replicas where possible (:func:`resize`), so an autoscaler
 step changes one pool instead of reshuffling all of them.
 
@@ -120,5 +121,5 @@ def resize(
 
 
 def removal_order(candidates: Sequence[Candidate]) -> list[str]:
-    """GPU types in the order scale-down empties them (most expensive per throughput first)."""
+    """GPU types in the order scale-down empties them (most expensive per unit of capacity first)."""
     return [c.gpu_type for c in sorted((c for c in candidates if c.fits), key=rank_key, reverse=True)]
