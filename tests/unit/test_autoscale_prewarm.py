@@ -200,3 +200,7 @@ def test_load_replicas_learns_the_load_not_the_floor() -> None:
     assert prewarm.load_replicas(no_signal, pools, 8) is None
     flood = Decision({"L40S": 8}, 8, "panic", "x", History(), 9.0, 400.0)
     assert prewarm.load_replicas(flood, pools, 8) == 8  # clamped to maxReplicas
+    # under a floor, only a need above it is learned (a held fleet's latency ratio overstates the need)
+    floor = Floor(6, "predicted peak now: floor 6")
+    assert prewarm.load_replicas(held_by_floor, pools, 8, floor) is None
+    assert prewarm.load_replicas(flood, pools, 8, floor) == 8

@@ -268,13 +268,23 @@ def predicted_floor(
     return Floor(best, f"predicted peak {when_text}: floor {best}")
 
 
-def load_replicas(decision: Decision, pools: Sequence[PoolState], max_replicas: int) -> int | None:
+def load_replicas(
+    decision: Decision, pools: Sequence[PoolState], max_replicas: int, floor: Floor | None = None
+) -> int | None:
     """Replicas the load alone asked for in ``decision`` (its capacity over the fleet's mean replica
-    capacity); None when the decision had no load signal. This, not the floored total, is learned."""
+    capacity); None when the decision had no load signal. This, not the floored total, is learned.
+
+    Also None when a ``floor`` is in force and the load asks for no more than it: a fleet held
+    above its need reads a latency ratio relative to its own size (an idle replica's time to
+    first token is not zero), which would overstate the need and keep the floor up for ever.
+    Under a floor only a need above it is learned; otherwise the slot's peak decays."""
     if decision.desired_capacity is None:
         return None
     n = sum(p.replicas for p in pools)
     per = sum(p.replicas * p.throughput for p in pools) / n if n else min((p.throughput for p in pools), default=1.0)
     if per <= 0:
         return None
-    return max(0, min(max_replicas, math.ceil(decision.desired_capacity / per - _EPS)))
+    need = max(0, min(max_replicas, math.ceil(decision.desired_capacity / per - _EPS)))
+    if floor is not None and need <= floor.replicas:
+        return None
+    return need

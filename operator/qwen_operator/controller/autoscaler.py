@@ -163,6 +163,7 @@ def learn(
     when: dt.datetime,
     decision: Decision | None,
     pools: list[PoolState],
+    floor: Floor | None = None,
 ) -> prewarm.Profile:
     """``profile`` with the replicas the load (not the floor) asked for in ``decision`` (pure)."""
     p = spec.scaling.predictive
@@ -170,7 +171,7 @@ def learn(
     if tz is None:
         return profile
     local = when.astimezone(tz)
-    need = None if decision is None else prewarm.load_replicas(decision, pools, spec.scaling.max_replicas)
+    need = None if decision is None else prewarm.load_replicas(decision, pools, spec.scaling.max_replicas, floor)
     if need is None:  # nothing learned, but the day moves on
         return prewarm.roll(profile, local.toordinal(), p.lookback_days)
     return prewarm.observe(profile, local, need, p.lookback_days)
@@ -326,7 +327,7 @@ class Autoscaler:
         floor, problems = floor_for(spec, wall, state.profile, lead)
         decision, condition = evaluate(now, pools, fleet, targets_for(spec), state, held, floor, problems)
         if state.profile is not None:
-            state.profile = learn(spec, state.profile, wall, decision, pools)
+            state.profile = learn(spec, state.profile, wall, decision, pools, floor)
         self.decisions += 1
         DECISIONS.labels(key[0], key[1], decision.kind if decision else "hold-no-metrics").inc()
         desired = previous if decision is None else decision.total

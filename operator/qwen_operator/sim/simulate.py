@@ -293,7 +293,7 @@ def simulate_policy(
             if floor is not None and floor.reason in d.reason:
                 floor_decisions += 1
             if name == "qwen+predictive":
-                need = prewarm.load_replicas(d, pools, targets.max_replicas)
+                need = prewarm.load_replicas(d, pools, targets.max_replicas, floor)
                 if need is not None:
                     learned = prewarm.observe(learned, when, need, cfg.lookback_days)
             history = d.history
