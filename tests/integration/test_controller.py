@@ -121,12 +121,13 @@ def test_kubectl_scale_works_when_autoscaling_is_off(qwds: Qwd, kubectl: Any) ->
 
 
 def test_exhausting_the_cheapest_type_spills_to_the_next(qwds: Qwd) -> None:
-    # the sandbox has 4 single-GPU A10G nodes; fp8 Qwen3-14B needs one A10G per replica
-    qwds.create(resource("spill", replicas=6, gpu_types=["A10G", "L40S"]))
+    # fp8 Qwen3-14B: L40S is the cheapest per request/s within the TTFT SLO and needs one GPU per
+    # replica; the sandbox has 8 L40S GPUs (2 nodes of 4), so replicas 9 and 10 spill to A10G
+    qwds.create(resource("spill", replicas=10, gpu_types=["A10G", "L40S"]))
     wait_for("Ready", lambda: qwds.ready("spill"), timeout=120)
     deps = qwds.deployments("spill")
-    assert deps["spill-a10g"].spec.replicas == 4
-    assert deps["spill-l40s"].spec.replicas == 2
+    assert deps["spill-l40s"].spec.replicas == 8
+    assert deps["spill-a10g"].spec.replicas == 2
     events = qwds.core.list_namespaced_event(qwds.ns, field_selector="involvedObject.name=spill").items
     assert sum(1 for e in events if e.reason == "PoolCreated") == 2
 

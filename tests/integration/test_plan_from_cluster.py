@@ -19,15 +19,15 @@ SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "qwen3-
 
 def test_plan_from_cluster_counts_gpus_taken_by_running_pods(kube_api: Any, namespace: str, sandbox: Sandbox) -> None:
     core = client.CoreV1Api(kube_api)
-    for i in range(2):  # occupy 2 of the 4 single-GPU A10G nodes
+    for i in range(2):  # occupy 3 GPUs on each of the two 4-GPU L40S nodes: one L40S left per node
         core.create_namespaced_pod(
             namespace,
             {
                 "metadata": {"name": f"busy-{i}"},
                 "spec": {
-                    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G"},
+                    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L40S"},
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                    "containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+                    "containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "3"}}}],
                 },
             },
         )
@@ -56,10 +56,12 @@ def test_plan_from_cluster_counts_gpus_taken_by_running_pods(kube_api: Any, name
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "free GPUs in the cluster (free/allocatable): " in proc.stderr and "A10G 2/4" in proc.stderr
+    assert "free GPUs in the cluster (free/allocatable): " in proc.stderr and "L40S 2/8" in proc.stderr
+    assert "A10G 4/4" in proc.stderr
     pools = {
         line.split()[0]: int(line.split()[1])
         for line in proc.stdout.splitlines()
         if line.split() and line.split()[0] in ("A10G", "L40S") and len(line.split()) == 5
     }
-    assert pools == {"A10G": 2, "L40S": 4}, proc.stdout
+    # L40S first (cheapest per request/s within the SLO) on its 2 free GPUs, the rest spills to A10G
+    assert pools == {"L40S": 2, "A10G": 4}, proc.stdout

@@ -235,35 +235,56 @@ def test_canary_without_a_gpu_times_out_across_a_restart_and_is_not_retried(
     assert "Pending" in warnings[0][1]
 
 
+def occupy_a_node(fleet: Fleet, product: str, gpus: int) -> None:
+    """Another tenant's pod holding ``gpus`` GPUs of one ``product`` node (not a pod of ``chat``)."""
+    fleet.core.create_namespaced_pod(
+        fleet.ns,
+        {
+            "metadata": {"name": "other-tenant"},
+            "spec": {
+                "nodeSelector": {"nvidia.com/gpu.product": product},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}],
+            },
+        },
+    )
+    wait_for(
+        "the other tenant's pod bound", lambda: fleet.core.read_namespaced_pod("other-tenant", fleet.ns).spec.node_name
+    )
+
+
 def test_full_pool_canary_borrows_a_gpu_type_and_a_killed_borrowed_roll_finishes(
     kube_api: Any, namespace: str, s3_bucket: S3Bucket, models: dict[str, Path], start_operator: Any, sim_server: str
 ) -> None:
     v1 = push(s3_bucket, models["v1"], "v1")
     op = start_operator()
     fleet = Fleet(kube_api, namespace)
+    # L40S fills first (cheapest per request/s within the SLO); with one of the sandbox's two 4-GPU
+    # L40S nodes taken by another tenant, four replicas hold every L40S GPU left
+    occupy_a_node(fleet, "NVIDIA-L40S", 4)
     create(fleet, s3_bucket, canary_replicas=1, replicas=4, gpu_types=("A10G", "L40S"))
     wait_for("ModelSynced on v1", lambda: fleet.synced_on(v1))
-    wait_for("4 ready on A10G", lambda: len(fleet.ready_pods()) == 4 and list(fleet.deployments()) == ["chat-a10g"])
+    wait_for("4 ready on L40S", lambda: len(fleet.ready_pods()) == 4 and list(fleet.deployments()) == ["chat-l40s"])
     with CanaryEndpoints(fleet) as endpoints, ReadyPoller(fleet) as poller, UidSampler(fleet) as uids:
         endpoints.url = sim_server
         v2 = push(s3_bucket, models["v2"], "v2")
-        # A10G is full: the canary runs on L40S instead of waiting for a GPU
-        wait_for("the canary on L40S", lambda: "chat-l40s-canary" in fleet.deployments(), timeout=60)
-        # promoted; the full A10G pool rolls one at a time with one replica borrowed on L40S
-        wait_for("an A10G pod on v2", lambda: pool_pods_on(fleet, v2) and "chat-l40s" in fleet.deployments(), 90)
+        # L40S is full: the canary runs on A10G instead of waiting for a GPU
+        wait_for("the canary on A10G", lambda: "chat-a10g-canary" in fleet.deployments(), timeout=60)
+        # promoted; the full L40S pool rolls one at a time with one replica borrowed on A10G
+        wait_for("an L40S pod on v2", lambda: pool_pods_on(fleet, v2) and "chat-a10g" in fleet.deployments(), 90)
         assert not fleet.synced_on(v2), "the roll finished before the crash: nothing was tested"
         op.kill()
         op2 = start_operator()
         wait_for("ModelSynced on v2 after the restart", lambda: fleet.synced_on(v2), timeout=120)
-        wait_for("the borrowed replica returned", lambda: list(fleet.deployments()) == ["chat-a10g"], timeout=60)
+        wait_for("the borrowed replica returned", lambda: list(fleet.deployments()) == ["chat-l40s"], timeout=60)
         time.sleep(0.5)
     assert op2.alive(), op2.tail()
-    assert "chat-a10g-canary" not in uids.seen and len(uids.seen["chat-l40s-canary"]) == 1, uids.seen
-    assert len(uids.seen["chat-a10g"]) == 1 and len(uids.seen["chat-l40s"]) == 1, uids.seen
+    assert "chat-l40s-canary" not in uids.seen and len(uids.seen["chat-a10g-canary"]) == 1, uids.seen
+    assert len(uids.seen["chat-l40s"]) == 1 and len(uids.seen["chat-a10g"]) == 1, uids.seen
     assert poller.minimum >= 4, f"ready pool replicas dropped to {poller.minimum} across the crash"
     pods = fleet.ready_pods()
     assert len(pods) == 4 and {p.metadata.annotations[VERSION_ANNOTATION] for p in pods} == {v2}
-    dep = fleet.deployments()["chat-a10g"]
+    dep = fleet.deployments()["chat-l40s"]
     assert (dep.spec.strategy.rolling_update.max_surge, dep.spec.strategy.rolling_update.max_unavailable) == (1, 0)
     seen = reasons(fleet)
     assert seen.count("CanaryPassed") == 1 and "CanaryFailed" not in seen and "CanaryTimeout" not in seen, seen
