@@ -12,19 +12,21 @@ def test_live_view_line_counts_pools_by_label_or_name_and_says_simulated() -> No
         t=12,
         phase="spike",
         sent=40,
-        ready={"a10g": 2, "L40S": 1},
-        running={"a10g": 3, "L40S": 1},
-        desired=4,
+        ready={"l40s": 1, "A100-80GB": 1},
+        running={"l40s": 1, "A100-80GB": 2},
+        desired=3,
         queue=7.0,
         p95=0.84,
-        cost=4.88,
+        cost=12.10,
         version="sha256:9668697efd6463024acfd9",
     )
     text = render_row(row, header=True)
     assert "SIMULATED" in text.splitlines()[0]
     line = text.splitlines()[1]
-    assert "A10G 2/3" in line and "L40S 1/1" in line and "A100-80GB -" in line
-    assert "desired 4" in line and "P95  0.84s" in line and "$  4.88/h" in line and "sha256:9668697efd64" in line
+    assert "L40S 1/1" in line and "A100-80GB 1/2" in line and "A10G -" in line
+    # pools in the planner's fill order: spill-over reads left to right
+    assert line.index("L40S") < line.index("A100-80GB") < line.index("A10G")
+    assert "desired 3" in line and "P95  0.84s" in line and "$ 12.10/h" in line and "sha256:9668697efd64" in line
 
 
 def test_timeline_png_is_written(tmp_path: Path) -> None:
@@ -33,11 +35,11 @@ def test_timeline_png_is_written(tmp_path: Path) -> None:
             t=float(i),
             phase="base",
             sent=i * 3,
-            ready={"a10g": 1 + i // 5},
-            running={"a10g": 1 + i // 4},
+            ready={"l40s": 1, "a100-80gb": i // 5},
+            running={"l40s": 1, "a100-80gb": i // 4},
             desired=1 + i // 4,
             p95=0.5 if i % 3 else None,
-            cost=1.006 * (1 + i // 5),
+            cost=1.861 + 5.12 * (i // 5),
             version="v1" if i < 10 else "v2",
         )
         for i in range(20)

@@ -46,7 +46,10 @@ def register(sub: Any) -> None:
     demo.add_argument("--name", default="demo", help="sandbox name (default: %(default)s)")
     demo.add_argument("--minutes", type=float, default=5.0, help="length of the load replay (default: %(default)s)")
     demo.add_argument(
-        "--rate", type=float, default=1.3, help="base request rate, req/s (spike = 4x; default: %(default)s)"
+        "--rate",
+        type=float,
+        default=6.0,  # demo.DEFAULT_BASE_RATE: a third of one simulated L40S replica's SLO capacity
+        help="base request rate, req/s (spike = 4x; default: %(default)s)",
     )
     demo.add_argument(
         "--cold-start", default="20s", help="simulated model load time per replica (default: %(default)s)"

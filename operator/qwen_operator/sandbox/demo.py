@@ -8,6 +8,12 @@ with modelled cold starts). Mid-run it publishes a new model version that differ
 few layers (layer-diff: only changed chunks move) and moves the ``stable`` tag. A live
 terminal view shows replicas per pool, queue, P95, $/h and the model version; at the end
 (or on Ctrl-C) it writes a PNG timeline and tears everything down.
+
+Placement follows the planner's fill order ($/h per request/s within the P95 TTFT SLO):
+L40S first, then A100-80GB, then A10G. The sandbox has ONE L40S GPU, and the base load is a
+third of what one simulated L40S replica sustains within the SLO, so the 4x spike spills over
+to A100-80GB; the model update mid-run then finds the L40S pool full and rolls it one
+replica at a time with one replica borrowed on A100-80GB (ready capacity never drops).
 """
 
 from __future__ import annotations
@@ -32,7 +38,11 @@ from .cluster import Sandbox
 from .demo_view import Row, render_row, write_timeline
 from .prometheus import PrometheusServer
 
-DEMO_GPUS = "a10g=4x1,l40s=4,a100-80gb=8"
+#: One L40S (the first choice): the spike spills over to A100-80GB, and the roll borrows there.
+DEMO_GPUS = "a10g=4x1,l40s=1,a100-80gb=8"
+#: Base request rate, req/s (the spike is 4x): one simulated L40S replica of Qwen3-14B fp8 holds
+#: ~20 req/s of these requests within the SLO, so the base fits it and the spike does not.
+DEFAULT_BASE_RATE = 6.0
 NAMESPACE = "demo"
 NAME = "chat"
 BUCKET = "models"
@@ -43,7 +53,7 @@ PREFIX = "qwen3-14b"
 class DemoOptions:
     name: str = "demo"
     minutes: float = 5.0
-    base_rate: float = 1.3
+    base_rate: float = DEFAULT_BASE_RATE
     cold_start: str = "20s"
     plot: Path = Path("qwen-demo-timeline.png")
     keep: bool = False
@@ -145,7 +155,7 @@ class Demo:
                     "version": "stable",
                     "quantization": "fp8",
                 },
-                "placement": {"gpuTypes": ["A10G", "L40S", "A100-80GB"]},
+                "placement": {"gpuTypes": ["L40S", "A100-80GB", "A10G"]},
                 "scaling": {
                     "enabled": True,
                     "minReplicas": 1,
@@ -159,7 +169,10 @@ class Demo:
             },
         }
         client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
-        self.say(f"applied QwenDeployment {NAMESPACE}/{NAME}: Qwen3-14B fp8 on A10G/L40S/A100-80GB, autoscaled 1-8")
+        self.say(
+            f"applied QwenDeployment {NAMESPACE}/{NAME}: Qwen3-14B fp8, autoscaled 1-8; fills L40S first "
+            "(cheapest per request/s within the SLO; 1 GPU in this sandbox), then spills over to A100-80GB, then A10G"
+        )
         self.api = api
         return body
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-POOLS = ("A10G", "L40S", "A100-80GB")
+#: In the planner's fill order for the demo's Qwen3-14B fp8 (spill-over reads left to right).
+POOLS = ("L40S", "A100-80GB", "A10G")
 
 
 @dataclass(frozen=True)
