@@ -94,9 +94,10 @@ def raw_get_pull_path(url: str, digests: list[str]) -> float:
 
 
 def write_floor(url: str, manifest: Manifest, out: Path) -> float:
-    """The pull's I/O pattern without its bookkeeping: each chunk GET, sha256'd and written
-    once at its offset of a full-size file, writeback started per chunk, one fdatasync per
-    file at the end. No verified, durable pull can beat this on the same machine."""
+    """The pull's I/O in a bare loop: each chunk GET, sha256'd in the download thread and
+    written once at its offset of a full-size file, writeback started per chunk, one
+    fdatasync per file at the end. A reference for what the disk and CPUs allow, not a hard
+    bound (the pull hashes in other threads than it downloads in, so it can beat it)."""
     reg = Registry(url, make_client(max_connections=WORKERS * 2))
     out.mkdir()
     fds: list[int] = []
@@ -133,12 +134,15 @@ def write_floor(url: str, manifest: Manifest, out: Path) -> float:
 
 
 def main() -> None:
+    global WORKERS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=0.18, help="width factor vs Qwen3-14B (0.18 ~ 0.9 GB)")
     ap.add_argument("--layers", type=int, default=40)
     ap.add_argument("--workdir", type=Path, default=None, help="where the bucket and node caches live")
     ap.add_argument("--repeat", type=int, default=3, help="cold pulls, each with its own raw GET figures")
+    ap.add_argument("--workers", type=int, default=WORKERS, help="parallel GETs, for the pull and for raw GET alike")
     args = ap.parse_args()
+    WORKERS = args.workers
     work = args.workdir or Path(tempfile.mkdtemp(prefix="modelsync-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     shape = Shape().scaled(args.scale, layers=args.layers)
@@ -165,10 +169,14 @@ def main() -> None:
         cold_runs: list[tuple[float, float, float, float, float]] = []  # pull, raw before, after, pull path, s
         node = work / "node-base"
         for i in range(max(1, args.repeat)):
+            # The bench just wrote the checkpoint and the bucket (GBs of dirty pages): flush them
+            # first, or the pull's fdatasyncs would wait for that unrelated writeback.
+            os.sync()
             before = raw_get_throughput(Registry(url), blobs)
             dest = node if i == 0 else work / f"node-cold{i}"
+            reg = Registry(url, make_client(max_connections=WORKERS * 2))  # as the CLI sizes it
             t = time.perf_counter()
-            cold = pull(Registry(url), dest, "qwen", version="base", keep=10, workers=WORKERS, out=io.StringIO())
+            cold = pull(reg, dest, "qwen", version="base", keep=10, workers=WORKERS, out=io.StringIO())
             pull_s = time.perf_counter() - t
             after = raw_get_throughput(Registry(url), blobs)
             path_bps = raw_get_pull_path(url, blobs)
@@ -197,7 +205,8 @@ def main() -> None:
             # Each update starts from a node holding exactly the base version (hard-link copy).
             dest = work / f"node-u{i}"
             subprocess.run(["cp", "-al", str(node), str(dest)], check=True)
-            reg = Registry(url)
+            reg = Registry(url, make_client(max_connections=WORKERS * 2))
+            os.sync()  # as above: don't time the writeback of the update just generated
             t = time.perf_counter()
             r = pull(reg, dest, "qwen", version=f"u{i}", keep=10, workers=WORKERS, out=io.StringIO())
             dt = time.perf_counter() - t
@@ -248,11 +257,11 @@ def main() -> None:
             f"floors: GET + sha256 {hashed_bps / MB:,.0f} MB/s ({100 * hashed_bps / raw:.0f}% of raw); "
             f"GET + sha256 + durable write, fdatasync per blob {written_bps / MB:,.0f} MB/s "
             f"({100 * written_bps / raw:.0f}% of raw); GET + sha256 + one write at its offset + one fdatasync "
-            f"per file {floor_bps / MB:,.0f} MB/s ({100 * floor_bps / raw:.0f}% of raw)"
+            f"per file (bare loop) {floor_bps / MB:,.0f} MB/s ({100 * floor_bps / raw:.0f}% of raw)"
         )
         print(
-            f"pull at {100 * pull_bps / floor_bps:.0f}% of the tightest durable-write floor "
-            f"({100 * pull_bps / written_bps:.0f}% of the per-blob one)"
+            f"pull at {100 * pull_bps / hashed_bps:.0f}% of GET + sha256, {100 * pull_bps / floor_bps:.0f}% of the "
+            f"bare durable-write loop, {100 * pull_bps / written_bps:.0f}% of GET + sha256 + fdatasync per blob"
         )
         buf = os.urandom(64 << 20)
         t = time.perf_counter()

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 MULTIPART_THRESHOLD = 16 * MIB
 PART_SIZE = 8 * MIB
-READ_BLOCK = 256 * 1024  # download block: stays in L2 between the socket copy, sha256 and the write
+READ_BLOCK = 1 * MIB  # download block (readinto a reused buffer; 256 KiB measured slower on 16 cores)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken", "ExpiredToken"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
