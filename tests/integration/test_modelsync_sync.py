@@ -114,6 +114,7 @@ def test_update_moves_only_changed_chunks_and_collects_old(
     # blobs whose bytes live inside a kept multi-chunk file were collected: no double disk use
     on_disk = sum(p.stat().st_size for p in (cache / "blobs" / "sha256").iterdir() if p.stat().st_nlink == 1)
     assert on_disk == 0
+    assert not list((cache / "tmp").iterdir())  # no partial or journal left behind
 
 
 def test_tag_ls_and_diff_commands(s3_bucket: S3Bucket, models: dict[str, Path], tmp_path: Path) -> None:

@@ -24,7 +24,10 @@ Disk use: the version tree is hard links to blobs or to identical files of kept
 versions, so nothing is stored twice; blob GC drops blobs no kept version needs, and
 later pulls read unchanged chunks from the kept files. Peak disk during an update is the
 new files. Concurrent pulls of the same file wait on its partial's lock and then use the
-blob the first one built, so each chunk crosses the network once.
+blob the first one built, so each chunk crosses the network once. (Two pulls building
+*different* files that share a chunk at the same moment -- two versions pulled at once
+onto a node that has neither -- may each fetch that chunk; nothing is wrong, only moved
+twice.) A chunk that occurs more than once in a version is fetched once and copied.
 """
 
 from __future__ import annotations
