@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
     demo.add_argument(
         "--rate",
         type=float,
-        default=6.0,  # demo.DEFAULT_BASE_RATE: a third of one simulated L40S replica's SLO capacity
+        default=15.0,  # demo.DEFAULT_BASE_RATE: one simulated L40S replica holds the base, not the 4x spike
         help="base request rate, req/s (spike = 4x; default: %(default)s)",
     )
     demo.add_argument(

@@ -10,10 +10,11 @@ terminal view shows replicas per pool, queue, P95, $/h and the model version; at
 (or on Ctrl-C) it writes a PNG timeline and tears everything down.
 
 Placement follows the planner's fill order ($/h per request/s within the P95 TTFT SLO):
-L40S first, then A100-80GB, then A10G. The sandbox has ONE L40S GPU, and the base load is a
-third of what one simulated L40S replica sustains within the SLO, so the 4x spike spills over
-to A100-80GB; the model update mid-run then finds the L40S pool full and rolls it one
-replica at a time with one replica borrowed on A100-80GB (ready capacity never drops).
+L40S first, then A100-80GB, then A10G. One simulated L40S replica carries ~20-40 req/s of
+these requests within the SLO, so the sandbox has ONE L40S and the base load is 15 req/s:
+the 4x spike spills over to A100-80GB, and the model update mid-run finds the L40S pool full
+and rolls it one replica at a time with one replica borrowed on the next type with room
+(ready capacity never drops).
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ from .cluster import Sandbox
 from .demo_view import Row, render_row, write_timeline
 from .prometheus import PrometheusServer
 
-#: One L40S (the first choice): the spike spills over to A100-80GB, and the roll borrows there.
+#: One L40S (the first choice): the spike spills over to A100-80GB, and the roll borrows a replica.
 DEMO_GPUS = "a10g=4x1,l40s=1,a100-80gb=8"
-#: Base request rate, req/s (the spike is 4x): one simulated L40S replica of Qwen3-14B fp8 holds
-#: ~20 req/s of these requests within the SLO, so the base fits it and the spike does not.
-DEFAULT_BASE_RATE = 6.0
+#: Base request rate, req/s (the spike is 4x): the L40S replica holds the base, not the spike.
+DEFAULT_BASE_RATE = 15.0
 NAMESPACE = "demo"
 NAME = "chat"
 BUCKET = "models"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: In the planner's fill order for the demo's Qwen3-14B fp8 (spill-over reads left to right).
+#: In the planner's fill order for the demo's chat profile (spill-over reads left to right).
 POOLS = ("L40S", "A100-80GB", "A10G")
 
 
