@@ -80,9 +80,11 @@ def pool_states(obs: Observed, spec: QwenDeploymentSpec, catalog: Catalog) -> li
     current = {t: int(d.get("spec", {}).get("replicas") or 0) for t, d in live.items() if t}
     the_plan = plan(spec, catalog, replicas=sum(current.values()), current=current)
     out = []
-    for cand in the_plan.candidates:
-        if not cand.fits:
-            continue
+    fitting = [c for c in the_plan.candidates if c.fits]
+    # Weigh pools in the planner's unit: requests/s within the SLO when every type has that
+    # estimate (so the autoscaler and the planner agree which pool is cheaper), else decode rate.
+    by_slo = bool(fitting) and all(c.slo_rate > 0 for c in fitting)
+    for cand in fitting:
         dep = live.get(cand.gpu_type)
         spec_replicas = int((dep or {}).get("spec", {}).get("replicas") or 0)
         ready = int((dep or {}).get("status", {}).get("readyReplicas") or 0)
@@ -90,7 +92,7 @@ def pool_states(obs: Observed, spec: QwenDeploymentSpec, catalog: Catalog) -> li
             PoolState(
                 gpu_type=cand.gpu_type,
                 cost_per_hour=cand.price_per_hour,
-                throughput=max(cand.throughput, 1e-9),
+                throughput=max(cand.slo_rate if by_slo else cand.throughput, 1e-9),
                 ready=ready,
                 starting=max(0, spec_replicas - ready),
                 free=inventory.free_replicas(cand.gpu_type, cand.shards),
