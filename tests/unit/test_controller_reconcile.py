@@ -295,3 +295,65 @@ def test_borrowed_surge_goes_to_the_next_type_in_the_planners_rank() -> None:
     sizes = {m["metadata"]["name"]: m["spec"]["replicas"] for m in out.apply if m["kind"] == "Deployment"}
     assert sizes == {"chat-l40s": 4, "chat-a100-80gb": 1}, sizes
     assert [e.reason for e in out.events if e.reason == "SurgeBorrowed"]
+
+
+def _server_pod(node_name: str, name: str, pool: str, version: str, phase: str = "Running") -> dict[str, Any]:
+    labels = {
+        "serving.qwenops.io/deployment": "chat",
+        "app.kubernetes.io/component": "server",
+        "serving.qwenops.io/pool": pool,
+    }
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "llm",
+            "labels": labels,
+            "annotations": {"serving.qwenops.io/model-version": version},
+        },
+        "spec": {"nodeName": node_name, "containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+        "status": {"phase": phase},
+    }
+
+
+def test_one_replica_full_pool_keeps_borrowing_while_its_surge_pod_is_pending() -> None:
+    """Regression (seen in the demo): a 1-replica pool on its only GPU. Once the new template is
+    applied, the Pending surge pod counts as ``updatedReplicas`` (1 == spec.replicas) while the
+    old pod still runs; the roll is not over, so the borrowed replica must stay (deleting it left
+    the surge pod Pending forever: a deadlocked roll)."""
+    nodes = [node("l0", "NVIDIA-L40S", 1), node("a0", "NVIDIA-A10G", 4)]
+    spec = qwd(replicas=1, placement={"gpuTypes": ["A10G", "L40S"]})
+    spec["status"] = {"model": {"currentVersion": "sha256:v1", "targetVersion": "sha256:v1"}}
+    obs = converge(Observed(qwd=spec, nodes=nodes))
+    moving = copy.deepcopy(dict(obs.qwd))
+    moving["status"]["model"] = {"currentVersion": "sha256:v1", "targetVersion": "sha256:v2"}
+    old_pod = _server_pod("l0", "chat-l40s-old", "l40s", "sha256:v1")
+    out = compute(
+        Observed(qwd=moving, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=[old_pod]),
+        CATALOG,
+        now="T",
+    )
+    deps = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
+    assert deps["chat-a10g"]["spec"]["replicas"] == 1  # borrowed
+    l40s = deps.get("chat-l40s") or next(d for d in obs.deployments if d["metadata"]["name"] == "chat-l40s")
+    surge_pending = _server_pod("", "chat-l40s-new", "l40s", "sha256:v2", phase="Pending")
+    for observed in (True, False):
+        live = as_live(l40s)
+        live["spec"]["template"]["metadata"]["annotations"]["serving.qwenops.io/model-version"] = "sha256:v2"
+        if observed:  # the Deployment controller saw the new template: 2 pods, the Pending one "updated"
+            live["status"].update(replicas=2, updatedReplicas=1, readyReplicas=1)
+        else:  # status still from the old generation: only the old pod says the roll is not over
+            live["metadata"]["generation"] = 2
+        out2 = compute(
+            Observed(
+                qwd=moving,
+                deployments=[live, as_live(deps["chat-a10g"], ready=0)],
+                others=obs.others,
+                nodes=nodes,
+                pods=[old_pod, surge_pending],
+            ),
+            CATALOG,
+            now="T",
+        )
+        assert not out2.delete, f"observed={observed}: the borrowed pool was removed mid-roll"
+        planned = {p.gpu_type: p.replicas for p in out2.plan.pools}
+        assert planned == {"L40S": 1, "A10G": 1}, (observed, planned)

@@ -31,7 +31,13 @@ from ..planner.placement import rank_key
 from ..planner.plan import INSUFFICIENT_GPUS, OK, Plan, plan
 from ..planner.pools import Pool
 from ..render.manifests import render
-from ..render.names import ANNOTATION_MODEL_VERSION, LABEL_POOL, pool_deployment_name, selector_string
+from ..render.names import (
+    ANNOTATION_MODEL_VERSION,
+    LABEL_POOL,
+    pool_deployment_name,
+    pool_selector,
+    selector_string,
+)
 from ..render.workload import OperatorDefaults, RenderContext
 from . import conditions as cond
 from .inventory import GPUInventory, compute_inventory
@@ -257,8 +263,9 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     elif deadline is not None:
         out.requeue_after = deadline.remaining
     target_version = pool_version(model) or spec.model.version
+    old_pods = pools_with_old_pods(name, namespace, list(live_by_type), obs.pods, target_version)
     the_plan, blocked, borrowed, borrow_ready = _borrow_surge(
-        the_plan, live_by_type, target_version, spec.rollout.max_surge, inventory, catalog
+        the_plan, live_by_type, target_version, spec.rollout.max_surge, inventory, catalog, old_pods
     )
     out.plan = the_plan
     no_surge = blocked if borrowed and borrow_ready else []
@@ -452,12 +459,38 @@ def _strategy(dep: Mapping[str, Any]) -> dict[str, Any]:
     return dict((dep.get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {})
 
 
-def _rolling(dep: Mapping[str, Any], target_version: str) -> bool:
-    """The pool must move to ``target_version``, or is still moving (old pods left)."""
+def _rolling(dep: Mapping[str, Any], target_version: str, old_pods: bool = False) -> bool:
+    """The pool must move to ``target_version``, or is still moving (old pods left).
+
+    ``updatedReplicas`` counts a Pending surge pod, so on a one-replica pool it equals
+    ``spec.replicas`` while the old pod still runs: ``status.replicas`` above it, or pods of
+    the pool still on another version (``old_pods``; the Deployment's status may not have
+    observed the new template yet), also mean the roll is not over.
+    """
     st = dep.get("status", {})
     observed = st.get("observedGeneration") == dep.get("metadata", {}).get("generation")
-    in_progress = observed and int(st.get("updatedReplicas") or 0) < _replicas(dep)
-    return _template_version(dep) != target_version or in_progress
+    updated = int(st.get("updatedReplicas") or 0)
+    in_progress = observed and (updated < _replicas(dep) or int(st.get("replicas") or 0) > updated)
+    return _template_version(dep) != target_version or in_progress or old_pods
+
+
+def pools_with_old_pods(
+    name: str, namespace: str, gpu_types: Sequence[str], pods: Sequence[Mapping[str, Any]], target_version: str
+) -> set[str]:
+    """GPU types of this resource's pools that still have a pod on another model version."""
+    out: set[str] = set()
+    for gpu_type in gpu_types:
+        selector = pool_selector(name, gpu_type)
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            if meta.get("namespace") != namespace or any(labels.get(k) != v for k, v in selector.items()):
+                continue
+            version = (meta.get("annotations") or {}).get(ANNOTATION_MODEL_VERSION)
+            if version is not None and version != target_version:
+                out.add(gpu_type)
+                break
+    return out
 
 
 def _borrow_surge(
@@ -467,6 +500,7 @@ def _borrow_surge(
     max_surge: int,
     inventory: GPUInventory,
     catalog: Catalog,
+    old_pods: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[Plan, list[str], str | None, bool]:
     """Keep rollouts moving on full GPU pools without dropping ready capacity.
 
@@ -482,7 +516,7 @@ def _borrow_surge(
     no_surge: list[str] = []
     for pool in the_plan.pools:
         dep = live_by_type.get(pool.gpu_type)
-        if dep is None or pool.replicas <= 0 or not _rolling(dep, target_version):
+        if dep is None or pool.replicas <= 0 or not _rolling(dep, target_version, pool.gpu_type in old_pods):
             continue
         room = inventory.free_replicas(pool.gpu_type, pool.shards)
         # sticky: a pool already rolling one at a time keeps doing so until it settles (the GPU its
