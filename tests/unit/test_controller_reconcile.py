@@ -357,3 +357,60 @@ def test_one_replica_full_pool_keeps_borrowing_while_its_surge_pod_is_pending() 
         assert not out2.delete, f"observed={observed}: the borrowed pool was removed mid-roll"
         planned = {p.gpu_type: p.replicas for p in out2.plan.pools}
         assert planned == {"L40S": 1, "A10G": 1}, (observed, planned)
+
+
+def test_one_at_a_time_roll_keeps_the_borrowed_replica_until_the_new_pod_is_ready() -> None:
+    """Regression (seen in the demo): the last old pod of a full pool was replaced, every pod is
+    "updated", but the new one is still loading its model; removing the borrowed replica then
+    dropped ready capacity by one until it finished."""
+    nodes = [node("l0", "NVIDIA-L40S", 1), node("a0", "NVIDIA-A10G", 4)]
+    spec = qwd(replicas=1, placement={"gpuTypes": ["A10G", "L40S"]})
+    spec["status"] = {"model": {"currentVersion": "sha256:v1", "targetVersion": "sha256:v1"}}
+    obs = converge(Observed(qwd=spec, nodes=nodes))
+    moving = copy.deepcopy(dict(obs.qwd))
+    moving["status"]["model"] = {"currentVersion": "sha256:v1", "targetVersion": "sha256:v2"}
+    old_pod = _server_pod("l0", "chat-l40s-old", "l40s", "sha256:v1")
+    borrowed_pod = _server_pod("a0", "chat-a10g-0", "a10g", "sha256:v2")
+    l40s_v1 = next(d for d in obs.deployments if d["metadata"]["name"] == "chat-l40s")
+    # phase 1: borrow; phase 2: the borrowed replica is Ready -> the L40S pool rolls one at a time
+    out = compute(
+        Observed(qwd=moving, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=[old_pod]),
+        CATALOG,
+        now="T",
+    )
+    borrowed = as_live(next(m for m in out.apply if m["metadata"]["name"] == "chat-a10g"))
+    out = compute(
+        Observed(
+            qwd=moving, deployments=[l40s_v1, borrowed], others=obs.others, nodes=nodes, pods=[old_pod, borrowed_pod]
+        ),
+        CATALOG,
+        now="T",
+    )
+    l40s = next(m for m in out.apply if m["metadata"]["name"] == "chat-l40s")
+    assert l40s["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    # the old pod is gone, the new one is loading: all "updated", none Ready
+    new_pod = _server_pod("l0", "chat-l40s-new", "l40s", "sha256:v2")
+    loading = as_live(l40s, ready=0)
+    out = compute(
+        Observed(
+            qwd=moving, deployments=[loading, borrowed], others=obs.others, nodes=nodes, pods=[new_pod, borrowed_pod]
+        ),
+        CATALOG,
+        now="T",
+    )
+    assert not out.delete and {p.gpu_type: p.replicas for p in out.plan.pools} == {"L40S": 1, "A10G": 1}
+    assert not any(m["metadata"]["name"] == "chat-l40s" for m in out.apply)  # still one at a time
+    # Ready: settled -> the pool gets its surge strategy back (the borrowed pool goes after)
+    out = compute(
+        Observed(
+            qwd=moving,
+            deployments=[as_live(l40s), borrowed],
+            others=obs.others,
+            nodes=nodes,
+            pods=[new_pod, borrowed_pod],
+        ),
+        CATALOG,
+        now="T",
+    )
+    applied = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
+    assert applied["chat-l40s"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}

@@ -516,7 +516,12 @@ def _borrow_surge(
     no_surge: list[str] = []
     for pool in the_plan.pools:
         dep = live_by_type.get(pool.gpu_type)
-        if dep is None or pool.replicas <= 0 or not _rolling(dep, target_version, pool.gpu_type in old_pods):
+        if dep is None or pool.replicas <= 0:
+            continue
+        # a pool rolling one at a time has settled only once its new pods are Ready too: until
+        # then the borrowed replica stands in for the pod it replaced (else capacity dips by one)
+        unsettled = _strategy(dep) == {"maxSurge": 0, "maxUnavailable": 1} and _ready(dep) < _replicas(dep)
+        if not (_rolling(dep, target_version, pool.gpu_type in old_pods) or unsettled):
             continue
         room = inventory.free_replicas(pool.gpu_type, pool.shards)
         # sticky: a pool already rolling one at a time keeps doing so until it settles (the GPU its
