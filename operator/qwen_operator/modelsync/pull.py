@@ -42,6 +42,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -61,6 +62,7 @@ from qwen_operator.modelsync.store import (
     hash_range,
     read_journal,
     start_writeback,
+    sync_path,
 )
 
 JOURNAL_STEP = 4 << 20  # a long download records its progress every 4 MiB
@@ -502,7 +504,7 @@ def _assemble(
             raise DigestMismatchError(f"{f.path} ({f.sha256}) vanished from the node cache during the pull; re-run it")
     # The durability point: every file's data (mostly written back already), then names.
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(manifest.files)))) as pool:
-        list(pool.map(_fdatasync, [staging / f.path for f in manifest.files]))
+        list(pool.map(partial(sync_path, data_only=True), [staging / f.path for f in manifest.files]))
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
         fsync_dir(d)
     print(f"assembled {len(manifest.files)} files", file=err, flush=True)
@@ -510,14 +512,6 @@ def _assemble(
     os.rename(staging, mdir / "versions" / vid)
     fsync_dir(mdir / "versions")
     shutil.rmtree(mdir / "staging", ignore_errors=True)
-
-
-def _fdatasync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_manifest(mdir: Path, vid: str, manifest: Manifest) -> None:

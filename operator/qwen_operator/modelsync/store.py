@@ -392,9 +392,14 @@ def start_writeback(fd: int, offset: int, size: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, size, SYNC_FILE_RANGE_WRITE)
 
 
-def fsync_dir(path: Path) -> None:
+def sync_path(path: Path, data_only: bool = False) -> None:
+    """fsync a directory (its entries) or file by path; ``data_only``: fdatasync a file's bytes."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        (os.fdatasync if data_only else os.fsync)(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    sync_path(path)
