@@ -38,7 +38,7 @@ from ..render.names import (
     pool_selector,
     selector_string,
 )
-from ..render.workload import OperatorDefaults, RenderContext
+from ..render.workload import NO_SURGE_ROLLING_UPDATE, OperatorDefaults, RenderContext
 from . import conditions as cond
 from .inventory import GPUInventory, compute_inventory
 from .rollout import (
@@ -465,13 +465,16 @@ def _rolling(dep: Mapping[str, Any], target_version: str, old_pods: bool = False
     ``updatedReplicas`` counts a Pending surge pod, so on a one-replica pool it equals
     ``spec.replicas`` while the old pod still runs: ``status.replicas`` above it, or pods of
     the pool still on another version (``old_pods``; the Deployment's status may not have
-    observed the new template yet), also mean the roll is not over.
+    observed the new template yet), also mean the roll is not over. A pool rolling one at a
+    time has finished only once its new pods are Ready too: until then the borrowed replica
+    stands in for the pod it replaced.
     """
     st = dep.get("status", {})
     observed = st.get("observedGeneration") == dep.get("metadata", {}).get("generation")
     updated = int(st.get("updatedReplicas") or 0)
     in_progress = observed and (updated < _replicas(dep) or int(st.get("replicas") or 0) > updated)
-    return _template_version(dep) != target_version or in_progress or old_pods
+    one_at_a_time_unready = _strategy(dep) == NO_SURGE_ROLLING_UPDATE and _ready(dep) < _replicas(dep)
+    return _template_version(dep) != target_version or in_progress or old_pods or one_at_a_time_unready
 
 
 def pools_with_old_pods(
@@ -516,17 +519,12 @@ def _borrow_surge(
     no_surge: list[str] = []
     for pool in the_plan.pools:
         dep = live_by_type.get(pool.gpu_type)
-        if dep is None or pool.replicas <= 0:
-            continue
-        # a pool rolling one at a time has settled only once its new pods are Ready too: until
-        # then the borrowed replica stands in for the pod it replaced (else capacity dips by one)
-        unsettled = _strategy(dep) == {"maxSurge": 0, "maxUnavailable": 1} and _ready(dep) < _replicas(dep)
-        if not (_rolling(dep, target_version, pool.gpu_type in old_pods) or unsettled):
+        if dep is None or pool.replicas <= 0 or not _rolling(dep, target_version, pool.gpu_type in old_pods):
             continue
         room = inventory.free_replicas(pool.gpu_type, pool.shards)
         # sticky: a pool already rolling one at a time keeps doing so until it settles (the GPU its
         # old pod freed is for its new pod, not a reason to flip back and release the borrowed one)
-        rolling_without_surge = _strategy(dep) == {"maxSurge": 0, "maxUnavailable": 1}
+        rolling_without_surge = _strategy(dep) == NO_SURGE_ROLLING_UPDATE
         if max_surge <= 0 or room < 1 or rolling_without_surge:
             no_surge.append(pool.gpu_type)
     if not no_surge:

@@ -63,6 +63,10 @@ STARTUP_BUDGET_SECONDS = 1800
 TERMINATION_GRACE_SECONDS = 120
 
 
+# how a pool with no GPU for a surge pod rolls: one replica at a time (a borrowed replica covers it)
+NO_SURGE_ROLLING_UPDATE = {"maxSurge": 0, "maxUnavailable": 1}
+
+
 @dataclass(frozen=True)
 class OperatorDefaults:
     """Operator-config defaults for what a QwenDeployment leaves unset (``registry.*``, ``nodeCache.path``)."""
@@ -257,7 +261,7 @@ def pool_deployment(spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gp
             "selector": {"matchLabels": pool_selector(ctx.name, pool.gpu_type)},
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}
+                "rollingUpdate": dict(NO_SURGE_ROLLING_UPDATE)
                 if pool.gpu_type in ctx.no_surge_pools
                 else {"maxSurge": spec.rollout.max_surge, "maxUnavailable": 0},
             },
