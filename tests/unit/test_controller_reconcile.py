@@ -298,21 +298,23 @@ def test_borrowed_surge_goes_to_the_next_type_in_the_planners_rank() -> None:
 
 
 def _server_pod(node_name: str, name: str, pool: str, version: str, phase: str = "Running") -> dict[str, Any]:
-    labels = {
-        "serving.qwenops.io/deployment": "chat",
-        "app.kubernetes.io/component": "server",
-        "serving.qwenops.io/pool": pool,
-    }
-    return {
-        "metadata": {
-            "name": name,
-            "namespace": "llm",
-            "labels": labels,
-            "annotations": {"serving.qwenops.io/model-version": version},
-        },
-        "spec": {"nodeName": node_name, "containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
-        "status": {"phase": phase},
-    }
+    """A model-server pod of pool ``pool`` on ``version`` (labels and annotation as rendered)."""
+    pod = _pod_on(node_name, 1, name)
+    pod["metadata"]["labels"].update({"app.kubernetes.io/component": "server", "serving.qwenops.io/pool": pool})
+    pod["metadata"]["annotations"] = {"serving.qwenops.io/model-version": version}
+    pod["status"]["phase"] = phase
+    return pod
+
+
+def _one_full_l40s_replica_moving_to_v2() -> tuple[list[dict[str, Any]], Observed, dict[str, Any], dict[str, Any]]:
+    """One replica on the sandbox's only L40S GPU, converged on v1, now targeting v2 (A10G has room)."""
+    nodes = [node("l0", "NVIDIA-L40S", 1), node("a0", "NVIDIA-A10G", 4)]
+    spec = qwd(replicas=1, placement={"gpuTypes": ["A10G", "L40S"]})
+    spec["status"] = {"model": {"currentVersion": "sha256:v1", "targetVersion": "sha256:v1"}}
+    obs = converge(Observed(qwd=spec, nodes=nodes))
+    moving = copy.deepcopy(dict(obs.qwd))
+    moving["status"]["model"] = {"currentVersion": "sha256:v1", "targetVersion": "sha256:v2"}
+    return nodes, obs, moving, _server_pod("l0", "chat-l40s-old", "l40s", "sha256:v1")
 
 
 def test_one_replica_full_pool_keeps_borrowing_while_its_surge_pod_is_pending() -> None:
@@ -320,13 +322,7 @@ def test_one_replica_full_pool_keeps_borrowing_while_its_surge_pod_is_pending() 
     applied, the Pending surge pod counts as ``updatedReplicas`` (1 == spec.replicas) while the
     old pod still runs; the roll is not over, so the borrowed replica must stay (deleting it left
     the surge pod Pending forever: a deadlocked roll)."""
-    nodes = [node("l0", "NVIDIA-L40S", 1), node("a0", "NVIDIA-A10G", 4)]
-    spec = qwd(replicas=1, placement={"gpuTypes": ["A10G", "L40S"]})
-    spec["status"] = {"model": {"currentVersion": "sha256:v1", "targetVersion": "sha256:v1"}}
-    obs = converge(Observed(qwd=spec, nodes=nodes))
-    moving = copy.deepcopy(dict(obs.qwd))
-    moving["status"]["model"] = {"currentVersion": "sha256:v1", "targetVersion": "sha256:v2"}
-    old_pod = _server_pod("l0", "chat-l40s-old", "l40s", "sha256:v1")
+    nodes, obs, moving, old_pod = _one_full_l40s_replica_moving_to_v2()
     out = compute(
         Observed(qwd=moving, deployments=obs.deployments, others=obs.others, nodes=nodes, pods=[old_pod]),
         CATALOG,
@@ -363,13 +359,7 @@ def test_one_at_a_time_roll_keeps_the_borrowed_replica_until_the_new_pod_is_read
     """Regression (seen in the demo): the last old pod of a full pool was replaced, every pod is
     "updated", but the new one is still loading its model; removing the borrowed replica then
     dropped ready capacity by one until it finished."""
-    nodes = [node("l0", "NVIDIA-L40S", 1), node("a0", "NVIDIA-A10G", 4)]
-    spec = qwd(replicas=1, placement={"gpuTypes": ["A10G", "L40S"]})
-    spec["status"] = {"model": {"currentVersion": "sha256:v1", "targetVersion": "sha256:v1"}}
-    obs = converge(Observed(qwd=spec, nodes=nodes))
-    moving = copy.deepcopy(dict(obs.qwd))
-    moving["status"]["model"] = {"currentVersion": "sha256:v1", "targetVersion": "sha256:v2"}
-    old_pod = _server_pod("l0", "chat-l40s-old", "l40s", "sha256:v1")
+    nodes, obs, moving, old_pod = _one_full_l40s_replica_moving_to_v2()
     borrowed_pod = _server_pod("a0", "chat-a10g-0", "a10g", "sha256:v2")
     l40s_v1 = next(d for d in obs.deployments if d["metadata"]["name"] == "chat-l40s")
     # phase 1: borrow; phase 2: the borrowed replica is Ready -> the L40S pool rolls one at a time
