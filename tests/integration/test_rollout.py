@@ -261,14 +261,27 @@ def create(
     fleet.custom.create_namespaced_custom_object(GROUP, VERSION, fleet.ns, PLURAL, body)
 
 
+def on_v1(
+    kube_api: Any,
+    namespace: str,
+    bucket: S3Bucket,
+    models: dict[str, Path],
+    start_operator: Callable[[], OperatorProcess],
+    **create_kw: Any,
+) -> tuple[str, OperatorProcess, Fleet]:
+    """Push v1, start the operator, create the resource and wait until it reports v1 synced."""
+    v1 = push(bucket, models["v1"], "v1")
+    op = start_operator()
+    fleet = Fleet(kube_api, namespace)
+    create(fleet, bucket, **create_kw)
+    wait_for("ModelSynced on v1", lambda: fleet.synced_on(v1))
+    return v1, op, fleet
+
+
 def test_moving_the_tag_rolls_every_pool_without_losing_ready_replicas(
     kube_api: Any, namespace: str, s3_bucket: S3Bucket, models: dict[str, Path], start_operator: Any
 ) -> None:
-    v1 = push(s3_bucket, models["v1"], "v1")
-    op = start_operator()
-    fleet = Fleet(kube_api, namespace)
-    create(fleet, s3_bucket, canary_replicas=0)
-    wait_for("ModelSynced on v1", lambda: fleet.synced_on(v1))
+    v1, op, fleet = on_v1(kube_api, namespace, s3_bucket, models, start_operator, canary_replicas=0)
     wait_for("Ready", lambda: fleet.condition("Ready").get("status") == "True")
     assert {p.metadata.annotations[VERSION_ANNOTATION] for p in fleet.ready_pods()} == {v1}
 
@@ -310,11 +323,7 @@ def test_failing_canary_rolls_back_and_a_passing_one_promotes(
     failing_server: str,
     sim_server: str,
 ) -> None:
-    v1 = push(s3_bucket, models["v1"], "v1")
-    op = start_operator()
-    fleet = Fleet(kube_api, namespace)
-    create(fleet, s3_bucket, canary_replicas=1)
-    wait_for("ModelSynced on v1", lambda: fleet.synced_on(v1))
+    v1, op, fleet = on_v1(kube_api, namespace, s3_bucket, models, start_operator, canary_replicas=1)
     with CanaryEndpoints(fleet) as endpoints, ReadyPoller(fleet) as poller:
         endpoints.url = failing_server
         v2 = push(s3_bucket, models["v2"], "v2")

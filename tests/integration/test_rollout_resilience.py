@@ -27,6 +27,7 @@ from test_rollout import (  # the harness the plain rollout tests use (sandbox f
     ReadyPoller,
     create,
     models,
+    on_v1,
     push,
     sim_server,
     start_operator,
@@ -76,11 +77,7 @@ def pool_pods_on(fleet: Fleet, version: str) -> list[Any]:
 def test_operator_killed_mid_rollout_resumes_from_cluster_state(
     kube_api: Any, namespace: str, s3_bucket: S3Bucket, models: dict[str, Path], start_operator: Any
 ) -> None:
-    v1 = push(s3_bucket, models["v1"], "v1")
-    op = start_operator()
-    fleet = Fleet(kube_api, namespace)
-    create(fleet, s3_bucket, canary_replicas=0, replicas=3)
-    wait_for("ModelSynced on v1", lambda: fleet.synced_on(v1))
+    v1, op, fleet = on_v1(kube_api, namespace, s3_bucket, models, start_operator, canary_replicas=0, replicas=3)
     wait_for("Ready", lambda: fleet.condition("Ready").get("status") == "True")
 
     with ReadyPoller(fleet) as poller, UidSampler(fleet) as uids:
@@ -162,11 +159,7 @@ def gated_server(sim_server: str) -> Iterator[type[_Gate]]:
 def test_operator_killed_mid_smoke_test_tests_again_and_promotes_once(
     kube_api: Any, namespace: str, s3_bucket: S3Bucket, models: dict[str, Path], start_operator: Any, gated_server: Any
 ) -> None:
-    v1 = push(s3_bucket, models["v1"], "v1")
-    op = start_operator()
-    fleet = Fleet(kube_api, namespace)
-    create(fleet, s3_bucket, canary_replicas=1)
-    wait_for("ModelSynced on v1", lambda: fleet.synced_on(v1))
+    v1, op, fleet = on_v1(kube_api, namespace, s3_bucket, models, start_operator, canary_replicas=1)
     with CanaryEndpoints(fleet) as endpoints, ReadyPoller(fleet) as poller, UidSampler(fleet) as uids:
         endpoints.url = gated_server.url
         v2 = push(s3_bucket, models["v2"], "v2")
@@ -196,12 +189,10 @@ def test_operator_killed_mid_smoke_test_tests_again_and_promotes_once(
 def test_canary_without_a_gpu_times_out_across_a_restart_and_is_not_retried(
     kube_api: Any, namespace: str, s3_bucket: S3Bucket, models: dict[str, Path], start_operator: Any
 ) -> None:
-    v1 = push(s3_bucket, models["v1"], "v1")
-    op = start_operator()
-    fleet = Fleet(kube_api, namespace)
     # four replicas hold every A10G GPU of the sandbox and A10G is the only allowed type
-    create(fleet, s3_bucket, canary_replicas=1, replicas=4, canary_timeout=15)
-    wait_for("ModelSynced on v1", lambda: fleet.synced_on(v1))
+    v1, op, fleet = on_v1(
+        kube_api, namespace, s3_bucket, models, start_operator, canary_replicas=1, replicas=4, canary_timeout=15
+    )
     wait_for("4 ready", lambda: len(fleet.ready_pods()) == 4)
     with ReadyPoller(fleet) as poller:
         v2 = push(s3_bucket, models["v2"], "v2")
