@@ -335,10 +335,11 @@ class Autoscaler:
         desired = previous if decision is None else decision.total
         if desired is None:
             desired = spec.desired_replicas(None)
-        changed = previous is not None and desired != previous
+        # against what runs when nothing was recorded yet: a floor may scale on the very first tick
+        changed = desired != held
         DESIRED.labels(key[0], key[1]).set(desired)
-        if changed and previous is not None:
-            SCALE_EVENTS.labels(key[0], key[1], "up" if desired > previous else "down").inc()
+        if changed:
+            SCALE_EVENTS.labels(key[0], key[1], "up" if desired > held else "down").inc()
         if changed:
             state.last_scale_time = cond.now_rfc3339()
         status: dict[str, Any] = {
@@ -373,9 +374,9 @@ class Autoscaler:
             await asyncio.to_thread(self.kube.apply_status, key[0], key[1], status, MANAGER)
             state.last_written = {"material": material, "status": _numbers(status)}
             state.last_write_at = now
-            if changed and previous is not None:
-                direction = "ScaledUp" if desired > previous else "ScaledDown"
-                msg = f"Desired replicas {previous} -> {desired}: {status['autoscaler']['lastDecision']}"
+            if changed:
+                direction = "ScaledUp" if desired > held else "ScaledDown"
+                msg = f"Desired replicas {held} -> {desired}: {status['autoscaler']['lastDecision']}"
                 await asyncio.to_thread(self.kube.event, obs.qwd, "Normal", direction, msg)
             elif last.get("material") and last["material"][1] != material[1]:
                 kind = "Warning" if condition.status is False else "Normal"
