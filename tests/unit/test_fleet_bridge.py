@@ -63,12 +63,13 @@ def test_bad_go_durations_name_the_value(text: str) -> None:
 
 
 def test_replica_follows_the_rendered_pod() -> None:
-    started = datetime.now(UTC) - timedelta(seconds=4)
+    now = datetime.now(UTC)  # one clock reading: rendering may take a while on a loaded machine
+    started = now - timedelta(seconds=4)
     rep = pod_replica(rendered_pod("chat-a10g-x", ["A10G"], "20s", **running(False, started)))
     assert (rep.gpu, rep.shards, rep.quantization, rep.model) == ("A10G", 1, "fp8", "Qwen/Qwen3-14B")
     assert rep.pool == "a10g" and rep.running and not rep.ready
     assert dict(rep.limits)["max_concurrent_requests"] == 64
-    assert 15.0 <= cold_start_left(rep, datetime.now(UTC).timestamp()) <= 16.5
+    assert 15.0 <= cold_start_left(rep, now.timestamp()) <= 16.5
 
 
 def test_tensor_parallel_pod_gets_its_shards() -> None:
