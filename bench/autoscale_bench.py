@@ -78,7 +78,7 @@ def run(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trace", default=None, help="Azure trace CSV (default ../shared/traces)")
+    parser.add_argument("--trace", default=None, help="Azure trace CSV (default: the copy shipped with the package)")
     parser.add_argument("--untuned", action="store_true", help="also run the diurnal day with seed 7 and the week")
     parser.add_argument("--prewarm", action="store_true", help="also compare the pre-warm variants (diurnal, week)")
     parser.add_argument("--json", help="write every figure as JSON")

@@ -3,13 +3,16 @@
 Each concern owns its subcommands in its own ``cli`` module exposing
 ``register(subparsers)``; this file only assembles them, so adding a command never
 touches another concern's code. A subcommand's handler returns the process exit code.
-Expected failures print ``error: ...`` (no traceback) and exit non-zero.
+Expected failures print ``error: ...`` (no traceback) and exit 2. Anything else a
+subcommand raises is still one line (``error: <kind>: <message>``, exit 1) unless
+``QWENCTL_DEBUG=1`` asks for the traceback: a user never has to read a stack to act.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -58,6 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # an unexpected failure: one line, the traceback only on request
+        if os.environ.get("QWENCTL_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(
+            f"error: {type(exc).__name__}: {first or 'unexpected failure'} (QWENCTL_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 from huggingface_hub import AsyncInferenceClient
 
 from qwen_operator.autoscale.prometheus import PrometheusSource
-from qwen_operator.render.runtimes import TGI
+from qwen_operator.engines.runtimes import TGI
 from qwen_operator.sandbox.prometheus import PrometheusServer, Target
 
 pytestmark = pytest.mark.prometheus

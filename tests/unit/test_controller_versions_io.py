@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from qwen_operator.capacity.model import ReplicaModel
 from qwen_operator.cli import UserError
 from qwen_operator.controller.cli import parse_config
 from qwen_operator.controller.reconcile import Observed
 from qwen_operator.controller.versions import MANAGER, VersionWatcher, classify, resolve, smoke_test
 from qwen_operator.modelsync.manifest import ChunkRef, FileEntry, Manifest
 from qwen_operator.modelsync.registry import NotFoundError, RegistryError
-from qwen_operator.sim.model import ReplicaModel
 from qwen_operator.sim.server import SimulatedTGI, serve
 
 

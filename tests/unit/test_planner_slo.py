@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from qwen_operator.api import QwenDeploymentSpec
+from qwen_operator.capacity.model import ReplicaModel
 from qwen_operator.catalog import DEFAULT_GPUS, DEFAULT_MODELS, Catalog
 from qwen_operator.planner import (
     NO_GPU_TYPE_MEETS_SLO,
@@ -20,7 +21,6 @@ from qwen_operator.planner import (
 )
 from qwen_operator.planner.placement import rank_key
 from qwen_operator.sim.capacity import calibrate_pool
-from qwen_operator.sim.model import ReplicaModel
 from qwen_operator.sim.trace import TraceRow
 
 GPUS = ["A10G", "L40S", "A100-80GB"]

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
+from qwen_operator.capacity.model import ReplicaModel
 from qwen_operator.sim.engine import OK, OVERLOADED, VALIDATION, ReplicaEngine, Request
-from qwen_operator.sim.model import ReplicaModel
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
+from qwen_operator.capacity import model as pm
+from qwen_operator.capacity.model import ReplicaModel
 from qwen_operator.catalog import DEFAULT_GPUS, DEFAULT_MODELS
-from qwen_operator.sim import model as pm
-from qwen_operator.sim.model import ReplicaModel
 from qwen_operator.sim.sessions import percentile, run_chat_sessions
 
 QWEN14 = "Qwen/Qwen3-14B"

@@ -17,7 +17,7 @@ import pytest
 from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub.errors import OverloadedError
 
-from qwen_operator.sim.model import ReplicaModel
+from qwen_operator.capacity.model import ReplicaModel
 from qwen_operator.sim.server import ServedTGI, SimulatedTGI, serve
 from qwen_operator.sim.tgi_metrics import DURATION_BUCKETS
 

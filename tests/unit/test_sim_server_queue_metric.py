@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from qwen_operator.sim.model import ReplicaModel
+from qwen_operator.capacity.model import ReplicaModel
 from qwen_operator.sim.server import SimulatedTGI
 
 

@@ -53,12 +53,19 @@ def test_missing_file(tmp_path: Path) -> None:
         load_azure_csv(tmp_path / "nope.csv")
 
 
-def test_default_path_is_next_to_the_repo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_default_trace_ships_with_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A fresh clone or a pip-installed qwenctl finds the trace inside the package, nowhere else."""
     monkeypatch.delenv("QWEN_TRACES_DIR", raising=False)
     path = default_trace_path()
-    assert path.parts[-3:] == ("shared", "traces", "azure-llm-conv-2023.csv")
+    assert path.parts[-4:] == ("qwen_operator", "sim", "data", "azure-llm-conv-2023.csv.gz")
+    assert "shared" not in path.parts
+    rows = load_azure_csv(path)
+    assert len(rows) == 19366  # the published hour, every request
+    assert (path.parent / "README.md").read_text().count("CC-BY 4.0") >= 1
     monkeypatch.setenv("QWEN_TRACES_DIR", str(tmp_path))
     assert default_trace_path() == tmp_path / "azure-llm-conv-2023.csv"
+    with pytest.raises(TraceError, match="unset \\$QWEN_TRACES_DIR"):
+        load_azure_csv(default_trace_path())
 
 
 def test_flat_replays_as_recorded(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..render.runtimes import MetricNames
+from ..engines.runtimes import MetricNames
 
 
 @dataclass(frozen=True)

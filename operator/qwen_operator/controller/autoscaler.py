@@ -39,11 +39,11 @@ from ..api.spec import QwenDeploymentSpec
 from ..autoscale import prewarm
 from ..autoscale.policy import Decision, Floor, History, PoolState, Recommendation, Signals, Targets, decide
 from ..autoscale.prometheus import FleetSignals
+from ..capacity.model import ReplicaModel
 from ..catalog import Catalog, resolve_gpu_name
+from ..engines.runtimes import runtime_for
 from ..planner.plan import plan, workload_for
 from ..render.names import pool_deployment_name
-from ..render.runtimes import runtime_for
-from ..sim.model import ReplicaModel
 from . import conditions as cond
 from .inventory import compute_inventory
 from .metrics import DECISIONS, DESIRED, SCALE_EVENTS

@@ -30,7 +30,7 @@ an all-reduce per layer: ``tp_efficiency = 0.9 ** log2(shards)`` over NVLink and
 types by $ per unit of throughput, not a benchmark.
 
 SLO (time to first token). A replica that fits is then asked of the simulator's replica
-model (:class:`qwen_operator.sim.model.ReplicaModel`, the same model ``qwenctl simulate``
+model (:class:`qwen_operator.capacity.model.ReplicaModel`, the same model ``qwenctl simulate``
 and the simulated TGI server use) for a typical request (``spec.scaling.typicalPromptTokens``
 in, ``typicalOutputTokens`` out):
 
@@ -60,8 +60,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from ..capacity.model import ReplicaModel, SLOCapacity
 from ..catalog import GB, GPUType, QwenModel
-from ..sim.model import ReplicaModel, SLOCapacity
 
 
 @dataclass(frozen=True)

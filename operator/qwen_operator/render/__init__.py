@@ -4,9 +4,9 @@ Inputs are the typed spec, the planner's :class:`~qwen_operator.planner.Plan` an
 :class:`RenderContext`; outputs are plain dicts ready for server-side apply.
 """
 
+from ..engines.runtimes import RUNTIMES, MetricNames, Runtime, runtime_for
 from .manifests import render
 from .names import pool_deployment_name, selector_string, server_selector
-from .runtimes import RUNTIMES, MetricNames, Runtime, runtime_for
 from .workload import RenderContext, default_operator_image
 
 __all__ = [

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..api.spec import QwenDeploymentSpec
+from ..engines.runtimes import runtime_for
 from .names import common_labels, server_selector, service_name
-from .runtimes import runtime_for
 from .workload import RenderContext, metadata
 
 SERVICE_PORT = 80

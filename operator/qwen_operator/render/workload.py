@@ -41,6 +41,7 @@ from typing import Any
 from ..api import API_VERSION, KIND
 from ..api.spec import DEFAULT_CACHE_PATH, QwenDeploymentSpec
 from ..catalog import GPUType
+from ..engines.runtimes import runtime_for
 from ..planner.pools import Pool
 from .names import (
     ANNOTATION_MODEL,
@@ -53,7 +54,6 @@ from .names import (
     pool_selector,
     pool_slug,
 )
-from .runtimes import runtime_for
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"

@@ -15,8 +15,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from ..capacity.model import ReplicaModel
 from .engine import OK, ReplicaEngine, Request
-from .model import ReplicaModel
 from .trace import TraceRow
 
 LATENCY_METRICS = ("ttft", "e2e")

@@ -40,7 +40,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from .model import TGI_MAX_WAITING_TOKENS, TGI_WAITING_SERVED_RATIO, ReplicaModel
+from ..capacity.model import TGI_MAX_WAITING_TOKENS, TGI_WAITING_SERVED_RATIO, ReplicaModel
 
 OK = "ok"
 OVERLOADED = "overloaded"

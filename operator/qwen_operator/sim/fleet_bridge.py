@@ -30,10 +30,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..capacity.model import ReplicaModel
 from ..render.names import selector_string
 from ..sandbox.prometheus import Target
 from .balancer import Backend, LeastOutstandingBalancer, Outcome
-from .model import ReplicaModel
 from .pod_replica import PodReplica, PodSpecError, cold_start_left, pod_replica
 from .server import ServedTGI, SimulatedTGI, serve
 

@@ -35,8 +35,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..capacity.model import ReplicaModel
 from .engine import OVERLOADED, ReplicaEngine, Request
-from .model import ReplicaModel
 from .tgi_metrics import TGIMetrics
 from .tgi_payloads import TGI_VERSION, details, error, estimate_tokens, text_of, token
 

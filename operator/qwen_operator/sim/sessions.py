@@ -14,8 +14,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from ..capacity.model import ReplicaModel
 from .engine import ReplicaEngine, Request
-from .model import ReplicaModel
 
 
 @dataclass(frozen=True)

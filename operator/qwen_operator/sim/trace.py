@@ -3,8 +3,9 @@
 Why it exists: the autoscaler is judged on traffic with real burst structure and real
 request sizes, stretched over the peak-and-trough shape the operator exists for. This
 module is pure (stdlib only, seeded): it turns the Azure LLM conversation trace
-(``TIMESTAMP, ContextTokens, GeneratedTokens``; Azure Public Dataset, CC-BY 4.0, see
-``../shared/traces/README.md``) into a list of timed requests.
+(``TIMESTAMP, ContextTokens, GeneratedTokens``; Azure Public Dataset, CC-BY 4.0, shipped
+with the package as ``sim/data/azure-llm-conv-2023.csv.gz``, attribution in
+``sim/data/README.md``) into a list of timed requests.
 
 Envelopes are explicit data (:data:`ENVELOPES`):
 
@@ -26,6 +27,8 @@ Never special-cased on the file: any CSV with the three columns works.
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import math
 import os
 import random
@@ -35,6 +38,8 @@ from pathlib import Path
 
 TRACE_FILE = "azure-llm-conv-2023.csv"
 TRACE_ENV = "QWEN_TRACES_DIR"
+#: The copy shipped as package data (gzip; CC-BY 4.0, see ``data/README.md``).
+BUNDLED_TRACE = Path(__file__).resolve().parent / "data" / (TRACE_FILE + ".gz")
 
 
 class TraceError(ValueError):
@@ -125,12 +130,11 @@ class Trace:
 
 
 def default_trace_path() -> Path:
-    """``$QWEN_TRACES_DIR/azure-llm-conv-2023.csv``, else ``<repo>/../shared/traces/...``."""
+    """``$QWEN_TRACES_DIR/azure-llm-conv-2023.csv``, else the copy shipped with the package."""
     env = os.environ.get(TRACE_ENV)
     if env:
         return Path(env) / TRACE_FILE
-    repo_root = Path(__file__).resolve().parents[3]
-    return repo_root.parent / "shared" / "traces" / TRACE_FILE
+    return BUNDLED_TRACE
 
 
 def _parse_time(text: str) -> float:
@@ -140,11 +144,19 @@ def _parse_time(text: str) -> float:
 
 
 def load_azure_csv(path: str | Path) -> list[TraceRow]:
-    """Read ``TIMESTAMP, ContextTokens, GeneratedTokens`` rows, offsets from the first."""
+    """Read ``TIMESTAMP, ContextTokens, GeneratedTokens`` rows, offsets from the first (``.gz`` too)."""
     path = Path(path)
     if not path.is_file():
-        raise TraceError(f"trace file {path} does not exist")
-    with path.open(newline="") as fh:
+        hint = f" (unset ${TRACE_ENV} to use the bundled trace)" if os.environ.get(TRACE_ENV) else ""
+        raise TraceError(f"trace file {path} does not exist{hint}")
+    try:
+        raw_bytes = path.read_bytes()
+        if path.suffix == ".gz":
+            raw_bytes = gzip.decompress(raw_bytes)
+        text = raw_bytes.decode("utf-8")
+    except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as exc:
+        raise TraceError(f"trace file {path} is unreadable: {exc}") from None
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         need = {"TIMESTAMP", "ContextTokens", "GeneratedTokens"}
         if reader.fieldnames is None or not need <= set(reader.fieldnames):
