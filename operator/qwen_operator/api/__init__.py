@@ -11,6 +11,7 @@ from .spec import (
     QwenDeploymentSpec,
     ResourceRequests,
     RolloutSpec,
+    RoutingSpec,
     RuntimeSpec,
     ScalingSpec,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "QwenDeploymentStatus",
     "ResourceRequests",
     "RolloutSpec",
+    "RoutingSpec",
     "RuntimeSpec",
     "ScalingSpec",
     "VERSION",

@@ -308,7 +308,111 @@ class RolloutSpec(BaseModel):
     digest not retried until spec.model.version changes or the tag moves to another digest."""
 
 
+#: DNS-1123 label (namespaces; Gateway listener section names are the same shape in Gateway API).
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class GatewayParentRef(BaseModel):
+    """The Gateway the HTTPRoute attaches to (Gateway API ``parentRefs``)."""
+
+    model_config = _config()
+
+    name: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """Name of the Gateway (required when inferencePool is true)."""
+    namespace: str | None = Field(default=None, min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)
+    """Namespace of the Gateway; unset: the QwenDeployment's namespace."""
+    section_name: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """Listener of the Gateway to attach to (its sectionName); unset: every listener that allows the route."""
+
+
+class EndpointPickerRef(BaseModel):
+    """The endpoint picker (ext-proc) Service the gateway asks which pod gets a request.
+
+    The operator's router is an HTTP proxy, not a Gateway API Inference Extension endpoint
+    picker: on this path the picker is the one the cluster's inference gateway ships."""
+
+    model_config = _config()
+
+    name: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """Service of the endpoint picker in the same namespace; unset: <name>-epp."""
+    port: int = Field(default=9002, ge=1, le=65535)
+    """gRPC port of the endpoint picker Service (9002 is the upstream default)."""
+    failure_mode: Literal["FailOpen", "FailClose"] = "FailClose"
+    """What the gateway does when the picker does not answer: FailClose drops the request, FailOpen picks a pod
+    itself."""
+
+
+_GATEWAY_RULES = (
+    Rule(
+        cel="!has(self.inferencePool) || !self.inferencePool || (has(self.parentRef) && has(self.parentRef.name))",
+        message="parentRef.name (the Gateway) is required when inferencePool is true",
+        check=lambda g: not g.inference_pool or g.parent_ref.name is not None,
+        field_path=".parentRef.name",
+        reason="FieldValueRequired",
+    ),
+)
+
+
+class GatewaySpec(_Checked):
+    """Gateway API path: an InferencePool over the server pods and an HTTPRoute from a Gateway."""
+
+    model_config = _config(_GATEWAY_RULES)
+    RULES = _GATEWAY_RULES
+
+    inference_pool: bool = False
+    """Render an InferencePool (inference.networking.k8s.io/v1) selecting the server pods and an HTTPRoute
+    (gateway.networking.k8s.io/v1) from parentRef to it; applied only when those CRDs exist in the cluster.
+    Independent of enabled: the built-in router can run beside it."""
+    parent_ref: GatewayParentRef = Field(default_factory=GatewayParentRef)
+    """The Gateway the HTTPRoute attaches to."""
+    endpoint_picker: EndpointPickerRef = Field(default_factory=EndpointPickerRef)
+    """The InferencePool's endpointPickerRef."""
+
+
+class RoutingSpec(BaseModel):
+    """The data plane: a router per QwenDeployment in front of every pool (qwenctl router).
+
+    Clients talk to the Service <name>, which selects the router pods; the router picks a server pod by
+    capacity-weighted least-outstanding requests, with prefix/session affinity and request holding. The
+    server pods sit behind their own Service <name>-servers."""
+
+    model_config = _config()
+
+    enabled: bool = True
+    """Deploy the router; false: the Service <name> selects the server pods directly (kube-proxy spreads
+    connections uniformly, blind to GPU type and load; scaling.minReplicas 0 is then not allowed)."""
+    affinity: bool = True
+    """Prefix/session affinity (consistent hashing with bounded load) so repeated prefixes reuse a replica's
+    KV cache; the session header x-session-id, else the leading part of the prompt, is the key."""
+    load_bound: float = Field(default=1.25, ge=1, le=100)
+    """Affinity gives way when the preferred replica's load exceeds loadBound x the fleet's mean load (>= 1)."""
+    hold_queue: int = Field(default=256, ge=0, le=100000)
+    """Requests the router holds while no replica is Ready or all are at maxConcurrentRequests (0: none;
+    over it requests are answered 503 with Retry-After)."""
+    hold_timeout_seconds: float = Field(default=30, gt=0, le=3600)
+    """Longest a held request waits for a replica before a 503 with Retry-After; a scale from zero needs
+    a cold start within it."""
+    retries: int = Field(default=2, ge=0, le=10)
+    """Attempts on another replica after connection refused, reset before the first response byte, or 429
+    (never once bytes reached the client)."""
+    canary_traffic_percent: float = Field(default=0, ge=0, le=100)
+    """Share of requests (0..100) sent to canary replicas once their smoke test passed; 0: none."""
+    replicas: int = Field(default=2, ge=1, le=100)
+    """Router pods (spread across nodes, a PodDisruptionBudget keeps one up)."""
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    """Gateway API Inference Extension path, instead of or beside the router."""
+
+
 _SPEC_RULES = (
+    Rule(
+        cel="!has(self.scaling) || !has(self.scaling.minReplicas) || self.scaling.minReplicas > 0"
+        " || !has(self.routing) || !has(self.routing.enabled) || self.routing.enabled",
+        message="scaling.minReplicas 0 requires routing.enabled true: only the router holds requests while a"
+        " replica starts from zero; set scaling.minReplicas to 1 or more, or enable routing",
+        check=lambda s: s.scaling.min_replicas > 0 or s.routing.enabled,
+        field_path=".scaling.minReplicas",
+        reason="FieldValueForbidden",
+    ),
     Rule(
         cel="!(self.runtime.engine == 'tgi' && self.model.quantization in ['awq', 'gptq']"
         " && self.model.name.matches('(?i)^(qwen/)?qwen3'))",
@@ -341,6 +445,8 @@ class QwenDeploymentSpec(_Checked):
     """Autoscaling policy."""
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     """Rolling update policy."""
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    """Request routing: the router in front of the pools, and the Gateway API path."""
 
     def desired_replicas(self, autoscaler_desired: int | None = None) -> int:
         """Replicas to run: the autoscaler's figure (clamped) when enabled, else spec.replicas."""

@@ -66,6 +66,14 @@ class PoolStatus(BaseModel):
     """Replicas passing their readiness probe."""
     cost_per_hour: float = Field(default=0.0, ge=0)
     """Catalog price of the pool's GPUs in $/hour (replicas x shards x $/GPU-hour)."""
+    capacity_requests_per_second: float | None = Field(default=None, ge=0)
+    """Requests/s one replica of this pool sustains with P95 time to first token within
+    spec.scaling.p95LatencySeconds (the planner's figure for the typical request): the router's weight."""
+    prefill_tokens_per_second: float | None = Field(default=None, ge=0)
+    """Prompt tokens/s one replica prefills (replica model): the router's size-aware TTFT estimate."""
+    max_concurrent_requests: int | None = Field(default=None, ge=0)
+    """Requests one replica accepts at once (spec.runtime.maxConcurrentRequests): the router holds or
+    sends elsewhere beyond it."""
 
 
 class CanaryStatus(BaseModel):
@@ -126,13 +134,31 @@ class PredictiveProfile(BaseModel):
     """Per slot, the most replicas load needed so far today (folded into peaks when the day ends)."""
 
 
+class DesiredPool(BaseModel):
+    """Replicas the autoscaler wants on one GPU pool."""
+
+    model_config = _CONFIG
+
+    gpu_type: str = Field(max_length=32)
+    """GPU catalog type of the pool, e.g. A10G."""
+    replicas: int = Field(ge=0)
+    """Replicas (ready + starting) the pool's Deployment is sized to."""
+
+
 class AutoscalerStatus(BaseModel):
-    """The autoscaler's last decision; the reconciler sizes pools from desiredReplicas."""
+    """The autoscaler's last decision; the reconciler sizes pools from desiredPools (total: desiredReplicas)."""
 
     model_config = _CONFIG
 
     desired_replicas: int | None = Field(default=None, ge=0)
     """Replicas the autoscaler wants (clamped to scaling.minReplicas..maxReplicas)."""
+    desired_pools: list[DesiredPool] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["gpuType"]},
+    )
+    """Replicas the autoscaler wants per GPU pool (the same decision qwenctl simulate runs): the reconciler
+    sizes each pool Deployment from it, spilling over to the next GPU type only when a pool has no free GPU left."""
     queue_depth: float | None = None
     """Waiting requests per ready replica at the last evaluation."""
     p95_seconds: float | None = None
