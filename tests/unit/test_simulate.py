@@ -210,3 +210,83 @@ def test_cli_policy_lists_and_groups() -> None:
     assert parse_policies("qwen, qwen+schedule,qwen") == ("qwen", "qwen+schedule")
     with pytest.raises(UserError, match=r"--policy: 'qwen\+magic' is not valid"):
         parse_policies("qwen+magic")
+
+
+# --- routing: the router's algorithm against a Service and plain least-outstanding ----------------
+
+from qwen_operator.sim.capacity import PoolProfile, smallest_fit  # noqa: E402
+from qwen_operator.sim.fleet import ROUTINGS, Fleet, router_pools, serve_fixed  # noqa: E402
+
+SLO = 1.2
+
+
+def planner_profile(gpu: str) -> PoolProfile:
+    """A pool weighted by the replica model's requests/s within the SLO for 512/128-token requests."""
+    r = smallest_fit("Qwen/Qwen3-14B", gpu, "fp8")
+    assert r is not None
+    cap = r.slo_capacity(512, 128, SLO)
+    return PoolProfile(gpu, r.shards, r, r.gpu.price_per_gpu_hour, cap.rate, cap.concurrency, r.cold_start_seconds)
+
+
+@pytest.fixture(scope="module")
+def mixed() -> dict[str, PoolProfile]:
+    return {g: planner_profile(g) for g in ("L40S", "A10G")}
+
+
+def poisson(rate: float, seconds: float, seed: int = 1) -> list[float]:
+    rng, t, out = random.Random(seed), 0.0, []
+    while True:
+        t += rng.expovariate(rate)
+        if t >= seconds:
+            return out
+        out.append(t)
+
+
+def test_router_pools_publish_the_slo_rate_prefill_speed_and_concurrency_bound(mixed: dict) -> None:  # type: ignore[type-arg]
+    caps = router_pools(mixed)
+    assert caps["L40S"].weight == mixed["L40S"].rate_at_slo > 5 * caps["A10G"].weight
+    assert caps["L40S"].prefill_tokens_per_second == mixed["L40S"].replica.prefill_tokens_per_second
+    assert caps["A10G"].max_concurrency == 128
+
+
+def test_router_holds_the_slo_on_mixed_pools_where_a_service_breaks(mixed: dict) -> None:  # type: ignore[type-arg]
+    fleet = {"L40S": 2, "A10G": 4}
+    planned = sum(mixed[g].rate_at_slo * n for g, n in fleet.items())
+    arr = poisson(0.6 * planned, 180.0)
+    n = len(arr)
+    runs = {r: serve_fixed(mixed, fleet, arr, [512] * n, [128] * n, r, SLO) for r in ROUTINGS}
+    assert runs["router"].p95_seconds <= SLO and runs["router"].rejected == 0
+    assert runs["service"].p95_seconds > SLO  # uniform: the A10G replicas get 1/6 of the traffic each
+    assert runs["router"].p95_seconds < runs["least-outstanding"].p95_seconds < runs["service"].p95_seconds
+
+
+@pytest.mark.parametrize(("routing", "long_on_a10g"), [("router", False), ("least-outstanding", True)])
+def test_router_keeps_long_prompts_off_a_pool_whose_prefill_breaks_the_slo(
+    mixed: dict,  # type: ignore[type-arg]
+    routing: str,
+    long_on_a10g: bool,
+) -> None:
+    fl = Fleet(mixed, {"L40S": 1, "A10G": 2}, "ttft", routing, SLO)
+    fl.apply(0.0, {"L40S": 1, "A10G": 2}, instant=True)
+    went: dict[tuple[str, int], int] = {}
+    for i, t in enumerate(poisson(2.0, 60.0)):
+        fl.sync(t)
+        prompt = 2048 if i % 2 else 256  # a 2,048-token prefill takes ~1.6 s on an idle A10G
+        r = fl.route(t, prompt, 64)
+        assert r is not None
+        went[r.pool, prompt] = went.get((r.pool, prompt), 0) + 1
+    assert (went.get(("A10G", 2048), 0) > 0) == long_on_a10g
+    assert went.get(("L40S", 2048), 0) > 0
+
+
+def test_unknown_routing_is_rejected() -> None:
+    with pytest.raises(ValueError, match="routing 'dns'"):
+        Fleet({}, {}, "ttft", "dns")
+
+
+def test_cli_routing_flag_is_validated_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qwen_operator.cli import build_parser
+
+    args = build_parser().parse_args(["simulate", "--routing", "round-robin"])
+    with pytest.raises(UserError, match="--routing: 'round-robin' is not valid; valid: router, least-outstanding"):
+        args.handler(args)

@@ -20,6 +20,7 @@ from ..catalog.gpus import DEFAULT_GPUS, resolve_gpu_name
 from ..catalog.models import DEFAULT_MODELS, QUANTIZATIONS, resolve_model_name
 from ..cli import UserError
 from .capacity import LATENCY_METRICS
+from .fleet import ROUTINGS
 from .simulate import ALL_POLICIES, POLICIES, PolicyResult, SimConfig, simulate
 from .trace import ENVELOPES, TraceError, build_trace, default_trace_path, load_azure_csv
 
@@ -72,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     parse_policies(args.policy)
     _choice("--quantization", args.quantization, QUANTIZATIONS)
     _choice("--latency", args.latency, LATENCY_METRICS)
+    _choice("--routing", args.routing, ROUTINGS)
     if args.rate_scale is not None and not (args.rate_scale > 0 and math.isfinite(args.rate_scale)):
         raise UserError(f"--rate-scale: must be a positive number, got {args.rate_scale}")
     try:
@@ -87,16 +89,17 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         slo_seconds=args.slo_p95,
         latency_metric=args.latency,
         seed=args.seed,
+        routing=args.routing,
     )
 
 
-def format_table(results: dict[str, PolicyResult], slo: float, metric: str) -> str:
+def format_table(results: dict[str, PolicyResult], slo: float, metric: str, routing: str = "router") -> str:
     w = max(12, *(len(name) for name in results))
     head = (
         f"{'policy':<{w}} {'GPU-h':>8} {'cost $':>9} {'SLO min':>8} {'P95 s':>7} "
         f"{'rejected':>9} {'scales':>7} {'osc':>5}"
     )
-    lines = [f"{BANNER}; SLO: P95 {metric} <= {slo:g}s", head, "-" * len(head)]
+    lines = [f"{BANNER}; SLO: P95 {metric} <= {slo:g}s; routing: {routing}", head, "-" * len(head)]
     for name, r in results.items():
         lines.append(
             f"{name:<{w}} {r.gpu_hours:8.2f} {r.cost_usd:9.2f} {r.slo_minutes_fraction:8.2%} {r.p95_seconds:7.2f} "
@@ -128,7 +131,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         raise UserError(f"--gpus/--model/--slo-p95: {exc}") from None
     for note in notes:
         print(f"  pool {note}")
-    print(format_table(results, cfg.slo_seconds, cfg.latency_metric))
+    print(format_table(results, cfg.slo_seconds, cfg.latency_metric, cfg.routing))
     floored = {name: r.floor_decisions for name, r in results.items() if "+" in name}
     if floored:
         print("decisions a pre-warm floor changed: " + ", ".join(f"{k} {v}" for k, v in floored.items()))
@@ -139,6 +142,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             "envelope": args.envelope,
             "slo_p95_seconds": cfg.slo_seconds,
             "latency_metric": cfg.latency_metric,
+            "routing": cfg.routing,
             "policies": {name: r.metrics() for name, r in results.items()},
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
@@ -169,6 +173,12 @@ def register(subparsers: Any) -> None:
         default="all",
         help=f"comma-separated: {', '.join(ALL_POLICIES)}; or all (the first five, default), prewarm "
         "(qwen, qwen+schedule, qwen+predictive, oracle)",
+    )
+    p.add_argument(
+        "--routing",
+        default="router",
+        help="how requests reach replicas: router (the router's algorithm: capacity-weighted, size-aware; "
+        "default), least-outstanding (unweighted), service (uniform random, what a Kubernetes Service gives)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rate-scale", type=float, default=None, help="multiply the envelope's arrival rate")

@@ -84,6 +84,7 @@ class SimConfig:
     seed: int = 0
     prewarm_lead_seconds: float | None = None  # pre-warm variants; None: slowest cold start + one tick
     lookback_days: int = 7  # qwen+predictive: spec.scaling.predictive.lookbackDays
+    routing: str = "router"  # router | least-outstanding | service (sim/fleet.py ROUTINGS)
 
 
 @dataclass
@@ -223,7 +224,8 @@ def simulate_policy(
         raise ValueError(f"unknown policy {name!r}; valid: {', '.join(ALL_POLICIES)}")
     if not profiles:
         raise ValueError("no GPU pool can serve this model within the SLO")
-    fleet = Fleet(profiles, cfg.gpus, cfg.latency_metric)
+    slo_ttft = cfg.slo_seconds if cfg.latency_metric == "ttft" else 0.0
+    fleet = Fleet(profiles, cfg.gpus, cfg.latency_metric, cfg.routing, slo_ttft, cfg.seed)
     max_replicas = cfg.max_replicas or sum(fleet.limits.values())
     targets = Targets(
         min_replicas=cfg.min_replicas,
