@@ -34,8 +34,10 @@ def test_render_prints_applyable_yaml(capsys: pytest.CaptureFixture[str]) -> Non
     rc = main(["render", "-f", str(SAMPLES / "qwen2.5-72b-a100.yaml")])
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert rc == 0
-    assert [d["kind"] for d in docs] == ["Service", "PodDisruptionBudget", "Deployment"]
-    dep = docs[2]
+    kinds = ["Service", "Service", "PodDisruptionBudget", "ServiceAccount", "Role", "RoleBinding"]
+    assert [d["kind"] for d in docs] == [*kinds, "PodDisruptionBudget", "Deployment", "Deployment"]
+    assert docs[-2]["metadata"]["name"] == "qwen72b-router"
+    dep = docs[-1]
     assert dep["metadata"] == {**dep["metadata"], "name": "qwen72b-a100-80gb", "namespace": "llm"}
     assert dep["spec"]["replicas"] == 2
     gpus = dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]

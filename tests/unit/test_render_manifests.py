@@ -42,12 +42,15 @@ TWO_POOLS = {"A10G": 4, "L40S": 1}
 
 
 def test_one_deployment_per_pool_with_deterministic_names() -> None:
-    objs = manifests(make_spec(), TWO_POOLS)
+    objs = manifests(make_spec(routing={"enabled": False}), TWO_POOLS)
     assert [o["kind"] for o in objs] == ["Service", "PodDisruptionBudget", "Deployment", "Deployment"]
     assert [o["metadata"]["name"] for o in by_kind(objs, "Deployment")] == ["chat-l40s", "chat-a10g"]  # rank order
+    routed = manifests(make_spec(), TWO_POOLS)  # the router's objects come before the pools (test_render_router.py)
+    assert [o["metadata"]["name"] for o in by_kind(routed, "Deployment")] == ["chat-router", "chat-l40s", "chat-a10g"]
     a10g, l40s = deployment(objs, "chat-a10g"), deployment(objs, "chat-l40s")
     assert a10g["spec"]["replicas"] == 2 and l40s["spec"]["replicas"] == 1  # 4 A10G / 2 shards
-    assert objs == manifests(make_spec(), TWO_POOLS)  # pure and deterministic
+    assert objs == manifests(make_spec(routing={"enabled": False}), TWO_POOLS)  # pure and deterministic
+    assert routed == manifests(make_spec(), TWO_POOLS)
 
 
 def test_tgi_container() -> None:
@@ -145,7 +148,7 @@ def test_no_credentials_and_pvc_cache() -> None:
 
 
 def test_labels_strategy_and_selectors() -> None:
-    objs = manifests(make_spec(), TWO_POOLS)
+    objs = manifests(make_spec(routing={"enabled": False}), TWO_POOLS)
     d = deployment(objs, "chat-a10g")
     labels = d["spec"]["template"]["metadata"]["labels"]
     for key in (
@@ -190,8 +193,11 @@ def test_owner_reference_when_uid_known() -> None:
 
 
 def test_plan_without_pools_renders_only_shared_objects() -> None:
-    objs = manifests(make_spec(), {})
+    objs = manifests(make_spec(routing={"enabled": False}), {})
     assert [o["kind"] for o in objs] == ["Service", "PodDisruptionBudget"]
+    # the router stays up with no pool (it holds requests through a scale from zero)
+    routed = [(o["kind"], o["metadata"]["name"]) for o in manifests(make_spec(), {})]
+    assert [n for k, n in routed if k == "Deployment"] == ["chat-router"]
 
 
 @pytest.mark.parametrize(

@@ -38,8 +38,10 @@ def register(subparsers: Any) -> None:
     r = subparsers.add_parser(
         "render",
         help="print the manifests the operator would apply",
-        description="Print, as multi-document YAML, the Service, PodDisruptionBudget and per-pool Deployments "
-        "the operator would apply for a QwenDeployment file.",
+        description="Print, as multi-document YAML, the Services, PodDisruptionBudgets, the router (Deployment, "
+        "ServiceAccount, Role, RoleBinding; spec.routing.enabled), the InferencePool and HTTPRoute "
+        "(spec.routing.gateway.inferencePool) and per-pool Deployments the operator would apply for a "
+        "QwenDeployment file.",
     )
     _common(r)
     r.add_argument("--namespace", help="namespace (default: metadata.namespace, else default)")
@@ -205,6 +207,7 @@ def _render_cmd(args: argparse.Namespace) -> int:
         model_version=args.model_version,
         operator_image=args.operator_image,
         service_monitor=args.service_monitor,
+        gateway_api=True,  # the operator applies them only where both CRDs exist; show what it would apply
     )
     if result.reason:
         print(f"warning: {result.reason_code}: {result.reason}", file=sys.stderr)

@@ -1,8 +1,12 @@
 """The renderer's entry point: spec + plan -> every manifest the operator applies.
 
-Output is plain dicts, ordered Service, PodDisruptionBudget, [ServiceMonitor], then one
-Deployment per pool in plan order. Pools with zero replicas are not rendered: the
-controller deletes owned Deployments that are absent from this list (after their
+Output is plain dicts, ordered Service, [Service ``<name>-servers``], PodDisruptionBudget,
+[ServiceMonitor], [router ServiceAccount, Role, RoleBinding, PDB, Deployment],
+[InferencePool, HTTPRoute], then one Deployment per pool in plan order. The router objects
+come with ``spec.routing.enabled``; the Gateway API objects with
+``spec.routing.gateway.inferencePool`` and only when the controller saw both CRDs
+(``RenderContext.gateway_api``; ``qwenctl render`` prints them regardless). Pools with
+zero replicas are not rendered: the controller deletes owned Deployments that are absent from this list (after their
 replacements are ready).
 """
 
@@ -13,15 +17,24 @@ from typing import Any
 from ..api.spec import QwenDeploymentSpec
 from ..catalog import Catalog, resolve_gpu_name
 from ..planner.plan import Plan
-from .service import pod_disruption_budget, service, service_monitor
+from .gateway import http_route, inference_pool
+from .router import router_objects
+from .service import pod_disruption_budget, servers_service, service, service_monitor
 from .workload import RenderContext, pool_deployment
 
 
 def render(spec: QwenDeploymentSpec, plan: Plan, ctx: RenderContext, catalog: Catalog) -> list[dict[str, Any]]:
     """All manifests for one QwenDeployment; pure and deterministic."""
-    out = [service(spec, ctx), pod_disruption_budget(spec, ctx)]
+    out = [service(spec, ctx)]
+    if spec.routing.enabled:
+        out.append(servers_service(spec, ctx))
+    out.append(pod_disruption_budget(spec, ctx))
     if ctx.service_monitor:
         out.append(service_monitor(spec, ctx))
+    if spec.routing.enabled:
+        out += router_objects(spec, ctx)
+    if spec.routing.gateway.inference_pool and ctx.gateway_api:
+        out += [inference_pool(spec, ctx), http_route(spec, ctx)]
     for pool in plan.pools:
         if pool.replicas <= 0:
             continue

@@ -16,6 +16,7 @@ from ..api import GROUP
 MANAGED_BY = "qwen-operator"
 APP_NAME = "qwen"
 COMPONENT = "server"
+ROUTER_COMPONENT = "router"
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
@@ -62,12 +63,22 @@ def service_name(name: str) -> str:
     return dns_label(name)
 
 
-def common_labels(name: str) -> dict[str, str]:
-    """Labels on every object a QwenDeployment owns."""
+def servers_service_name(name: str) -> str:
+    """``<qwd>-servers``: the Service over the server pods when the router fronts them."""
+    return dns_label(f"{name}-servers")
+
+
+def router_name(name: str) -> str:
+    """``<qwd>-router``: the router's Deployment, PDB, ServiceAccount, Role and RoleBinding."""
+    return dns_label(f"{name}-router")
+
+
+def common_labels(name: str, component: str = COMPONENT) -> dict[str, str]:
+    """Labels on every object a QwenDeployment owns (``component``: server, or router for the data plane)."""
     return {
         LABEL_NAME: APP_NAME,
         LABEL_INSTANCE: label_value(name),
-        LABEL_COMPONENT: COMPONENT,
+        LABEL_COMPONENT: component,
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_DEPLOYMENT: label_value(name),
     }
@@ -76,6 +87,11 @@ def common_labels(name: str) -> dict[str, str]:
 def server_selector(name: str) -> dict[str, str]:
     """Selects every server pod of the QwenDeployment, across pools (Service, PDB, scale)."""
     return {LABEL_DEPLOYMENT: label_value(name), LABEL_COMPONENT: COMPONENT}
+
+
+def router_selector(name: str) -> dict[str, str]:
+    """Selects the router pods; disjoint from :func:`server_selector` (the component label differs)."""
+    return {LABEL_DEPLOYMENT: label_value(name), LABEL_COMPONENT: ROUTER_COMPONENT}
 
 
 def pool_selector(name: str, gpu_type: str) -> dict[str, str]:

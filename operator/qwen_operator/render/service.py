@@ -1,7 +1,10 @@
-"""Objects shared by all pools: the Service, the PodDisruptionBudget, the ServiceMonitor.
+"""Objects shared by all pools: the Services, the PodDisruptionBudget, the ServiceMonitor.
 
-One Service selects the server pods of every pool, so clients see one endpoint while
-replicas move between GPU types. The PDB lets node drains evict one pod at a time and
+The client Service ``<name>`` is one endpoint while replicas move between GPU types. With
+``spec.routing.enabled`` (the default) it selects the router pods (port 80 -> 8080) and a
+second Service ``<name>-servers`` selects the server pods of every pool (what the
+ServiceMonitor scrapes; canary pods are reached only through the router's canary rule).
+Without the router, ``<name>`` selects the server pods directly. The PDB lets node drains evict one pod at a time and
 never blocks on pods that are not ready yet (``unhealthyPodEvictionPolicy: AlwaysAllow``:
 a replica still loading its model is no capacity to protect). The ServiceMonitor is only
 rendered when the controller saw the Prometheus Operator CRD in the cluster.
@@ -13,17 +16,41 @@ from typing import Any
 
 from ..api.spec import QwenDeploymentSpec
 from ..engines.runtimes import runtime_for
-from .names import common_labels, server_selector, service_name
+from .names import (
+    ROUTER_COMPONENT,
+    common_labels,
+    router_selector,
+    server_selector,
+    servers_service_name,
+    service_name,
+)
 from .workload import RenderContext, metadata
 
 SERVICE_PORT = 80
 
 
 def service(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
+    """The client Service ``<name>``: the router pods when routing is enabled, else the server pods."""
+    routed = spec.routing.enabled
+    labels = common_labels(ctx.name, ROUTER_COMPONENT) if routed else common_labels(ctx.name)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(ctx, service_name(ctx.name), common_labels(ctx.name)),
+        "metadata": metadata(ctx, service_name(ctx.name), labels),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": router_selector(ctx.name) if routed else server_selector(ctx.name),
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def servers_service(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
+    """``<name>-servers`` over every server pod (rendered only with the router in front)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(ctx, servers_service_name(ctx.name), common_labels(ctx.name)),
         "spec": {
             "type": "ClusterIP",
             "selector": server_selector(ctx.name),

@@ -87,6 +87,7 @@ class RenderContext:
     operator_image: str | None = None  # None: ghcr.io/qwenops/qwen-operator:<package version>
     owner_uid: str | None = None  # adds an ownerReference when set
     service_monitor: bool = False  # render a ServiceMonitor (only when that CRD exists)
+    gateway_api: bool = False  # render InferencePool + HTTPRoute when asked (only when both CRDs exist)
     pod_annotations: tuple[tuple[str, str], ...] = ()  # operator config podAnnotations (mesh, scraping, ...)
     # pools rolling without room to surge on their own GPU type: one replica at a time (the
     # controller borrows the surge on another pool so ready capacity does not drop)

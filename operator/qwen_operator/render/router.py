@@ -1,0 +1,212 @@
+"""The data plane of one QwenDeployment: the router Deployment and what it needs to run.
+
+``qwenctl router`` (same image as the operator) sits between the client Service ``<name>``
+and the server pods of every pool: it watches the server pods and the QwenDeployment
+(``status.pools`` carries each pool's capacity weight) and picks a replica per request.
+
+Pod shape, and why:
+- 2 replicas by default, spread across nodes (topology spread, plus a preferred
+  anti-affinity for schedulers without the spread plugin) and a PDB keeping one up: the
+  router is on every request's path, so a node drain must never take all of it.
+- ``automountServiceAccountToken: true`` on a ServiceAccount of its own: the router reads
+  the API (pods and the QwenDeployment, nothing else; see :func:`router_role`).
+- Small requests (a Python proxy: about one core per 1,000 short requests/s), restricted
+  security (non-root, read-only root filesystem, no capabilities), readiness on ``/health``
+  (200 once a replica is Ready or while it is holding requests).
+- Labels carry ``app.kubernetes.io/component: router``: the server selector (component
+  ``server``) never selects a router pod, nor the router selector a server pod.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import GROUP, PLURAL
+from ..api.spec import QwenDeploymentSpec
+from .names import (
+    ROUTER_COMPONENT,
+    common_labels,
+    router_name,
+    router_selector,
+)
+from .workload import RenderContext, default_operator_image, metadata
+
+ROUTER_PORT = 8080
+ROUTER_COMMAND = ("qwenctl", "router")
+ROUTER_UID = 65532
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+
+
+def _num(value: float) -> str:
+    """``1.25`` -> ``1.25``, ``30.0`` -> ``30``: flag values as a user would type them."""
+    return f"{value:g}"
+
+
+def router_args(spec: QwenDeploymentSpec, ctx: RenderContext) -> list[str]:
+    """``qwenctl router`` flags (after :data:`ROUTER_COMMAND`) from ``spec.routing``; the router checks them again."""
+    r = spec.routing
+    return [
+        "--namespace",
+        ctx.namespace,
+        "--deployment",
+        ctx.name,
+        "--port",
+        str(ROUTER_PORT),
+        "--affinity",
+        "on" if r.affinity else "off",
+        "--load-bound",
+        _num(r.load_bound),
+        "--hold-queue",
+        str(r.hold_queue),
+        "--hold-timeout",
+        _num(r.hold_timeout_seconds),
+        "--retries",
+        str(r.retries),
+        "--canary-percent",
+        _num(r.canary_traffic_percent),
+    ]
+
+
+def router_labels(name: str) -> dict[str, str]:
+    return common_labels(name, ROUTER_COMPONENT)
+
+
+def router_deployment(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
+    """The router Deployment ``<name>-router``."""
+    labels = router_labels(ctx.name)
+    selector = router_selector(ctx.name)
+    probe = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 2}
+    template_meta: dict[str, Any] = {"labels": labels}
+    if ctx.pod_annotations:
+        template_meta["annotations"] = dict(ctx.pod_annotations)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(ctx, router_name(ctx.name), labels),
+        "spec": {
+            "replicas": spec.routing.replicas,
+            "selector": {"matchLabels": selector},
+            # a new router pod is Ready (watching endpoints) before an old one goes
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            "template": {
+                "metadata": template_meta,
+                "spec": {
+                    "serviceAccountName": router_name(ctx.name),
+                    "automountServiceAccountToken": True,
+                    "enableServiceLinks": False,
+                    # held requests get up to holdTimeoutSeconds; let in-flight streams finish
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": ROUTER_UID,
+                        "runAsGroup": ROUTER_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": HOSTNAME_TOPOLOGY,
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": selector},
+                        }
+                    ],
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "weight": 100,
+                                    "podAffinityTerm": {
+                                        "topologyKey": HOSTNAME_TOPOLOGY,
+                                        "labelSelector": {"matchLabels": selector},
+                                    },
+                                }
+                            ]
+                        }
+                    },
+                    "containers": [
+                        {
+                            "name": "router",
+                            "image": ctx.operator_image or default_operator_image(),
+                            "command": list(ROUTER_COMMAND),
+                            "args": router_args(spec, ctx),
+                            "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
+                            "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 2},
+                            "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
+                            "resources": {
+                                "requests": {"cpu": "250m", "memory": "256Mi"},
+                                "limits": {"memory": "1Gi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def router_pdb(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
+    """Keep one router pod through voluntary disruptions (it carries every request)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(ctx, router_name(ctx.name), router_labels(ctx.name)),
+        "spec": {
+            "minAvailable": 1,
+            "selector": {"matchLabels": router_selector(ctx.name)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def router_service_account(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(ctx, router_name(ctx.name), router_labels(ctx.name)),
+        "automountServiceAccountToken": True,
+    }
+
+
+def router_role(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
+    """What the router reads, and nothing else: pods (endpoints) and QwenDeployments (capacity, settings).
+
+    The operator may only grant what it holds itself (RBAC escalation prevention); its chart
+    gives it exactly these verbs on these resources."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": metadata(ctx, router_name(ctx.name), router_labels(ctx.name)),
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch"]},
+        ],
+    }
+
+
+def router_role_binding(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
+    name = router_name(ctx.name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": metadata(ctx, name, router_labels(ctx.name)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ctx.namespace}],
+    }
+
+
+def router_objects(spec: QwenDeploymentSpec, ctx: RenderContext) -> list[dict[str, Any]]:
+    """ServiceAccount, Role, RoleBinding, PDB, Deployment (the order they are applied in)."""
+    return [
+        router_service_account(spec, ctx),
+        router_role(spec, ctx),
+        router_role_binding(spec, ctx),
+        router_pdb(spec, ctx),
+        router_deployment(spec, ctx),
+    ]
