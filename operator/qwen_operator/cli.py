@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "qwen_operator.planner.cli",  # plan, render
     "qwen_operator.sim.cli",  # simulate, sim-server
     "qwen_operator.modelsync.cli",  # model push/pull/diff/...
+    "qwen_operator.router.cli",  # router (the data plane)
 )
 
 
