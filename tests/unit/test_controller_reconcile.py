@@ -16,6 +16,8 @@ def qwd(**spec_over: Any) -> dict[str, Any]:
         "model": {"name": "Qwen/Qwen3-14B", "registry": "s3://models/qwen3-14b", "quantization": "fp8"},
         "placement": {"gpuTypes": ["A10G", "L40S"]},
         "replicas": 2,
+        # these tests are about GPU pools; the router's objects are covered in test_controller_routing.py
+        "routing": {"enabled": False},
     }
     spec.update(spec_over)
     return {

@@ -183,6 +183,8 @@ def _run(args: argparse.Namespace) -> int:
     api = client.ApiClient()
     ctl_config = controller_config(cfg, args.resync_seconds)
     ctl_config.service_monitor_crd = _crd_exists(api, "servicemonitors.monitoring.coreos.com")
+    # the Gateway API path (spec.routing.gateway.inferencePool) needs both CRDs in the cluster
+    ctl_config.gateway_api_crds = all(_crd_exists(api, crd) for crd in GATEWAY_API_CRDS)
     controller = Controller(Kube(api), catalog, ctl_config)
     prom_url = args.prometheus_url or cfg.prometheus.url or None
     fetch = None
@@ -276,6 +278,10 @@ def _connection_info(kopf: Any, cfg: Any) -> Any:
         scheme=scheme or None,
         token=token or None,
     )
+
+
+#: CRDs of the Gateway API path; the operator may read these two CRDs by name (see the chart's RBAC).
+GATEWAY_API_CRDS = ("inferencepools.inference.networking.k8s.io", "httproutes.gateway.networking.k8s.io")
 
 
 def _crd_exists(api: Any, name: str) -> bool:

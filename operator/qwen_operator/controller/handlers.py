@@ -30,6 +30,7 @@ from ..render.workload import OperatorDefaults
 from .kube import Kube
 from .metrics import RECONCILE_SECONDS, RECONCILES
 from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute, with_watcher_status
+from .routing import is_router
 from .versions import MANAGER as MODEL_SYNC_MANAGER
 
 log = logging.getLogger("qwen_operator.controller")
@@ -43,6 +44,7 @@ class ControllerConfig:
     resync_seconds: float = 60.0
     operator_image: str | None = None
     service_monitor_crd: bool = False
+    gateway_api_crds: bool = False  # InferencePool and HTTPRoute CRDs exist (watched and applied only then)
     pod_annotations: tuple[tuple[str, str], ...] = ()
     defaults: OperatorDefaults = field(default_factory=OperatorDefaults)  # operator config registry, nodeCache
 
@@ -195,11 +197,13 @@ class Controller:
         owned = list(self.owned.get(key, {}).values())
         return Observed(
             qwd=self.qwds[key],
-            deployments=[o for o in owned if o["kind"] == "Deployment"],
-            others=[o for o in owned if o["kind"] != "Deployment"],
+            # the router's Deployment is no GPU pool: it goes with the other owned objects
+            deployments=[o for o in owned if o["kind"] == "Deployment" and not is_router(o)],
+            others=[o for o in owned if o["kind"] != "Deployment" or is_router(o)],
             nodes=list(self.nodes.values()),
             pods=list(self.pods.values()),
             service_monitor_crd=self.config.service_monitor_crd,
+            gateway_api_crds=self.config.gateway_api_crds,
             operator_image=self.config.operator_image,
             pod_annotations=self.config.pod_annotations,
             defaults=self.config.defaults,
@@ -255,9 +259,7 @@ class Controller:
                 now,
             )
         for d in out.delete:
-            await asyncio.to_thread(
-                self.kube.delete_deployment, key[0], d["metadata"]["name"], d["metadata"].get("uid")
-            )
+            await asyncio.to_thread(self.kube.delete, d)
             self.expected[("delete", key[0], d["metadata"]["name"])] = (d["metadata"].get("uid") or "", now)
         if out.status is not None:
             await asyncio.to_thread(self.kube.apply_status, key[0], key[1], out.status)
@@ -311,6 +313,8 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     async def pdb_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
         controller.on_owned(event.get("type"), _with_kind(body, "PodDisruptionBudget"))
 
+    register_routing(registry, controller, managed)
+
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def node_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
         controller.on_node(event.get("type"), body)
@@ -324,3 +328,25 @@ def _with_kind(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
     out = dict(body)
     out.setdefault("kind", kind)
     return out
+
+
+def register_routing(registry: kopf.OperatorRegistry, controller: Controller, managed: Mapping[str, str]) -> None:
+    """Watches of what the router needs (ServiceAccount, Role, RoleBinding) and, only when their CRDs
+    exist, the Gateway API objects: owned objects must be in the cache to be pruned when
+    ``spec.routing`` stops rendering them, and to be re-applied when changed."""
+    watched = [
+        ("", "v1", "serviceaccounts", "ServiceAccount"),
+        ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+        ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    ]
+    if controller.config.gateway_api_crds:
+        watched += [
+            ("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool"),
+            ("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
+        ]
+    for group, version, plural, kind in watched:
+
+        async def on_event(event: Mapping[str, Any], body: Mapping[str, Any], _kind: str = kind, **_: Any) -> None:
+            controller.on_owned(event.get("type"), _with_kind(body, _kind))
+
+        kopf.on.event(group, version, plural, labels=dict(managed), registry=registry, id=f"{plural}_event")(on_event)

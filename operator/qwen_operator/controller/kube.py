@@ -26,6 +26,12 @@ from ..api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from .metrics import API_WRITES
 
 FIELD_MANAGER = "qwen-operator"
+#: Custom resources the controller applies: kind -> (group, version, plural).
+CUSTOM_KINDS = {
+    "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
+    "InferencePool": ("inference.networking.k8s.io", "v1", "inferencepools"),
+    "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
+}
 APPLY = "application/apply-patch+yaml"
 
 
@@ -53,6 +59,7 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.policy = client.PolicyV1Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 
     # -- workloads -----------------------------------------------------------------------
@@ -69,12 +76,50 @@ class Kube:
             self.core.patch_namespaced_service(name, ns, obj, **kw)
         elif kind == "PodDisruptionBudget":
             self.policy.patch_namespaced_pod_disruption_budget(name, ns, obj, **kw)
-        elif kind == "ServiceMonitor":
-            self.custom.patch_namespaced_custom_object(
-                "monitoring.coreos.com", "v1", ns, "servicemonitors", name, obj, **kw
-            )
+        elif kind == "ServiceAccount":
+            self.core.patch_namespaced_service_account(name, ns, obj, **kw)
+        elif kind == "Role":
+            self.rbac.patch_namespaced_role(name, ns, obj, **kw)
+        elif kind == "RoleBinding":
+            self.rbac.patch_namespaced_role_binding(name, ns, obj, **kw)
+        elif kind in CUSTOM_KINDS:
+            group, version, plural = CUSTOM_KINDS[kind]
+            self.custom.patch_namespaced_custom_object(group, version, ns, plural, name, obj, **kw)
         else:
             raise ValueError(f"the controller does not apply {kind}")
+
+    def delete(self, obj: Mapping[str, Any]) -> None:
+        """Delete an owned object (a pool Deployment leaving the plan, or what routing no longer renders).
+
+        The uid precondition makes sure a same-named object created since (e.g. by a user) is kept."""
+        kind, meta = str(obj["kind"]), obj["metadata"]
+        name, ns, uid = meta["name"], meta["namespace"], meta.get("uid")
+        if kind == "Deployment":
+            self.delete_deployment(ns, name, uid)
+            return
+        WRITES.add(f"delete:{kind}")
+        body = client.V1DeleteOptions(
+            propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid) if uid else None
+        )
+        try:
+            if kind == "Service":
+                self.core.delete_namespaced_service(name, ns, body=body)
+            elif kind == "PodDisruptionBudget":
+                self.policy.delete_namespaced_pod_disruption_budget(name, ns, body=body)
+            elif kind == "ServiceAccount":
+                self.core.delete_namespaced_service_account(name, ns, body=body)
+            elif kind == "Role":
+                self.rbac.delete_namespaced_role(name, ns, body=body)
+            elif kind == "RoleBinding":
+                self.rbac.delete_namespaced_role_binding(name, ns, body=body)
+            elif kind in CUSTOM_KINDS:
+                group, version, plural = CUSTOM_KINDS[kind]
+                self.custom.delete_namespaced_custom_object(group, version, ns, plural, name, body=body)
+            else:
+                raise ValueError(f"the controller does not delete {kind}")
+        except client.ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
 
     def delete_deployment(self, namespace: str, name: str, uid: str | None = None) -> None:
         WRITES.add("delete:Deployment")

@@ -55,6 +55,7 @@ from .rollout import (
     timed_out,
     watcher_status,
 )
+from .routing import is_router, pool_capacity, stale_objects
 
 HASH_ANNOTATION = "serving.qwenops.io/applied-hash"
 __all__ = ["GPU_TYPE_ANNOTATION", "HASH_ANNOTATION", "Event", "Observed", "Outcome", "compute", "with_watcher_status"]
@@ -100,6 +101,7 @@ class Observed:
     nodes: Sequence[Mapping[str, Any]] = ()
     pods: Sequence[Mapping[str, Any]] = ()  # pods requesting GPUs, any namespace
     service_monitor_crd: bool = False
+    gateway_api_crds: bool = False  # InferencePool and HTTPRoute CRDs exist: render the Gateway API path
     operator_image: str | None = None
     pod_annotations: tuple[tuple[str, str], ...] = ()
     defaults: OperatorDefaults = field(default_factory=OperatorDefaults)  # operator config registry, nodeCache
@@ -231,7 +233,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
             {},
         )
 
-    pool_deps = [d for d in obs.deployments if not is_canary(d)]
+    pool_deps = [d for d in obs.deployments if not is_canary(d) and not is_router(d)]
     live_by_type = {_gpu_type(d): d for d in pool_deps}
     current = {t: _replicas(d) for t, d in live_by_type.items()}
     # every pod's GPUs count as used, ours included: the planner keeps `current` pools and
@@ -279,6 +281,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
         operator_image=obs.operator_image,
         owner_uid=meta.get("uid"),
         service_monitor=obs.service_monitor_crd,
+        gateway_api=obs.gateway_api_crds,
         pod_annotations=obs.pod_annotations,
         defaults=obs.defaults,
     )
@@ -322,7 +325,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
                     f"Canary Deployment {m['metadata']['name']}: {_replicas(m)} replica(s) on {canary_version}.",
                 )
             )
-        elif m["kind"] == "Deployment":
+        elif m["kind"] == "Deployment" and not is_router(m):
             gpu = _gpu_type(m)
             if prev is None:
                 out.events.append(
@@ -369,6 +372,12 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
         else:
             waiting_on_replacement = True
 
+    for obj in stale_objects(manifests, obs.others):  # e.g. the router once spec.routing.enabled is false
+        out.delete.append(obj)
+        out.events.append(
+            Event("Normal", "Removed", f"Removed {obj['kind']} {obj['metadata']['name']} (not rendered).")
+        )
+
     # status, from the live pools (what actually runs), planned first
     pools_status = []
     for dep in sorted(pool_deps, key=lambda d: (d["metadata"]["name"] not in planned_names, _gpu_type(d))):
@@ -382,6 +391,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
                 "replicas": _replicas(dep),
                 "readyReplicas": _ready(dep),
                 "costPerHour": round(_replicas(dep) * (cand.price_per_hour if cand else 0.0), 3),
+                **pool_capacity(spec, catalog, cand),  # the router's weights (controller/routing.py)
             }
         )
     ready_total = sum(p["readyReplicas"] for p in pools_status)
