@@ -247,3 +247,23 @@ def test_load_above_the_floor_scales_up_as_usual_and_keeps_the_load_capacity() -
 def test_no_floor_is_the_unchanged_policy() -> None:
     for pools, signals in (([a10g(2)], Signals(16, 0.8, 30)), ([a10g(5)], Signals(0, NAN, 0))):
         assert decide(0.0, pools, signals, T) == decide(0.0, pools, signals, T, floor=None)
+
+
+def test_a_request_rate_is_compared_only_with_capacities_in_requests_per_second() -> None:
+    busy = Signals(0, 0.3, 4, request_rate=10.0)  # 10 req/s against 2 replicas of 1.0 req/s: 6.25x
+    assert decide(0.0, [a10g(2)], busy, T).kind == "panic"
+    relative = PoolState("A10G", cost_per_hour=1.006, throughput=1.0, ready=2, free=8, per_second=False)
+    calm = decide(0.0, [relative], busy, T)
+    assert calm.total <= 2 and "rate" not in calm.reason  # decode-throughput units: no rate signal
+
+
+def test_a_fresh_loop_is_seeded_with_the_capacity_running_now() -> None:
+    from qwen_operator.autoscale.loop import Observation, evaluate
+
+    pools = (a10g(ready=2), l40s(ready=2))  # 2 x 1.0 + 2 x 1.5 = 5.0
+    idle = Observation(0.0, pools, queue_depth=0, p95_seconds=None, in_flight=0)
+    first = evaluate(idle, T, History(), None)
+    assert first is not None and first.kind == "hold"
+    assert first.history.recommendations[0] == Recommendation(0.0, 5.0)
+    later = evaluate(Observation(301.0, pools, 0, None, 0), T, first.history, 4)
+    assert later is not None and later.kind == "scale-down" and later.desired == {"A10G": 2, "L40S": 1}

@@ -53,6 +53,7 @@ class PoolState:
     starting: int = 0  # created, model still loading: counted as capacity
     free: int = 0  # more replicas that fit on free GPUs of this type
     target_in_flight: float | None = None  # in-flight requests one ready replica should carry
+    per_second: bool = True  # throughput is requests/s (False: relative units, no request-rate signal)
 
     @property
     def replicas(self) -> int:
@@ -221,7 +222,8 @@ def _load_ratio(pools: list[PoolState], signals: Signals, targets: Targets) -> t
         ratios.append(in_flight / target_total)
         parts.append(f"in-flight {in_flight:.0f} / target {target_total:.0f} -> {ratios[-1]:.2f}")
     rate = signals.request_rate
-    if _valid(rate) and ready_cap > 0:
+    per_second = all(p.per_second for p in pools if p.ready > 0)
+    if _valid(rate) and ready_cap > 0 and per_second:
         assert rate is not None
         ratios.append(rate / (ready_cap * targets.utilisation))
         parts.append(f"rate {rate:.2f}/s over capacity {ready_cap:.2f}/s x {targets.utilisation:g} -> {ratios[-1]:.2f}")

@@ -2,9 +2,14 @@
 
 It never writes ``spec`` (GitOps tools would fight it, argo-cd#2913): it server-side
 applies ``status.autoscaler`` and the ``ScalingActive`` condition under its own field
-manager, and the reconciler sizes the pools from ``status.autoscaler.desiredReplicas``.
-It writes only a *total*; placement (cheapest pool with free GPUs first, most expensive
-removed first) stays with the planner, so there is one source of placement truth.
+manager, and the reconciler sizes the pools from it. The decision is the one
+``qwenctl simulate`` runs (:func:`..autoscale.loop.evaluate`, fed by :func:`observation`:
+ready/starting/free replicas per pool from the cluster; queue, in-flight, P95 and request
+rate from Prometheus; the pre-warm floor), and it is applied the same way: its per-pool
+counts go to ``status.autoscaler.desiredPools`` (with their total in ``desiredReplicas``)
+and the reconciler sizes each pool Deployment from them. Where added capacity goes (two
+A10G rather than one A100 when two cover the need for less) and which replica goes first
+is decided there, once; the planner only spills over what no longer fits.
 
 Missing metrics hold: Prometheus down or unconfigured sets ``ScalingActive=False`` with
 the reason and keeps the last desired replicas. After an operator restart the policy's
@@ -29,15 +34,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.spec import QwenDeploymentSpec
-from ..autoscale import prewarm
-from ..autoscale.policy import Decision, Floor, History, PoolState, Recommendation, Signals, Targets, decide
+from ..autoscale import loop, prewarm
+from ..autoscale.loop import Observation, PoolEstimate, pool_state
+from ..autoscale.policy import Decision, Floor, History, PoolState, Targets
 from ..autoscale.prometheus import FleetSignals
 from ..capacity.model import ReplicaModel
 from ..catalog import Catalog, resolve_gpu_name
@@ -69,8 +74,38 @@ class AutoscalerState:
     profile: prewarm.Profile | None = None  # None: not read back from status yet
 
 
-def pool_states(obs: Observed, spec: QwenDeploymentSpec, catalog: Catalog) -> list[PoolState]:
-    """Ready/starting/free replicas per allowed GPU type, with cost and relative throughput (pure)."""
+def pool_estimates(spec: QwenDeploymentSpec, catalog: Catalog, current: Mapping[str, int]) -> list[PoolEstimate]:
+    """What one replica of each allowed GPU type is worth, from the planner's candidates (pure).
+
+    Pools are weighed in the planner's unit, requests/s within the SLO, when every type that
+    fits has that estimate (so the policy's placement and the planner's spill-over agree on
+    which pool is cheaper); else in decode throughput, a relative unit a request rate cannot
+    be compared with."""
+    the_plan = plan(spec, catalog, replicas=sum(current.values()), current=current)
+    fitting = [c for c in the_plan.candidates if c.fits]
+    by_slo = bool(fitting) and all(c.slo_rate > 0 for c in fitting)
+    utilisation = targets_for(spec).utilisation
+    return [
+        PoolEstimate(
+            gpu_type=c.gpu_type,
+            cost_per_hour=c.price_per_hour,
+            throughput=max(c.slo_rate if by_slo else c.throughput, 1e-9),
+            shards=c.shards,
+            target_in_flight=c.slo_concurrency * utilisation if by_slo and c.slo_concurrency > 0 else None,
+            per_second=by_slo,
+        )
+        for c in fitting
+    ]
+
+
+def pool_states(
+    obs: Observed, spec: QwenDeploymentSpec, catalog: Catalog, estimates: Sequence[PoolEstimate] | None = None
+) -> list[PoolState]:
+    """Ready/starting/free replicas per allowed GPU type, read from the cluster (pure).
+
+    Ready = the pool Deployment's ``status.readyReplicas``, starting = its ``spec.replicas``
+    minus those, free = replicas that still fit on free ``nvidia.com/gpu`` of that type.
+    ``estimates`` default to :func:`pool_estimates` (the parity test passes the simulator's)."""
     live = {
         (d["metadata"].get("annotations") or {}).get(GPU_TYPE_ANNOTATION): d
         for d in obs.deployments
@@ -78,27 +113,35 @@ def pool_states(obs: Observed, spec: QwenDeploymentSpec, catalog: Catalog) -> li
     }
     inventory = compute_inventory(obs.nodes, obs.pods, catalog.gpus)
     current = {t: int(d.get("spec", {}).get("replicas") or 0) for t, d in live.items() if t}
-    the_plan = plan(spec, catalog, replicas=sum(current.values()), current=current)
+    if estimates is None:
+        estimates = pool_estimates(spec, catalog, current)
     out = []
-    fitting = [c for c in the_plan.candidates if c.fits]
-    # Weigh pools in the planner's unit: requests/s within the SLO when every type has that
-    # estimate (so the autoscaler and the planner agree which pool is cheaper), else decode rate.
-    by_slo = bool(fitting) and all(c.slo_rate > 0 for c in fitting)
-    for cand in fitting:
-        dep = live.get(cand.gpu_type)
+    for cap in estimates:
+        dep = live.get(cap.gpu_type)
         spec_replicas = int((dep or {}).get("spec", {}).get("replicas") or 0)
         ready = int((dep or {}).get("status", {}).get("readyReplicas") or 0)
-        out.append(
-            PoolState(
-                gpu_type=cand.gpu_type,
-                cost_per_hour=cand.price_per_hour,
-                throughput=max(cand.slo_rate if by_slo else cand.throughput, 1e-9),
-                ready=ready,
-                starting=max(0, spec_replicas - ready),
-                free=inventory.free_replicas(cand.gpu_type, cand.shards),
-            )
-        )
+        free = inventory.free_replicas(cap.gpu_type, cap.shards)
+        out.append(pool_state(cap, ready, spec_replicas - ready, free))
     return out
+
+
+def observation(now: float, pools: Sequence[PoolState], fleet: FleetSignals, floor: Floor | None = None) -> Observation:
+    """The decision's input from the cluster's pools and what Prometheus returned (pure).
+
+    In flight is running + waiting (the engine's running-batch gauge plus its queue gauge),
+    the same count the simulator reports; the request rate is the engine's request counter's
+    rate over the last minute."""
+    in_flight = None if fleet.in_flight is None else fleet.in_flight + (fleet.queue or 0.0)
+    return Observation(
+        now=now,
+        pools=tuple(pools),
+        queue_depth=fleet.queue,
+        p95_seconds=fleet.p95_seconds,
+        in_flight=in_flight,
+        request_rate=fleet.request_rate,
+        floor=floor,
+        error=fleet.error,
+    )
 
 
 def cold_start_seconds(spec: QwenDeploymentSpec, catalog: Catalog) -> float:
@@ -200,12 +243,29 @@ def evaluate(
     floor: Floor | None = None,
     problems: list[prewarm.ScheduleProblem] | None = None,
 ) -> tuple[Decision | None, cond.Condition]:
-    """One evaluation (pure). ``None`` decision = hold at ``previous_desired`` (no signal).
+    """One evaluation (pure): :func:`..autoscale.loop.evaluate`, the simulator's decision, on
+    what the cluster and Prometheus report. ``None`` decision = hold at ``previous_desired`` (no signal).
 
     ``floor`` (a schedule window or the prediction) applies even without metrics: a
     pre-warm must not wait for Prometheus. ``problems`` (windows that cannot be evaluated)
     turn the condition to ``ScalingActive=False``, reason ``InvalidSchedule``."""
-    decision, condition = _evaluate(now, pools, fleet, targets, state, previous_desired, floor)
+    decision = loop.evaluate(observation(now, pools, fleet, floor), targets, state.history, previous_desired)
+    if decision is not None:
+        state.history = decision.history
+    if not fleet.ok:
+        if decision is not None:
+            message = f"{fleet.error} Never scaling down without metrics; {decision.reason}."
+        else:
+            message = f"{fleet.error} Holding at {previous_desired} replica(s); never scaling down without metrics."
+        condition = cond.Condition(cond.SCALING_ACTIVE, False, "MetricsUnavailable", message)
+    else:
+        assert decision is not None
+        condition = cond.Condition(
+            cond.SCALING_ACTIVE,
+            True,
+            "MetricsAvailable",
+            f"Scaling on queue depth, P95 latency, in-flight and request rate: {decision.reason}",
+        )
     if problems:
         detail = "; ".join(f"{p.field}: {p.message}" for p in problems)
         condition = cond.Condition(
@@ -214,48 +274,13 @@ def evaluate(
     return decision, condition
 
 
-def _evaluate(
-    now: float,
-    pools: list[PoolState],
-    fleet: FleetSignals,
-    targets: Targets,
-    state: AutoscalerState,
-    previous_desired: int | None,
-    floor: Floor | None,
-) -> tuple[Decision | None, cond.Condition]:
-    if not fleet.ok:
-        floored = None
-        if floor is not None and min(floor.replicas, targets.max_replicas) > (previous_desired or 0):
-            floored = decide(now, pools, Signals(None, None), targets, state.history, floor=floor)
-            if floored.kind != "scale-up":
-                floored = None
-        if floored is not None:
-            return floored, cond.Condition(
-                cond.SCALING_ACTIVE,
-                False,
-                "MetricsUnavailable",
-                f"{fleet.error} Never scaling down without metrics; {floored.reason}.",
-            )
-        return None, cond.Condition(
-            cond.SCALING_ACTIVE,
-            False,
-            "MetricsUnavailable",
-            f"{fleet.error} Holding at {previous_desired} replica(s); never scaling down without metrics.",
-        )
-    if not state.history.recommendations:  # fresh start: seed the stabilisation window with today's size
-        current = sum(p.replicas for p in pools) or targets.min_replicas
-        unit = min((p.throughput for p in pools), default=1.0)
-        state.history = History(recommendations=(Recommendation(now, current * unit),))
-    signals = Signals(
-        queue_depth=fleet.queue if fleet.queue is not None else 0.0,
-        p95_seconds=fleet.p95_seconds if fleet.p95_seconds is not None else math.nan,
-        in_flight=fleet.in_flight,
-    )
-    decision = decide(now, pools, signals, targets, state.history, floor=floor)
-    state.history = decision.history
-    return decision, cond.Condition(
-        cond.SCALING_ACTIVE, True, "MetricsAvailable", f"Scaling on queue depth and P95 latency: {decision.reason}"
-    )
+def desired_pools(decision: Decision | None, live: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """``status.autoscaler.desiredPools`` for ``decision`` (pure): the per-pool counts the reconciler
+    sizes the pool Deployments to; without a decision, what the status already says."""
+    if decision is None:
+        kept = live.get("desiredPools")
+        return list(kept) if kept else None
+    return [{"gpuType": t, "replicas": n} for t, n in sorted(decision.desired.items()) if n > 0]
 
 
 class Autoscaler:
@@ -335,6 +360,7 @@ class Autoscaler:
         desired = previous if decision is None else decision.total
         if desired is None:
             desired = spec.desired_replicas(None)
+        pools_wanted = desired_pools(decision, live)
         # against what runs when nothing was recorded yet: a floor may scale on the very first tick
         changed = desired != held
         DESIRED.labels(key[0], key[1]).set(desired)
@@ -345,6 +371,7 @@ class Autoscaler:
         status: dict[str, Any] = {
             "autoscaler": {
                 "desiredReplicas": desired,
+                "desiredPools": pools_wanted,
                 "queueDepth": None if fleet.queue is None else round(fleet.queue, 1),
                 "p95Seconds": None if fleet.p95_seconds is None else round(fleet.p95_seconds, 2),
                 "lastScaleTime": state.last_scale_time or live.get("lastScaleTime"),
@@ -363,6 +390,7 @@ class Autoscaler:
         status["conditions"] = merged
         material = (
             desired,
+            tuple((p["gpuType"], p["replicas"]) for p in pools_wanted or ()),
             condition.status_str,
             condition.reason,
             decision.kind if decision else "hold",

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from ..api.spec import QwenDeploymentSpec
 from ..api.status import pool_summary, ready_summary
 from ..api.validate import validate_spec
+from ..autoscale.loop import pool_targets
 from ..catalog import Catalog
 from ..planner.placement import rank_key
 from ..planner.plan import INSUFFICIENT_GPUS, OK, Plan, plan
@@ -239,10 +240,17 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     # every pod's GPUs count as used, ours included: the planner keeps `current` pools and
     # only adds replicas where GPUs are actually free (else a scale-up would double-book them)
     inventory = compute_inventory(obs.nodes, obs.pods, catalog.gpus)
-    autoscaler = (live_status.get("autoscaler") or {}).get("desiredReplicas")
-    desired = spec.desired_replicas(autoscaler)
+    autoscaler = live_status.get("autoscaler") or {}
+    desired = spec.desired_replicas(autoscaler.get("desiredReplicas"))
     free = {t: inventory.free_per_node.get(t, []) for t in catalog.gpus}
     the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=current)
+    if spec.scaling.enabled and autoscaler.get("desiredPools"):
+        # the autoscaler placed its decision per pool (autoscale.loop): start from those counts as far
+        # as free GPUs allow now, and let the planner spill over only what no longer fits
+        wanted = {str(p.get("gpuType")): int(p.get("replicas") or 0) for p in autoscaler["desiredPools"]}
+        shards = {c.gpu_type: c.shards for c in the_plan.candidates if c.fits}
+        start, free = pool_targets(wanted, current, free, shards)
+        the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=start)
     out.plan = the_plan
     model = ModelState.from_status(live_status)
     timeout = spec.rollout.canary_timeout_seconds

@@ -2,7 +2,8 @@
 
 Why it exists: the operator's claim (absorb a +300% morning spike within the SLO, cost
 little in the troughs) is measured here, side by side with what people run today, by
-driving the *same* policy code the controller runs (:func:`..autoscale.policy.decide`)
+driving the *same* decision the controller runs (:func:`..autoscale.loop.evaluate` on the
+same :class:`~..autoscale.loop.Observation`, its per-pool counts applied as they are)
 and the *same* replica model and continuous-batching engine as the simulated TGI server.
 
 Mechanics (shared by every policy, :mod:`.fleet`): replicas per GPU pool limited by the
@@ -40,9 +41,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..autoscale import prewarm
+from ..autoscale import loop, prewarm
 from ..autoscale.baselines import HPAState, hpa_queue_decide
-from ..autoscale.policy import History, PoolState, Signals, Targets, decide, place_scale_down, place_scale_up
+from ..autoscale.loop import Observation, PoolEstimate, pool_state
+from ..autoscale.policy import Decision, Floor, History, PoolState, Targets, place_scale_down, place_scale_up
 from .capacity import PoolProfile, calibrate_pool, smallest_fit
 from .fleet import Fleet
 from .trace import ENVELOPES, Trace, TraceRow
@@ -64,6 +66,8 @@ METRIC_KEYS = (
 )
 
 Progress = Callable[[str, float, float], None]
+#: Called with every observation the qwen policies decide on and the decision (the parity test records these).
+Recorder = Callable[[Observation, Decision | None], None]
 
 
 @dataclass(frozen=True)
@@ -148,20 +152,42 @@ def minute_rates(trace: Trace) -> list[float]:
     return [c / 60.0 for c in counts]
 
 
+def pool_estimates(profiles: dict[str, PoolProfile], cfg: SimConfig) -> list[PoolEstimate]:
+    """What one replica of each simulated pool is worth to the policy: its calibrated requests/s
+    within the SLO, and the in-flight requests it carries then at ``cfg.utilisation``."""
+    return [
+        PoolEstimate(name, p.cost_per_hour, p.rate_at_slo, p.shards, p.concurrency_at_slo * cfg.utilisation)
+        for name, p in profiles.items()
+    ]
+
+
 def _pools(fleet: Fleet, now: float, cfg: SimConfig, whole: bool = False) -> list[PoolState]:
     ready, counts = fleet.ready_counts(now), fleet.counts()
     return [
-        PoolState(
-            name,
-            p.cost_per_hour,
-            p.rate_at_slo,
-            ready=0 if whole else ready[name],
-            starting=0 if whole else counts[name] - ready[name],
-            free=fleet.limits[name] if whole else fleet.free(name),
-            target_in_flight=p.concurrency_at_slo * cfg.utilisation,
+        pool_state(
+            est,
+            ready=0 if whole else ready[est.gpu_type],
+            starting=0 if whole else counts[est.gpu_type] - ready[est.gpu_type],
+            free=fleet.limits[est.gpu_type] if whole else fleet.free(est.gpu_type),
         )
-        for name, p in fleet.profiles.items()
+        for est in pool_estimates(fleet.profiles, cfg)
     ]
+
+
+def observe(fleet: Fleet, now: float, cfg: SimConfig, p95: float, floor: Floor | None = None) -> Observation:
+    """What the controller would read at ``now``: pools from the cluster, signals from Prometheus
+    (``sum(tgi_queue_size)``, running + waiting, the P95 over the last minute with NaN as "no
+    series", ``sum(rate(tgi_request_count[1m]))``), and the pre-warm floor in force."""
+    queue, in_flight = fleet.queue_and_in_flight(now)
+    return Observation(
+        now=now,
+        pools=tuple(_pools(fleet, now, cfg)),
+        queue_depth=queue,
+        p95_seconds=None if math.isnan(p95) else p95,
+        in_flight=in_flight,
+        request_rate=fleet.request_rate(now),
+        floor=floor,
+    )
 
 
 def _size_for(fleet: Fleet, rate: float, cfg: SimConfig, floor: int) -> dict[str, int]:
@@ -217,9 +243,17 @@ def _minutes_within(per_minute: dict[int, list[float]], slo: float) -> float:
 
 
 def simulate_policy(
-    name: str, trace: Trace, profiles: dict[str, PoolProfile], cfg: SimConfig, progress: Progress | None = None
+    name: str,
+    trace: Trace,
+    profiles: dict[str, PoolProfile],
+    cfg: SimConfig,
+    progress: Progress | None = None,
+    record: Recorder | None = None,
 ) -> PolicyResult:
-    """Run ``trace`` through a fleet governed by policy ``name``."""
+    """Run ``trace`` through a fleet governed by policy ``name``.
+
+    The qwen policies decide exactly as the controller does (:func:`..autoscale.loop.evaluate`
+    on an :class:`~..autoscale.loop.Observation`) and apply its per-pool counts."""
     if name not in ALL_POLICIES:
         raise ValueError(f"unknown policy {name!r}; valid: {', '.join(ALL_POLICIES)}")
     if not profiles:
@@ -274,32 +308,27 @@ def simulate_policy(
         next_sync = now + cfg.sync_seconds
         p95 = fleet.p95(now)
         before = fleet.counts()
-        if name == "qwen":
-            queue, in_flight = fleet.queue_and_in_flight(now)
-            rate = fleet.request_rate(now)
-            d = decide(now, _pools(fleet, now, cfg), Signals(queue, p95, in_flight, rate), targets, history)
-            history = d.history
-            fleet.apply(now, d.desired)
-        elif name in PREWARM_POLICIES:
-            queue, in_flight = fleet.queue_and_in_flight(now)
-            rate = fleet.request_rate(now)
+        if name == "qwen" or name in PREWARM_POLICIES:
             when = SIM_EPOCH + dt.timedelta(seconds=now)
+            found = None
             if name == "qwen+schedule":
                 found, _ = prewarm.schedule_floor(windows, when)
-            else:
+            elif name == "qwen+predictive":
                 found = prewarm.predicted_floor(learned, when, "UTC", lead, cfg.lookback_days)
             floor = prewarm.combine([found], targets.min_replicas, targets.max_replicas)
-            pools = _pools(fleet, now, cfg)
-            signals = Signals(queue, p95, in_flight, rate)
-            d = decide(now, pools, signals, targets, history, floor=floor)
-            if floor is not None and floor.reason in d.reason:
-                floor_decisions += 1
-            if name == "qwen+predictive":
-                need = prewarm.load_replicas(d, pools, targets.max_replicas, floor)
-                if need is not None:
-                    learned = prewarm.observe(learned, when, need, cfg.lookback_days)
-            history = d.history
-            fleet.apply(now, d.desired)
+            obs = observe(fleet, now, cfg, p95, floor)
+            d = loop.evaluate(obs, targets, history, sum(before.values()))
+            if record is not None:
+                record(obs, d)
+            if d is not None:  # None: no metrics (never in a simulation); keep what runs
+                if floor is not None and floor.reason in d.reason:
+                    floor_decisions += 1
+                if name == "qwen+predictive":
+                    need = prewarm.load_replicas(d, obs.pools, targets.max_replicas, floor)
+                    if need is not None:
+                        learned = prewarm.observe(learned, when, need, cfg.lookback_days)
+                history = d.history
+                fleet.apply(now, d.desired)
         elif name == "hpa-queue":
             queue, _ = fleet.queue_and_in_flight(now)
             total = sum(before.values())
