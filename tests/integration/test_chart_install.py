@@ -168,6 +168,15 @@ NEEDED = [
     ("watch", "services"),
     ("patch", "services"),
     ("patch", "policy/poddisruptionbudgets"),
+    # the router per QwenDeployment, pruned when spec.routing.enabled turns false
+    ("delete", "services"),
+    ("delete", "policy/poddisruptionbudgets"),
+    ("patch", "serviceaccounts"),
+    ("create", "rbac.authorization.k8s.io/roles"),
+    ("create", "rbac.authorization.k8s.io/rolebindings"),
+    ("delete", "rbac.authorization.k8s.io/rolebindings"),
+    ("patch", "inference.networking.k8s.io/inferencepools"),
+    ("patch", "gateway.networking.k8s.io/httproutes"),
     ("create", "monitoring.coreos.com/servicemonitors"),
     ("patch", "monitoring.coreos.com/servicemonitors"),
     ("list", "pods"),
@@ -183,11 +192,11 @@ DENIED = [
     ("update", QWD),
     ("delete", QWD),
     ("update", f"{QWD}/status"),
-    ("delete", "services"),
-    ("delete", "policy/poddisruptionbudgets"),
     ("update", "apps/deployments"),
     ("create", "serviceaccounts/token"),
-    ("create", "rbac.authorization.k8s.io/rolebindings"),
+    ("escalate", "rbac.authorization.k8s.io/roles"),
+    ("bind", "rbac.authorization.k8s.io/roles"),
+    ("create", "rbac.authorization.k8s.io/clusterrolebindings"),
     ("get", "monitoring.coreos.com/servicemonitors"),
 ]
 
@@ -205,6 +214,7 @@ def assert_permissions(kubeconfig: Path, ns: str, *, cluster_wide: bool) -> None
     assert not sa.can("patch", "nodes") and not sa.can("delete", "nodes")
     crds = "apiextensions.k8s.io/customresourcedefinitions"
     assert sa.can("get", crds, name="servicemonitors.monitoring.coreos.com")
+    assert sa.can("get", crds, name="inferencepools.inference.networking.k8s.io")
     assert not sa.can("get", crds, name=CRD_NAME)
     assert not sa.can("list", crds)
 

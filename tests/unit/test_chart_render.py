@@ -127,9 +127,16 @@ def test_rbac_is_exactly_what_the_operator_needs(default: list[dict[str, Any]]) 
         ("serving.qwenops.io", "qwendeployments/status", "patch"),
         ("serving.qwenops.io", "qwendeployments/finalizers", "update"),
         *(("apps", "deployments", v) for v in (*read, "create", "patch", "delete")),
-        *(("", "services", v) for v in (*read, "create", "patch")),
-        *(("policy", "poddisruptionbudgets", v) for v in (*read, "create", "patch")),
+        *(("", "services", v) for v in (*read, "create", "patch", "delete")),
+        *(("policy", "poddisruptionbudgets", v) for v in (*read, "create", "patch", "delete")),
         *(("", "pods", v) for v in read),
+        # the router per QwenDeployment: its ServiceAccount, Role and RoleBinding (pruned when routing is off)
+        *(("", "serviceaccounts", v) for v in (*read, "create", "patch", "delete")),
+        *(("rbac.authorization.k8s.io", "roles", v) for v in (*read, "create", "patch", "delete")),
+        *(("rbac.authorization.k8s.io", "rolebindings", v) for v in (*read, "create", "patch", "delete")),
+        # the Gateway API path (spec.routing.gateway.inferencePool)
+        *(("inference.networking.k8s.io", "inferencepools", v) for v in (*read, "create", "patch", "delete")),
+        *(("gateway.networking.k8s.io", "httproutes", v) for v in (*read, "create", "patch", "delete")),
         *(("", "nodes", v) for v in read),
         ("", "events", "create"),
         ("monitoring.coreos.com", "servicemonitors", "create"),
@@ -138,7 +145,11 @@ def test_rbac_is_exactly_what_the_operator_needs(default: list[dict[str, Any]]) 
     }
     assert _grants(default) == expected
     (crd_rule,) = [r for r in _rules(default) if "customresourcedefinitions" in r["resources"]]
-    assert crd_rule["resourceNames"] == ["servicemonitors.monitoring.coreos.com"]
+    assert crd_rule["resourceNames"] == [
+        "servicemonitors.monitoring.coreos.com",
+        "inferencepools.inference.networking.k8s.io",
+        "httproutes.gateway.networking.k8s.io",
+    ]
 
 
 def test_every_rbac_rule_is_commented() -> None:
@@ -153,8 +164,17 @@ def test_every_rbac_rule_is_commented() -> None:
 
 
 def test_service_monitor_rbac_is_optional() -> None:
-    grants = _grants(template("rbac.serviceMonitors=false"))
-    assert not {g for g in grants if g[0] in ("monitoring.coreos.com", "apiextensions.k8s.io")}
+    objects = template("rbac.serviceMonitors=false")
+    assert not {g for g in _grants(objects) if g[0] == "monitoring.coreos.com"}
+    (crd_rule,) = [r for r in _rules(objects) if "customresourcedefinitions" in r["resources"]]
+    assert "servicemonitors.monitoring.coreos.com" not in crd_rule["resourceNames"]
+    neither = _grants(template("rbac.serviceMonitors=false", "rbac.gatewayAPI=false"))
+    assert not {g for g in neither if g[0] == "apiextensions.k8s.io"}
+
+
+def test_gateway_api_rbac_is_optional() -> None:
+    grants = _grants(template("rbac.gatewayAPI=false"))
+    assert not {g for g in grants if g[0] in ("inference.networking.k8s.io", "gateway.networking.k8s.io")}
 
 
 def test_watch_namespaces_uses_roles_and_a_cluster_role_only_for_nodes() -> None:

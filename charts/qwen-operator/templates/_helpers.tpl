@@ -64,8 +64,9 @@ app.kubernetes.io/component: controller
 
 {{/*
 RBAC rules for namespaced resources: a ClusterRole when every namespace is watched, a Role in
-each watched namespace otherwise. Nothing is deleted but pool Deployments: the garbage
-collector removes the rest through owner references.
+each watched namespace otherwise. The operator deletes pool Deployments leaving the plan and
+the router's objects once spec.routing no longer asks for them; the garbage collector removes
+the rest through owner references.
 */}}
 {{- define "qwen-operator.namespacedRules" -}}
 # The QwenDeployments themselves: kopf lists and watches them into its cache; the reconciler
@@ -83,24 +84,37 @@ collector removes the rest through owner references.
 - apiGroups: ["serving.qwenops.io"]
   resources: ["qwendeployments/finalizers"]
   verbs: ["update"]
-# One Deployment per GPU pool: watched (cache + triggers), created and updated with
-# server-side apply (create + patch), deleted when a pool leaves the plan.
+# One Deployment per GPU pool and the router's Deployment: watched (cache + triggers), created
+# and updated with server-side apply (create + patch), deleted when a pool leaves the plan or
+# routing is switched off.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# The Service in front of every pool: watched and server-side applied.
+# The client Service (router or servers) and <name>-servers: watched, server-side applied;
+# <name>-servers is deleted when routing is switched off.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# The PodDisruptionBudget keeping a share of replicas through node drains: watched and
-# server-side applied.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The PodDisruptionBudgets of the servers and of the router: watched, server-side applied;
+# the router's is deleted when routing is switched off.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# GPU requests of running pods: free GPUs per type = node capacity - pod requests.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# GPU requests of running pods: free GPUs per type = node capacity - pod requests. The router's
+# Role grants get/list/watch on pods, which RBAC lets the operator grant only because it holds it.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# The router's ServiceAccount (<name>-router): watched, server-side applied, deleted when
+# routing is switched off. No token requests: the kubelet mounts the router's token.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The router's Role (get/list/watch pods and qwendeployments, both held by the operator itself,
+# so no escalate/bind verbs are needed) and its RoleBinding to the router's ServiceAccount.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Events on QwenDeployments for decisions a user cares about (placed, scaled, rejected).
 - apiGroups: [""]
   resources: ["events"]
@@ -111,5 +125,16 @@ collector removes the rest through owner references.
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["create", "patch"]
+{{- end }}
+{{- if .Values.rbac.gatewayAPI }}
+# Gateway API path (spec.routing.gateway.inferencePool): an InferencePool over the server pods,
+# only when the Gateway API Inference Extension CRD exists; watched, applied, deleted when off.
+- apiGroups: ["inference.networking.k8s.io"]
+  resources: ["inferencepools"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# ... and the HTTPRoute from the named Gateway to it (Gateway API CRD), the same way.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}
 {{- end }}

@@ -96,6 +96,9 @@ class Rbac(_Values):
     service_monitors: bool = True
     """Let the operator create a Prometheus Operator ServiceMonitor per QwenDeployment (and read whether that
     CRD exists). Off: no ServiceMonitors are made and the autoscaler needs another scrape configuration."""
+    gateway_api: bool = Field(default=True, alias="gatewayAPI")
+    """Let the operator manage the Gateway API path (spec.routing.gateway.inferencePool): InferencePools and
+    HTTPRoutes, and read whether those CRDs exist. Off: only the built-in router is rendered."""
 
 
 class OperatorArgs(_Values):
