@@ -234,7 +234,7 @@ def mixed() -> dict[str, PoolProfile]:
 
 
 def poisson(rate: float, seconds: float, seed: int = 1) -> list[float]:
-    rng, t, out = random.Random(seed), 0.0, []
+    rng, t, out = random.Random(seed), 0.0, list[float]()
     while True:
         t += rng.expovariate(rate)
         if t >= seconds:
