@@ -21,6 +21,7 @@ pytestmark = pytest.mark.cluster
 
 GROUP, VERSION, PLURAL = "serving.qwenops.io", "v1alpha1", "qwendeployments"
 SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "qwen3-14b-chat.yaml"
+SERVER = "app.kubernetes.io/component=server"  # server pods only, not the router's
 
 
 def resource(name: str, replicas: int = 1, gpu_types: list[str] | None = None, **spec: Any) -> dict[str, Any]:
@@ -66,12 +67,13 @@ class Qwd:
 
     def deployments(self, name: str) -> dict[str, Any]:
         items = self.apps.list_namespaced_deployment(
-            self.ns, label_selector=f"serving.qwenops.io/deployment={name}"
+            self.ns, label_selector=f"serving.qwenops.io/deployment={name},{SERVER}"
         ).items
         return {d.metadata.name: d for d in items}
 
     def ready_pods(self, name: str) -> list[Any]:
-        pods = self.core.list_namespaced_pod(self.ns, label_selector=f"serving.qwenops.io/deployment={name}").items
+        sel = f"serving.qwenops.io/deployment={name},{SERVER}"
+        pods = self.core.list_namespaced_pod(self.ns, label_selector=sel).items
         return [
             p
             for p in pods

@@ -37,6 +37,7 @@ GROUP, VERSION, PLURAL = "serving.qwenops.io", "v1alpha1", "qwendeployments"
 SHAPE = Shape().scaled(0.05, layers=4, vocab=4096)  # ~11 MB in 4 shards
 QWENCTL = [sys.executable, "-c", "from qwen_operator.cli import main; raise SystemExit(main())"]
 LABEL = "serving.qwenops.io/deployment"
+SERVER = "app.kubernetes.io/component=server"  # server pods only, not the router's
 VERSION_ANNOTATION = "serving.qwenops.io/model-version"
 
 
@@ -78,7 +79,8 @@ class Fleet:
         return c.get("status") == "True" and self.model().get("currentVersion") == digest
 
     def ready_pods(self, canary: bool = False) -> list[Any]:
-        sel = f"{LABEL}=chat,serving.qwenops.io/canary" if canary else f"{LABEL}=chat,!serving.qwenops.io/canary"
+        canary_sel = "serving.qwenops.io/canary" if canary else "!serving.qwenops.io/canary"
+        sel = f"{LABEL}=chat,{SERVER},{canary_sel}"
         return [
             p
             for p in self.core.list_namespaced_pod(self.ns, label_selector=sel).items
@@ -87,7 +89,7 @@ class Fleet:
         ]
 
     def deployments(self) -> dict[str, Any]:
-        items = self.apps.list_namespaced_deployment(self.ns, label_selector=f"{LABEL}=chat").items
+        items = self.apps.list_namespaced_deployment(self.ns, label_selector=f"{LABEL}=chat,{SERVER}").items
         return {d.metadata.name: d for d in items}
 
     def events(self) -> list[tuple[str, str, str]]:

@@ -69,7 +69,7 @@ def reasons(fleet: Fleet) -> list[str]:
 
 
 def pool_pods_on(fleet: Fleet, version: str) -> list[Any]:
-    sel = "serving.qwenops.io/deployment=chat,!serving.qwenops.io/canary"
+    sel = "serving.qwenops.io/deployment=chat,app.kubernetes.io/component=server,!serving.qwenops.io/canary"
     pods = fleet.core.list_namespaced_pod(fleet.ns, label_selector=sel).items
     return [p for p in pods if (p.metadata.annotations or {}).get(VERSION_ANNOTATION) == version]
 
