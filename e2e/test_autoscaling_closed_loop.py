@@ -67,6 +67,9 @@ def body() -> dict[str, Any]:
     doc = yaml.safe_load(SAMPLE.read_text())
     doc["metadata"] = {"name": NAME}
     doc["spec"]["model"].pop("credentialsSecret", None)
+    # no registry runs here: hf:// versions are not tracked, so pools start at once (an s3://
+    # registry waits for its digest before creating any pool, see test_drift.py)
+    doc["spec"]["model"]["registry"] = "hf://Qwen/Qwen3-14B"
     # A10G only: the load below is sized to one A10G replica (an L40S, which the planner would
     # fill first, absorbs the whole 4x spike without scaling: ~17 req/s within the SLO, simulated)
     doc["spec"]["placement"]["gpuTypes"] = ["A10G"]

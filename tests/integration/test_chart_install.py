@@ -44,6 +44,9 @@ def sample(name: str = "chat", replicas: int = 1) -> dict[str, Any]:
     body: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())
     body["metadata"] = {"name": name}
     body["spec"]["model"].pop("credentialsSecret", None)
+    # no registry runs here: hf:// versions are not tracked, so pools start at once (an s3://
+    # registry waits for its digest before creating any pool, see test_drift.py)
+    body["spec"]["model"]["registry"] = "hf://Qwen/Qwen3-14B"
     body["spec"]["scaling"] = {"enabled": False}
     body["spec"]["replicas"] = replicas
     return body

@@ -30,6 +30,9 @@ def resource(name: str, replicas: int = 1, gpu_types: list[str] | None = None, *
     body["spec"]["scaling"] = {"enabled": False}
     body["spec"]["replicas"] = replicas
     body["spec"]["model"].pop("credentialsSecret", None)
+    # no registry runs here: hf:// versions are not tracked, so pools start at once (an s3://
+    # registry waits for its digest before creating any pool, see test_drift.py)
+    body["spec"]["model"]["registry"] = "hf://Qwen/Qwen3-14B"
     if gpu_types is not None:
         body["spec"]["placement"]["gpuTypes"] = gpu_types
     body["spec"].update(spec)

@@ -57,6 +57,30 @@ class Api:
         obj: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
         return dict(obj)
 
+    def resolved(self, name: str) -> None:
+        """Record a resolved model version in status, as the version watcher does once the registry answers.
+
+        No registry runs in the rendering tests, and an s3:// resource creates no pool before its
+        version resolves (create once); ``status.model`` is what the reconciler renders from.
+        """
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "QwenDeployment",
+            "metadata": {"name": name},
+            "status": {"model": {"targetVersion": "sha256:" + "0" * 64, "resolvedFrom": "stable"}},
+        }
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            self.ns,
+            PLURAL,
+            name,
+            body,
+            field_manager="integration-test",
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+
     def pod_spec(self, name: str) -> Any:
         """The pod template of the resource's (single) pool Deployment, once it exists."""
 
@@ -125,6 +149,7 @@ def test_registry_and_node_cache_defaults_reach_the_deployment_and_the_spec_wins
     api = Api(kube_api, namespace)
 
     api.create(qwd("defaults"))
+    api.resolved("defaults")
     pod = api.pod_spec("defaults")
     pull = model_pull(pod)
     assert secrets_of(pull) == ["registry-creds"]
@@ -138,6 +163,7 @@ def test_registry_and_node_cache_defaults_reach_the_deployment_and_the_spec_wins
     assert "path" not in api.get("defaults")["spec"]["model"]["cache"]
 
     api.create(qwd("own", credentialsSecret="team-creds", cache={"path": "/srv/models"}))
+    api.resolved("own")
     pod = api.pod_spec("own")
     pull = model_pull(pod)
     assert secrets_of(pull) == ["team-creds"]

@@ -27,6 +27,9 @@ def resource(name: str, scaling: dict[str, Any]) -> dict[str, Any]:
     body["metadata"] = {"name": name}
     body["spec"]["scaling"] = scaling
     body["spec"]["model"].pop("credentialsSecret", None)
+    # no registry runs here: hf:// versions are not tracked, so pools start at once (an s3://
+    # registry waits for its digest before creating any pool, see test_drift.py)
+    body["spec"]["model"]["registry"] = "hf://Qwen/Qwen3-14B"
     body["spec"]["placement"]["gpuTypes"] = ["L40S"]
     return dict(body)
 

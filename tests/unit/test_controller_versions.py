@@ -292,13 +292,15 @@ def degraded(w: World) -> dict[str, Any]:
 def test_direct_rollout_moves_every_pool_and_records_current() -> None:
     w = World(canary_replicas=0)
     w.reconcile()
-    assert pool_versions(w) == {"chat-l40s": "stable"}  # unresolved: spec.model.version
+    assert pool_versions(w) == {}  # unresolved: no pool on a guess (create once), only a condition
     w.run(V1)
     assert pool_versions(w) == {"chat-l40s": V1} and w.qwd["status"]["model"]["currentVersion"] == V1
     w.run(V2)
     assert pool_versions(w) == {"chat-l40s": V2}
     assert w.qwd["status"]["model"]["currentVersion"] == V2 and w.qwd["status"]["modelSynced"] == "Synced"
-    assert w.events.count("PoolUpdated") == 2 and w.events.count("ModelSynced") == 2
+    # created on V1 (create once: never on the tag first), then one roll to V2
+    assert w.events.count("PoolCreated") == 1 and w.events.count("PoolUpdated") == 1
+    assert w.events.count("ModelSynced") == 2
 
 
 def test_canary_rollout_passing_promotes_and_removes_the_canary() -> None:

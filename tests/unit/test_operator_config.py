@@ -240,6 +240,8 @@ def test_the_reconciler_renders_with_the_config_defaults() -> None:
             "model": {"name": "Qwen/Qwen3-14B", "registry": "s3://models/qwen3-14b", "quantization": "fp8"},
             "placement": {"gpuTypes": ["L40S"]},
         },
+        # resolved by the version watcher: an s3:// resource creates no pool before that (create once)
+        "status": {"model": {"targetVersion": "sha256:" + "0" * 64}},
     }
     node = {
         "metadata": {"name": "l0", "labels": {"nvidia.com/gpu.product": "NVIDIA-L40S"}},

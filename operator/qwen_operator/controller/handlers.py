@@ -68,6 +68,8 @@ class Controller:
     tasks: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
     triggers: dict[Key, asyncio.Event] = field(default_factory=dict)
     expected: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
+    # drift already reverted: (kind, namespace, name) -> the live resourceVersion it was seen at
+    reverted: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
     last_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
     # a canary timeout recorded in status.model: (resourceVersion it was computed from, what was written)
     model_written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
@@ -216,14 +218,19 @@ class Controller:
         for m in out.apply:
             ident = (m["kind"], m["metadata"]["namespace"], m["metadata"]["name"])
             h = m["metadata"]["annotations"][HASH_ANNOTATION]
-            if self.expected.get(ident, ("", 0.0))[0] != h:
+            seen_at = out.drifted.get((m["kind"], m["metadata"]["name"]), "")
+            if seen_at != "":
+                # drift: skip only while the cache still shows the very object we reverted
+                if ident not in self.reverted or self.reverted[ident] != seen_at:
+                    keep.append(m)
+            elif self.expected.get(ident, ("", 0.0))[0] != h:
                 keep.append(m)
         if len(keep) != len(out.apply):
             applied = {(m["kind"], m["metadata"]["name"]) for m in keep}
             out.events = [
                 e
                 for e in out.events
-                if not (e.reason.startswith("Pool") or e.reason in ("CanaryCreated", "CanaryUpdated"))
+                if not (e.reason.startswith("Pool") or e.reason in ("CanaryCreated", "CanaryUpdated", "DriftReverted"))
                 or e.reason == "PoolRemoved"
                 or any(name in e.message for _, name in applied)
             ]
@@ -258,6 +265,9 @@ class Controller:
                 m["metadata"]["annotations"][HASH_ANNOTATION],
                 now,
             )
+            seen_at = out.drifted.get((m["kind"], m["metadata"]["name"]), "")
+            if seen_at != "":
+                self.reverted[(m["kind"], key[0], m["metadata"]["name"])] = seen_at
         for d in out.delete:
             await asyncio.to_thread(self.kube.delete, d)
             self.expected[("delete", key[0], d["metadata"]["name"])] = (d["metadata"].get("uid") or "", now)

@@ -6,10 +6,19 @@ this controller owns, and the Events to post. The kopf handlers only gather the 
 and execute the outcome (KubeAI's ``calculatePodPlan`` / ``execute`` split).
 
 Zero writes when nothing changed: every rendered manifest carries a hash of itself
-(``serving.qwenops.io/applied-hash``); a manifest is applied only when the live object is
-missing or carries another hash. Status is applied only when this controller's fields
-differ from what is live. Pools that leave the plan are deleted only once the planned
-pools have all their replicas Ready, so capacity never drops during a move.
+(``serving.qwenops.io/applied-hash``); a manifest is applied when the live object is
+missing or carries another hash, or when a field we render differs in the live object
+(drift, e.g. ``kubectl scale`` or an edited image on a pool Deployment: see ``drift.py``;
+compared in the watch cache, so a steady state costs no request). Status is applied only
+when this controller's fields differ from what is live.
+
+Create once: with an ``s3://`` registry no pool Deployment is created before the version
+watcher resolved ``spec.model.version`` to a manifest digest (``status.model``), so a new
+resource's pools start on the digest instead of the floating tag and never roll a second
+time; until then Progressing/Ready say so (``WaitingForModelVersion``).
+
+Pools that leave the plan are deleted only once the planned pools have all their replicas
+Ready, so capacity never drops during a move.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from ..render.names import (
 )
 from ..render.workload import NO_SURGE_ROLLING_UPDATE, OperatorDefaults, RenderContext
 from . import conditions as cond
+from .createonce import waiting_conditions
+from .drift import describe, drift
 from .inventory import GPUInventory, compute_inventory
 from .rollout import (
     GPU_TYPE_ANNOTATION,
@@ -81,6 +92,9 @@ class Outcome:
     # else: a canary timed out (see rollout.canary_deadline); None = nothing to record
     model_status: dict[str, Any] | None = None
     requeue_after: float | None = None  # reconcile again by then (a canary's deadline)
+    # applies that revert drift (hash unchanged, live fields differ): (kind, name) -> the live
+    # resourceVersion the drift was seen at, so a reconcile racing its own watch event skips them
+    drifted: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
     @property
     def writes(self) -> int:
@@ -295,6 +309,10 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     )
     rendered = render(spec, the_plan, ctx, catalog)
     by_name = {pool_deployment_name(name, p.gpu_type): p.gpu_type for p in the_plan.pools}
+    # create once: no pool Deployment on a guessed (floating) version; live pools are kept as they are
+    unresolved = spec.model.registry.startswith("s3://") and pool_version(model) is None
+    if unresolved:
+        rendered = [m for m in rendered if not (m["kind"] == "Deployment" and m["metadata"]["name"] in by_name)]
     for m in rendered:
         if m["kind"] == "Deployment" and m["metadata"]["name"] in by_name:
             m["metadata"].setdefault("annotations", {})[GPU_TYPE_ANNOTATION] = by_name[m["metadata"]["name"]]
@@ -322,7 +340,19 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     live = {_key(d): d for d in [*obs.deployments, *obs.others]}
     for m in manifests:
         prev = live.get(_key(m))
-        if _live_hash(prev) == m["metadata"]["annotations"][HASH_ANNOTATION]:
+        if prev is not None and _live_hash(prev) == m["metadata"]["annotations"][HASH_ANNOTATION]:
+            changed = drift(m, prev)
+            if changed:
+                out.apply.append(m)
+                out.drifted[_key(m)] = prev.get("metadata", {}).get("resourceVersion")
+                out.events.append(
+                    Event(
+                        "Warning",
+                        "DriftReverted",
+                        f"{m['kind']} {m['metadata']['name']} was changed outside the operator "
+                        f"({describe(changed)}); restored to the rendered spec.",
+                    )
+                )
             continue
         out.apply.append(m)
         if m["kind"] == "Deployment" and is_canary(m):
@@ -364,7 +394,8 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     planned_ready = sum(_ready(d) for d in planned_live)
     applying = {m["metadata"]["name"] for m in out.apply if m["kind"] == "Deployment" and not is_canary(m)}
     replacement_ready = not applying and planned_ready >= the_plan.placed and all(_settled(d) for d in planned_live)
-    leaving = [d for d in pool_deps if d["metadata"]["name"] not in planned_names]
+    # while the version is unresolved nothing is planned: live pools stay until it resolves
+    leaving = [] if unresolved else [d for d in pool_deps if d["metadata"]["name"] not in planned_names]
     waiting_on_replacement = False
     for dep in leaving:
         if replacement_ready or _ready(dep) == 0:
@@ -443,6 +474,8 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
             if len(absent) == len(spec.placement.gpu_types):
                 reason = "GPUTypeNotInCluster"
         conds.append(cond.Condition(cond.DEGRADED, True, reason, message))
+    if unresolved and not pool_deps and desired > 0:
+        return finish(list(waiting_conditions(spec.model.registry, spec.model.version, live_status, conds[0])), extra)
     all_settled = all(_settled(d) for d in pool_deps)
     if out.apply or out.delete or waiting_on_replacement or not all_settled:
         why = (
