@@ -251,9 +251,9 @@ def load_credentials(kubeconfig: str | None = None) -> KubeCredentials:
         host = os.environ["KUBERNETES_SERVICE_HOST"]
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         host = f"[{host}]" if ":" in host else host
-        ctx = ssl.create_default_context(cafile=str(_SA_DIR / "ca.crt"))
+        sa_ctx = ssl.create_default_context(cafile=str(_SA_DIR / "ca.crt"))
         token_path = _SA_DIR / "token"
-        return KubeCredentials(f"https://{host}:{port}", ctx, lambda: token_path.read_text().strip())
+        return KubeCredentials(f"https://{host}:{port}", sa_ctx, lambda: token_path.read_text().strip())
 
     from kubernetes import client, config  # the loader only: it understands every kubeconfig form
 
