@@ -1,10 +1,12 @@
-"""Level-based reconcile and create-once on the real control plane.
+"""Level-based reconcile, create-once and stuck workloads on the real control plane.
 
 Drift: a manual change to an owned object (``kubectl scale`` to 0, an edited image or
 label on a pool Deployment, a Service selector, a PDB) is reverted by the next reconcile,
 and a world at rest changes no ``resourceVersion``. Create once: a new ``s3://`` resource
 creates no pool before its version resolves, then creates each pool on the digest, whose
-pod template never changes afterwards (no second roll).
+pod template never changes afterwards (no second roll). Stuck workloads: pods a
+ResourceQuota or Pod Security admission refuses (the ReplicaSet controller's
+``ReplicaFailure``) make the resource ``Degraded`` naming the Deployment and the cause.
 """
 
 from __future__ import annotations
@@ -195,3 +197,39 @@ def test_a_new_s3_resource_waits_for_its_digest_then_creates_each_pool_once(
     reasons = [r for _, r, _ in fleet.events()]
     assert "PoolUpdated" not in reasons and reasons.count("PoolCreated") == 1, reasons
     assert op.alive(), op.tail()
+
+
+def degraded_as(qwds: Qwd, name: str, reason: str) -> dict[str, Any]:
+    cond = wait_for(
+        f"Degraded={reason}",
+        lambda: (c := qwds.condition(name, "Degraded")) and c["status"] == "True" and c["reason"] == reason and c,
+        timeout=60,
+    )
+    return dict(cond)
+
+
+def test_a_resource_quota_rejecting_the_pods_makes_the_resource_degraded(
+    kube_api: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    qwds = Qwd(kube_api, namespace)
+    quota = {"metadata": {"name": "no-gpus"}, "spec": {"hard": {"requests.nvidia.com/gpu": "0"}}}
+    qwds.core.create_namespaced_resource_quota(namespace, quota)
+    qwds.create(resource("quota", replicas=1, gpu_types=["L40S"]))
+    cond = degraded_as(qwds, "quota", "ReplicaFailure")  # the ReplicaSet controller's FailedCreate
+    assert "Deployment quota-l40s" in cond["message"] and "exceeded quota" in cond["message"], cond
+    evs = qwds.core.list_namespaced_event(namespace, field_selector="involvedObject.name=quota").items
+    assert [e for e in evs if e.reason == "ReplicaFailure" and e.type == "Warning" and "quota-l40s" in e.message]
+    qwds.core.delete_namespaced_resource_quota("no-gpus", namespace)
+    wait_for("Degraded cleared once pods can be created", lambda: qwds.ready("quota"), timeout=120)
+    assert (qwds.condition("quota", "Degraded") or {}).get("status") == "False"
+
+
+def test_pods_rejected_by_pod_security_make_the_resource_degraded(
+    kube_api: Any, namespace: str, operator: OperatorProcess, kubectl: Any
+) -> None:
+    # the model-pull init container runs as root and the cache is a hostPath: "restricted" refuses both
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    qwds = Qwd(kube_api, namespace)
+    qwds.create(resource("psa", replicas=1, gpu_types=["L40S"]))
+    cond = degraded_as(qwds, "psa", "ReplicaFailure")
+    assert "violates PodSecurity" in cond["message"] and "Deployment psa-" in cond["message"], cond

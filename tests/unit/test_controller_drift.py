@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from typing import Any
 
 import pytest
 
 from qwen_operator.catalog import load_catalog
 from qwen_operator.controller import conditions as cond
+from qwen_operator.controller import failures
 from qwen_operator.controller.createonce import WAITING
 from qwen_operator.controller.drift import describe, drift, quantity
 from qwen_operator.controller.reconcile import HASH_ANNOTATION, Observed, compute
@@ -237,3 +239,89 @@ def test_registries_the_operator_does_not_track_render_at_once() -> None:
     out = compute(Observed(qwd=qwd(registry="hf://Qwen/Qwen3-14B", status={}), nodes=NODES), CATALOG, now="T")
     dep = next(m for m in out.apply if m["metadata"]["name"] == "chat-l40s")
     assert dep["spec"]["template"]["metadata"]["annotations"][ANNOTATION_MODEL_VERSION] == "stable"
+
+
+# -- stuck workloads become Degraded -------------------------------------------------------
+NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def gpu_pod(name: str, status: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "llm", "labels": {"serving.qwenops.io/deployment": "chat"}},
+        "spec": {"containers": [{"name": "tgi", "image": "tgi:9.9", "resources": {"limits": {"nvidia.com/gpu": 1}}}]},
+        "status": status,
+    }
+
+
+def waiting(reason: str, message: str = "back-off 40s restarting failed container") -> dict[str, Any]:
+    state = {"waiting": {"reason": reason, "message": message}}
+    return {"phase": "Pending", "containerStatuses": [{"name": "tgi", "state": state}]}
+
+
+@pytest.mark.parametrize(
+    "reason", ["ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "CreateContainerConfigError", "InvalidImageName"]
+)
+def test_a_container_that_cannot_start_names_the_pod_and_cause(reason: str) -> None:
+    stuck = failures.pod_cause(gpu_pod("chat-l40s-x", waiting(reason)), NOW)
+    assert stuck is not None and stuck.cause == reason and stuck.name == "chat-l40s-x"
+    if reason == "CreateContainerConfigError":  # the kubelet names what is missing: kept
+        missing = failures.pod_cause(gpu_pod("p", waiting(reason, 'secret "creds" not found')), NOW)
+        assert missing is not None and 'secret "creds" not found' in missing.sentence()
+    else:  # no kubelet back-off timers: the message stays the same while the problem does
+        assert "back-off 40s" not in stuck.sentence() and "tgi:9.9" in stuck.sentence()
+
+
+def test_unschedulable_counts_only_after_its_grace() -> None:
+    def pending(seconds: float) -> dict[str, Any]:
+        since = (NOW - dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cond_ = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "lastTransitionTime": since,
+            "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+        }
+        return gpu_pod("p", {"phase": "Pending", "conditions": [cond_]})
+
+    assert failures.pod_cause(pending(10), NOW) is None
+    stuck = failures.pod_cause(pending(failures.UNSCHEDULABLE_GRACE_SECONDS + 1), NOW)
+    assert stuck is not None and stuck.cause == "Unschedulable" and "Insufficient nvidia.com/gpu" in stuck.detail
+    assert failures.pod_cause(gpu_pod("ok", {"phase": "Running"}), NOW) is None
+
+
+def test_deployment_failures_are_read_from_its_conditions() -> None:
+    quota = 'pods "chat-l40s-7d9-" is forbidden: exceeded quota: gpu, requested: requests.nvidia.com/gpu=1'
+    dep = {
+        "metadata": {"name": "chat-l40s"},
+        "status": {
+            "conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": quota}]
+        },
+    }
+    stuck = failures.deployment_cause(dep)
+    assert stuck is not None and stuck.cause == "ReplicaFailure" and "exceeded quota" in stuck.detail
+    late = {
+        "metadata": {"name": "chat-a10g"},
+        "status": {
+            "conditions": [
+                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}
+            ]
+        },
+    }
+    assert (failures.deployment_cause(late) or failures.Stuck("", "", "", "")).cause == "ProgressDeadlineExceeded"
+
+
+def test_a_stuck_pod_makes_the_resource_degraded_with_one_event() -> None:
+    obs = converged(qwd())
+    bad = gpu_pod("chat-l40s-abc", waiting("ImagePullBackOff"))
+    with_pod = Observed(qwd=obs.qwd, deployments=obs.deployments, others=obs.others, nodes=NODES, pods=[bad])
+    out = compute(with_pod, CATALOG, now="T")
+    assert out.status is not None
+    degraded = next(c for c in out.status["conditions"] if c["type"] == cond.DEGRADED)
+    assert degraded["status"] == "True" and degraded["reason"] == "ImagePullBackOff"
+    assert "Pod chat-l40s-abc" in degraded["message"] and "tgi:9.9" in degraded["message"]
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", "ImagePullBackOff")]
+    # once status says so, the next reconcile neither writes nor posts the Event again
+    q = copy.deepcopy(dict(obs.qwd))
+    q["status"] = {**q["status"], **out.status}
+    again = compute(Observed(qwd=q, deployments=obs.deployments, others=obs.others, nodes=NODES, pods=[bad]), CATALOG)
+    assert again.writes == 0 and again.events == []

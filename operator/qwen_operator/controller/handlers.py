@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 import logging
 import time
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from ..api import GROUP, PLURAL, VERSION
 from ..catalog import Catalog
 from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from ..render.workload import OperatorDefaults
+from .failures import pod_cause
 from .kube import Kube
 from .metrics import RECONCILE_SECONDS, RECONCILES
 from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute, with_watcher_status
@@ -151,12 +153,16 @@ class Controller:
             if self.pods.pop(key, None) is not None:
                 self.trigger_all()  # GPUs were freed: unplaced replicas may fit now
             return
-        if key not in self.pods and body.get("spec", {}).get("nodeName"):
+        before = self.pods.get(key)
+        # our own pods are kept while still unscheduled too: an Unschedulable one is reported in Degraded
+        if key not in self.pods and (body.get("spec", {}).get("nodeName") or owner):
             self.pods[key] = copy.deepcopy(dict(body))
         elif key in self.pods:
             self.pods[key] = copy.deepcopy(dict(body))
         elif not body.get("spec", {}).get("nodeName"):
             return
+        if owner and _stuck_cause(before) != _stuck_cause(body):
+            self.trigger((key[0], owner))  # e.g. ImagePullBackOff began or ended: Degraded says so now
 
     # -- the loop --------------------------------------------------------------------
     async def _loop(self, key: Key) -> None:
@@ -295,6 +301,13 @@ class Controller:
 def _terminating_namespace(exc: Exception) -> bool:
     """The API refuses creates in a namespace being deleted (403 NamespaceTerminating): expected."""
     return getattr(exc, "status", None) == 403 and "NamespaceTerminating" in str(getattr(exc, "body", ""))
+
+
+def _stuck_cause(pod: Mapping[str, Any] | None) -> str | None:
+    if pod is None:
+        return None
+    stuck = pod_cause(pod, dt.datetime.now(dt.UTC))
+    return None if stuck is None else stuck.cause
 
 
 def _capacity_view(node: Mapping[str, Any]) -> tuple[Any, ...]:

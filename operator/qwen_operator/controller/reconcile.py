@@ -43,13 +43,16 @@ from ..planner.pools import Pool
 from ..render.manifests import render
 from ..render.names import (
     ANNOTATION_MODEL_VERSION,
+    LABEL_DEPLOYMENT,
     LABEL_POOL,
+    label_value,
     pool_deployment_name,
     pool_selector,
     selector_string,
 )
 from ..render.workload import NO_SURGE_ROLLING_UPDATE, OperatorDefaults, RenderContext
 from . import conditions as cond
+from . import failures
 from .createonce import waiting_conditions
 from .drift import describe, drift
 from .inventory import GPUInventory, compute_inventory
@@ -474,6 +477,18 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
             if len(absent) == len(spec.placement.gpu_types):
                 reason = "GPUTypeNotInCluster"
         conds.append(cond.Condition(cond.DEGRADED, True, reason, message))
+    own_pods = [
+        p
+        for p in obs.pods
+        if (p.get("metadata") or {}).get("namespace") == namespace
+        and ((p.get("metadata") or {}).get("labels") or {}).get(LABEL_DEPLOYMENT) == label_value(name)
+    ]
+    stuck = failures.degraded(failures.find(obs.deployments, own_pods, clock))
+    if stuck is not None and conds[0].status is not True:  # a placement problem, if any, is named first
+        conds[0] = stuck
+        live_degraded = cond.get(existing_conditions, cond.DEGRADED)
+        if live_degraded is None or live_degraded.get("message") != stuck.message:
+            out.events.append(Event("Warning", stuck.reason, stuck.message))
     if unresolved and not pool_deps and desired > 0:
         return finish(list(waiting_conditions(spec.model.registry, spec.model.version, live_status, conds[0])), extra)
     all_settled = all(_settled(d) for d in pool_deps)
