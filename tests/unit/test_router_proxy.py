@@ -593,3 +593,71 @@ def test_deployment_status_pools_become_capacities() -> None:
     pools, slo = deployment_pools(qwd)
     assert pools == {"L40S": PoolCapacity(2.7, 9000.0, 128)} and slo == 1.5
     assert deployment_pools(None) == ({}, None)
+
+
+def test_pod_watch_relists_after_410_gone_and_follows_events(bg: Loop) -> None:
+    """The watch protocol against a loopback stand-in for the API server's two endpoints (the
+    real API server is exercised in tests/integration/test_router_discovery.py; it will not
+    expire a watch on demand, so the 410 path is checked here)."""
+    from qwen_operator.router.discovery import KubeCredentials, PodWatcher
+
+    def ready_pod(name: str) -> dict[str, Any]:
+        p = pod(name)
+        p["metadata"]["annotations"] = {DIAL_ANNOTATION: f"http://127.0.0.1:1/{name}"}
+        return p
+
+    lists = [[ready_pod("a")], [ready_pod("a"), ready_pod("b")]]
+    seen_queries: list[dict[str, str]] = []
+    done = threading.Event()
+
+    async def hang() -> None:  # an open watch with nothing to say, until the test ends
+        await asyncio.get_running_loop().run_in_executor(None, done.wait, 30)
+
+    async def api(request: web.Request) -> web.StreamResponse:
+        query = dict(request.query)
+        if request.path.endswith("/pods"):
+            seen_queries.append(query)
+        if "watch" not in query:
+            items = lists.pop(0) if request.path.endswith("/pods") and lists else []
+            return web.json_response({"items": items, "metadata": {"resourceVersion": str(10 - len(lists))}})
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        if request.path.endswith("/pods") and query["resourceVersion"] == "9":  # the first list's version
+            await resp.write(json.dumps({"type": "ERROR", "object": {"code": 410, "message": "too old"}}).encode())
+            await resp.write(b"\n")
+        elif request.path.endswith("/pods"):
+            for event in (
+                {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "11"}}},
+                {"type": "ADDED", "object": ready_pod("c")},
+                {"type": "DELETED", "object": ready_pod("a")},
+            ):
+                await resp.write(json.dumps(event).encode() + b"\n")
+        await hang()
+        return resp
+
+    fake = Backend(bg, api)
+    updates: list[set[str]] = []
+
+    class Sink:
+        def update_targets(self, targets: Any) -> None:
+            updates.append(set(targets))
+
+        def update_pools(self, pools: Any, slo: Any) -> None:
+            pass
+
+    watcher = PodWatcher(KubeCredentials(fake.url, False), "llm", "chat", dial="annotation")
+    task = bg.call(lambda: asyncio.ensure_future(watcher.run(Sink())))
+    try:
+        wait_for("c added and a deleted", lambda: updates and updates[-1] == {"b", "c"}, timeout=20)
+        assert {"a"} in updates and {"a", "b"} in updates  # the first list, then the re-list after 410
+        assert seen_queries[0]["labelSelector"] == ",".join(
+            f"{k}={v}"
+            for k, v in sorted(
+                {"app.kubernetes.io/component": "server", "serving.qwenops.io/deployment": "chat"}.items()
+            )
+        )
+        assert any(q.get("watch") == "true" and q.get("allowWatchBookmarks") == "true" for q in seen_queries)
+    finally:
+        bg.call(task.cancel)
+        done.set()
+        fake.close()
