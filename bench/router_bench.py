@@ -43,6 +43,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import aiohttp
@@ -81,7 +82,7 @@ def _router_main(conn: Connection, urls: list[str]) -> None:
     asyncio.run(main())
 
 
-def start(target: Callable[..., None], *args: Any) -> tuple[mp.Process, str]:
+def start(target: Callable[..., None], *args: Any) -> tuple[BaseProcess, str]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=target, args=(child, *args), daemon=True)

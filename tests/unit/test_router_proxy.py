@@ -193,7 +193,8 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-CHAT = {"messages": [{"role": "user", "content": "What is continuous batching?"}], "max_tokens": 5}
+MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "What is continuous batching?"}]
+CHAT: dict[str, Any] = {"messages": MESSAGES, "max_tokens": 5}
 
 
 # --- real clients through the router -----------------------------------------------------------
@@ -204,9 +205,9 @@ def test_huggingface_inference_client_chat_stream_and_generate_through_the_route
 ) -> None:
     r = make_router([Target(f"sim-{i}", s.base_url, "A10G") for i, s in enumerate(sims)])
     client = InferenceClient(base_url=r.url)
-    out = client.chat_completion(CHAT["messages"], max_tokens=7)
-    assert out.choices[0].message.role == "assistant" and len(out.choices[0].message.content.split()) == 7
-    stream = list(client.chat_completion(CHAT["messages"], max_tokens=6, stream=True))
+    out = client.chat_completion(MESSAGES, max_tokens=7)
+    assert out.choices[0].message.role == "assistant" and len((out.choices[0].message.content or "").split()) == 7
+    stream = list(client.chat_completion(MESSAGES, max_tokens=6, stream=True))
     assert len(stream) == 6 and stream[-1].choices[0].finish_reason == "length"
     pieces = list(client.text_generation("hello there", max_new_tokens=9, stream=True))
     assert len(pieces) == 9
