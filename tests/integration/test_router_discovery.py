@@ -101,7 +101,9 @@ class RouterProcess:
         self._log = log.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "qwen_operator.cli", "router", "--namespace", namespace, "--deployment", NAME]
-            + ["--host", "127.0.0.1", "--port", "0", "--kubeconfig", str(sandbox.kubeconfig), "--hold-timeout", "2"],
+            + ["--host", "127.0.0.1", "--port", "0", "--kubeconfig", str(sandbox.kubeconfig), "--hold-timeout", "2"]
+            # affinity off: which pod answers then follows from discovery and weights alone
+            + ["--affinity", "off"],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
