@@ -475,6 +475,33 @@ def test_canary_pods_get_nothing_at_zero_percent(
     assert served == {"stable"}
 
 
+def test_session_header_keeps_a_conversation_on_one_replica_and_canary_gets_its_share(
+    sims: list[ServedTGI], make_router: Callable[..., RouterUnderTest]
+) -> None:
+    targets = [Target("sim-0", sims[0].base_url, "A10G"), Target("sim-1", sims[1].base_url, "A10G")]
+    r = make_router(targets, RouterConfig(affinity=True))
+
+    def served(session: str, i: int) -> str:
+        body = {"inputs": f"turn {i}", "parameters": {"max_new_tokens": 1}}
+        req = HTTPRequest(
+            r.url + "/generate",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "x-session-id": session},
+        )
+        with urlopen(req, timeout=10) as resp:
+            return str(resp.headers[ENDPOINT_HEADER])
+
+    for session in ("alice", "bob", "carol", "dave"):
+        assert len({served(session, i) for i in range(4)}) == 1  # different prompts, one replica
+    assert len({served(f"user-{n}", 0) for n in range(16)}) == 2  # many sessions use both
+
+    canary = Target("canary", sims[1].base_url, "A10G", canary=True)
+    rc = make_router([targets[0], canary], RouterConfig(affinity=False, canary_percent=25))
+    one = {"inputs": "x", "parameters": {"max_new_tokens": 1}}
+    got = [post(rc.url + "/generate", one)[2][ENDPOINT_HEADER] for _ in range(4)]
+    assert got.count("canary") == 1  # 25% of picks, by counter
+
+
 def test_health_and_metrics_are_the_routers_own(
     sims: list[ServedTGI], make_router: Callable[..., RouterUnderTest]
 ) -> None:
