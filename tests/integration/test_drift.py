@@ -99,10 +99,17 @@ def test_kubectl_scale_an_image_and_a_label_edit_on_a_pool_are_reverted(
         ),
         timeout=REVERT_WITHIN,
     )
-    messages = drift_events(qwds)
-    assert any("spec.replicas" in m for m in messages), messages
-    assert any("image" in m for m in messages), messages
-    assert any("metadata.labels" in m for m in messages), messages
+    # each revert posted its Warning (after its apply: wait for the last one)
+    messages = wait_for(
+        "a DriftReverted Event per change",
+        lambda: (
+            (m := drift_events(qwds))
+            and all(any(part in x for x in m) for part in ("spec.replicas", "image", "metadata.labels"))
+            and m
+        ),
+        timeout=30,
+    )
+    assert len(messages) >= 3, messages
     assert operator.alive(), operator.tail()
 
 
@@ -124,9 +131,15 @@ def test_a_service_selector_and_a_pdb_edit_are_reverted(ready: Qwd, kubectl: Any
         lambda: policy.read_namespaced_pod_disruption_budget("drift", ns).spec.max_unavailable == want,
         timeout=REVERT_WITHIN,
     )
-    messages = drift_events(qwds)
-    assert any(m.startswith("Service drift") and "spec.selector" in m for m in messages), messages
-    assert any(m.startswith("PodDisruptionBudget drift") for m in messages), messages
+    wait_for(
+        "a DriftReverted Event for the Service and the PDB",
+        lambda: (
+            (m := drift_events(qwds))
+            and any(x.startswith("Service drift") and "spec.selector" in x for x in m)
+            and any(x.startswith("PodDisruptionBudget drift") and "maxUnavailable" in x for x in m)
+        ),
+        timeout=30,
+    )
 
 
 def test_a_world_at_rest_changes_no_resource_version(ready: Qwd, operator: OperatorProcess) -> None:
