@@ -291,7 +291,8 @@ async def bench(args: argparse.Namespace) -> list[Phase]:
 
 
 def report(phases: list[Phase], args: argparse.Namespace) -> None:
-    print(f"\n{BANNER}; {os.cpu_count()} CPU cores shared by generator, router and {args.backends} backends\n")
+    print(f"\n{BANNER}; {os.cpu_count()} CPU cores shared by generator, router and {args.backends} backends")
+    print(f"load average before / after the run: {args.load_before:.2f} / {os.getloadavg()[0]:.2f}\n")
     lat, mx, paced, fast = phases
     d, r = lat.direct, lat.routed
     print(f"{'':34}{'direct':>12}{'router':>12}{'added':>12}{'ratio':>9}")
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
+    args.load_before = os.getloadavg()[0]  # other work on the machine skews every figure: say how much
     phases = asyncio.run(bench(args))
     report(phases, args)
     print(f"({time.monotonic() - t0:.0f} s)")

@@ -410,6 +410,40 @@ def test_request_is_held_until_an_endpoint_appears_then_served(
     assert sample(metrics, "qwen_router_requests_total", pool="A10G", code="200") == 1
 
 
+def test_a_held_request_whose_client_left_is_never_sent(bg: Loop, make_router: Callable[..., RouterUnderTest]) -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"generated_text": "x"})
+
+    b = Backend(bg, ok)
+    try:
+        r = make_router([])
+        import socket
+
+        sock = socket.create_connection(("127.0.0.1", r.router.port), timeout=5)
+        body = b'{"inputs": "x"}'
+        sock.sendall(
+            b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        wait_for("request held", lambda: bg.call(r.router.held) == 1)
+        sock.close()  # the client gives up while the fleet scales from zero
+        server = r.router._runner.server if r.router._runner else None
+        assert server is not None
+        gone = lambda: all(h.transport is None for h in server.connections)  # noqa: E731
+        wait_for("disconnect seen by the router", lambda: bg.call(gone), timeout=10)
+        bg.call(lambda: r.router.update_targets({"up": Target("up", b.url, "A10G")}))
+        wait_for(
+            "the abandoned request dropped",
+            lambda: sample(r.metrics(), "qwen_router_requests_total", pool="none", code="499") == 1,
+            timeout=10,
+        )
+        assert b.hits == 0 and bg.call(r.router.held) == 0
+        assert post(r.url + "/generate", {"inputs": "y"})[0] == 200  # a live client is served
+    finally:
+        b.close()
+
+
 def test_hold_timeout_and_full_queue_answer_503_with_retry_after(
     bg: Loop, make_router: Callable[..., RouterUnderTest]
 ) -> None:

@@ -279,7 +279,7 @@ class Router:
         return bool(tried) and all(name in tried for name in self._targets)
 
     async def _acquire(
-        self, key: str | None, prompt_tokens: int, tried: list[str]
+        self, request: web.Request, key: str | None, prompt_tokens: int, tried: list[str]
     ) -> tuple[Endpoint, Target] | web.Response | None:
         """An endpoint for this request, a 503 to answer (hold full or timed out), or None
         (every endpoint tried: the caller answers with the last failure)."""
@@ -307,6 +307,8 @@ class Router:
         deadline = started + cfg.hold_timeout
         try:
             while True:
+                if _client_gone(request):  # abandoned while held: never send it to a replica
+                    return web.Response(status=499)
                 ep = self.picker.pick(key=key, prompt_tokens=prompt_tokens, exclude=tried)
                 if ep is not None:
                     return ep, self._targets[ep.name]
@@ -353,7 +355,7 @@ class Router:
         tried: list[str] = []
         last: _RetryError | None = None
         while True:
-            got = await self._acquire(key, prompt_tokens, tried)
+            got = await self._acquire(request, key, prompt_tokens, tried)
             if got is None:  # every endpoint tried
                 assert last is not None
                 self.metrics.requests.labels(NO_POOL, str(last.status)).inc()
