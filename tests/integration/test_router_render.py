@@ -290,7 +290,7 @@ def test_inference_pool_and_http_route_against_the_upstream_crds(
         check=False,
     )
     assert "InferencePool" in rendered.stdout, rendered.stderr
-    kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=test", "-f", "-", stdin=rendered.stdout)
+    kubectl("apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", "-", stdin=rendered.stdout)
     # switching the gateway path off removes both
     world.patch("chat", {"spec": {"routing": {"gateway": {"inferencePool": False}}}})
     wait_for("gateway objects removed", lambda: not world.gateway_objects("chat"), timeout=60)
