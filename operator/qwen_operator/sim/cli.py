@@ -22,7 +22,8 @@ from ..cli import UserError
 from .capacity import LATENCY_METRICS
 from .fleet import ROUTINGS
 from .simulate import ALL_POLICIES, POLICIES, PolicyResult, SimConfig, simulate
-from .trace import ENVELOPES, TraceError, build_trace, default_trace_path, load_azure_csv
+from .trace import ENVELOPES, Trace, TraceError, build_trace, default_trace_path, load_azure_csv
+from .workloads import WORKLOADS, build_session_trace
 
 BANNER = "SIMULATED fleet (replica model + continuous-batching engine; no real GPUs)"
 #: ``--policy`` groups: ``all`` (the README table) and ``prewarm`` (pre-warm variants side by side).
@@ -74,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     _choice("--quantization", args.quantization, QUANTIZATIONS)
     _choice("--latency", args.latency, LATENCY_METRICS)
     _choice("--routing", args.routing, ROUTINGS)
+    _choice("--workload", args.workload, WORKLOADS)
     if args.rate_scale is not None and not (args.rate_scale > 0 and math.isfinite(args.rate_scale)):
         raise UserError(f"--rate-scale: must be a positive number, got {args.rate_scale}")
     try:
@@ -117,13 +119,19 @@ def run_simulate(args: argparse.Namespace) -> int:
     policies = parse_policies(args.policy)
     try:
         rows = load_azure_csv(args.trace or default_trace_path())
-        trace = build_trace(rows, args.envelope, seed=args.seed, rate_scale=args.rate_scale)
+        trace: Trace
+        if args.workload == "sessions":
+            trace = build_session_trace(rows, args.envelope, seed=args.seed, rate_scale=args.rate_scale)
+        else:
+            trace = build_trace(rows, args.envelope, seed=args.seed, rate_scale=args.rate_scale)
     except TraceError as exc:
         raise UserError(f"--trace: {exc}") from None
     print(
         f"{BANNER}\ntrace: {args.trace or default_trace_path()} (Azure LLM trace, CC-BY 4.0), "
         f"envelope {args.envelope}: {len(trace)} requests over {trace.duration / 3600:.1f}h"
     )
+    if args.workload == "sessions":
+        print(f"workload: {trace.description} (affinity key = session id; replicas cache prefixes)")
     started = time.monotonic()
     try:
         results, notes = simulate(trace, rows, cfg, policies, _progress)
@@ -143,6 +151,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             "slo_p95_seconds": cfg.slo_seconds,
             "latency_metric": cfg.latency_metric,
             "routing": cfg.routing,
+            "workload": args.workload,
             "policies": {name: r.metrics() for name, r in results.items()},
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
@@ -179,6 +188,12 @@ def register(subparsers: Any) -> None:
         default="router",
         help="how requests reach replicas: router (the router's algorithm: capacity-weighted, size-aware; "
         "default), least-outstanding (unweighted), service (uniform random, what a Kubernetes Service gives)",
+    )
+    p.add_argument(
+        "--workload",
+        default="trace",
+        help="trace (the Azure trace under the envelope, default) or sessions (SYNTHETIC multi-turn chat: "
+        "prompts grow by each turn, turn sizes from the trace, session starts follow the envelope)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rate-scale", type=float, default=None, help="multiply the envelope's arrival rate")

@@ -24,6 +24,19 @@ Scheduling follows TGI's router (``backends/v3``):
   prefill, and the running batch pauses during that prefill.
 * Prefill yields each new request's first token; every decode step one more token per
   running request; a request leaves the batch (and frees its KV) after its last token.
+* Prefix caching (TGI 3 and vLLM both keep the KV of finished requests and reuse it for a
+  later prompt with the same leading tokens: vLLM hashes 16-token blocks and evicts free
+  cached blocks LRU; TGI 3 keeps them in a radix trie, LRU over unreferenced leaves). A
+  request may carry ``prefix_key`` (e.g. its chat session) and ``prefix_tokens``, how many
+  leading tokens of its prompt an earlier request with that key already had. When the
+  request is admitted and this replica still caches that key, the cached part (whole
+  blocks of ``prefix_block_tokens``, never the prompt's last token, whose logits are
+  needed) is not prefilled: the prompt's chunks start after it and attend to it. A
+  finished keyed request leaves its prompt + reply cached under its key. The cache lives
+  in the KV memory running requests do not hold: admission never waits for it (cached
+  blocks are free blocks), and when a request is admitted the least recently used
+  entries are evicted until cache + reservations fit ``kv_capacity``. Requests without a
+  key never touch it, so the engine behaves exactly as without prefix caching.
 
 Time semantics: operations (a prefill, or one decode step) are atomic; ``advance(t)``
 executes every operation that *starts* before ``t``, so the engine's internal clock may
@@ -36,8 +49,9 @@ linear in context); chunks are cut so context grows at most ``_CHUNK_GROWTH`` in
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from ..capacity.model import TGI_MAX_WAITING_TOKENS, TGI_WAITING_SERVED_RATIO, ReplicaModel
@@ -48,12 +62,16 @@ VALIDATION = "validation"
 PENDING = "pending"
 
 _CHUNK_GROWTH = 0.05  # max relative growth of the batch context inside one decode chunk
+#: Granularity of a prefix-cache hit: vLLM's default KV block (``block_size`` 16); only whole
+#: blocks are reused. (TGI 3's radix trie with flashinfer matches per token: slightly more.)
+PREFIX_BLOCK_TOKENS = 16
 _INF = math.inf
 
 
 @dataclass(slots=True, eq=False)
 class Request:
-    """One generation request. The caller sets the first four fields; the engine the rest."""
+    """One generation request. The caller sets the first four fields (and the prefix pair,
+    for prefix caching); the engine the rest."""
 
     arrival: float
     prompt_tokens: int
@@ -63,6 +81,9 @@ class Request:
     start: float = math.nan  # prefill start: queue time = start - arrival
     first_token: float = math.nan  # end of its prefill (time to first token = first_token - arrival)
     finish: float = math.nan  # last token produced
+    prefix_key: str | None = None  # what its cached prefix is filed under (a chat session), None: no caching
+    prefix_tokens: int = 0  # leading prompt tokens an earlier request with this key already had
+    cached_tokens: int = 0  # set by the engine: prompt tokens found in the prefix cache (not prefilled)
     _end_step: int = field(default=0, repr=False)
 
     @property
@@ -105,8 +126,12 @@ class ReplicaEngine:
         max_waiting_tokens: int = TGI_MAX_WAITING_TOKENS,
         waiting_served_ratio: float = TGI_WAITING_SERVED_RATIO,
         chunked_prefill: bool = True,
+        prefix_block_tokens: int = PREFIX_BLOCK_TOKENS,
     ) -> None:
+        if prefix_block_tokens < 1:
+            raise ValueError(f"prefix_block_tokens must be >= 1, got {prefix_block_tokens}")
         self.model = model
+        self.prefix_block_tokens = prefix_block_tokens
         self.chunked_prefill = chunked_prefill
         self.max_waiting_tokens = max_waiting_tokens
         self.waiting_served_ratio = waiting_served_ratio
@@ -126,6 +151,11 @@ class ReplicaEngine:
         self._partial_done = 0  # its prompt tokens already prefilled
         self._last_finish_at = -_INF
         self._last_finish_count = 0
+        self._cache: OrderedDict[str, int] = OrderedDict()  # prefix key -> cached tokens, LRU first
+        self._cached = 0  # tokens in the prefix cache
+        self.prefix_hits = 0  # admitted keyed requests that found part of their prompt cached
+        self.prefix_misses = 0  # admitted keyed requests that found nothing (not cached, evicted)
+        self.cached_prompt_tokens = 0  # prompt tokens not prefilled thanks to the cache
         self.rejected = 0
         self.rejected_validation = 0
         self.completed = 0
@@ -169,6 +199,15 @@ class ReplicaEngine:
     @property
     def kv_tokens_reserved(self) -> int:
         return self._reserved
+
+    @property
+    def prefix_cache_tokens(self) -> int:
+        """Tokens of KV kept for finished requests' prefixes (free memory, evicted LRU on demand)."""
+        return self._cached
+
+    def cached_prefix(self, key: str) -> int:
+        """Tokens this replica caches under ``key`` (0 when none)."""
+        return self._cache.get(key, 0)
 
     @property
     def idle(self) -> bool:
@@ -231,6 +270,16 @@ class ReplicaEngine:
             return False
         return reserved + req.prompt_tokens + req.output_tokens <= self.kv_capacity
 
+    def _hit(self, req: Request, taken: set[str] | None = None) -> int:
+        """Prompt tokens of ``req`` the cache would spare it if admitted now (no side effect):
+        the cached part of its shared prefix, in whole blocks, leaving its last token to
+        prefill. ``taken``: keys another request of the same forward already claims."""
+        key = req.prefix_key
+        if key is None or req.prefix_tokens <= 0 or (taken is not None and key in taken):
+            return 0
+        usable = min(self._cache.get(key, 0), req.prefix_tokens, req.prompt_tokens - 1)
+        return max(0, usable - usable % self.prefix_block_tokens)
+
     def _admissible(self) -> list[Request]:
         """Legacy (unchunked) admission: what TGI's queue hands out now."""
         if not self._queue:
@@ -242,11 +291,15 @@ class ReplicaEngine:
         picked: list[Request] = []
         prefill = 0
         reserved = self._reserved
+        taken: set[str] = set()
         for req in self._queue:
-            if prefill + req.prompt_tokens > self.prefill_budget or not self._fits(req, reserved, n_run + len(picked)):
+            new = req.prompt_tokens - self._hit(req, taken)
+            if prefill + new > self.prefill_budget or not self._fits(req, reserved, n_run + len(picked)):
                 break
             picked.append(req)
-            prefill += req.prompt_tokens
+            if req.prefix_key is not None:
+                taken.add(req.prefix_key)
+            prefill += new
             reserved += req.prompt_tokens + req.output_tokens
         return picked
 
@@ -261,11 +314,15 @@ class ReplicaEngine:
             out.append((self._partial, c, self._partial_done))
             budget -= c
         reserved, batch = self._reserved, self.batch_size
+        taken: set[str] = set()
         for req in self._queue:
             if budget <= 0 or not self._fits(req, reserved, batch):
                 break
-            c = min(req.prompt_tokens, budget)
-            out.append((req, c, 0))
+            hit = self._hit(req, taken)
+            if req.prefix_key is not None:
+                taken.add(req.prefix_key)
+            c = min(req.prompt_tokens - hit, budget)
+            out.append((req, c, hit))
             budget -= c
             reserved += req.prompt_tokens + req.output_tokens
             batch += 1
@@ -286,7 +343,11 @@ class ReplicaEngine:
         else:
             picked = self._admissible()
             if picked:
-                return ("prefill", self.model.prefill_seconds([r.prompt_tokens for r in picked]), len(picked))
+                hits = self._hits(picked)
+                if not any(hits):
+                    return ("prefill", self.model.prefill_seconds([r.prompt_tokens for r in picked]), len(picked))
+                rest = [(r.prompt_tokens - h, h) for r, h in zip(picked, hits, strict=True)]
+                return ("prefill", self.model.forward_seconds(prefill=rest), len(picked))
         if not b:
             return None
         k = self._running[0][0] - self._step  # steps until the first completion
@@ -301,6 +362,15 @@ class ReplicaEngine:
         if to_time < _INF:
             k = max(1, min(k, math.ceil((to_time - self._t) / step)))
         return ("decode", step, k)
+
+    def _hits(self, picked: list[Request]) -> list[int]:
+        taken: set[str] = set()
+        out = []
+        for req in picked:
+            out.append(self._hit(req, taken))
+            if req.prefix_key is not None:
+                taken.add(req.prefix_key)
+        return out
 
     def _run(self, to_time: float) -> None:
         if self._t < to_time and not self._running and not self._queue and self._partial is None:
@@ -333,16 +403,38 @@ class ReplicaEngine:
         self._seq += 1
         heapq.heappush(self._running, (req._end_step, self._seq, req))
 
-    def _take(self, start: float) -> Request:
+    def _take(self, start: float, hit: int = 0) -> Request:
         req = self._queue.popleft()
         req.start = start
         self._reserved += req.prompt_tokens + req.output_tokens
+        if req.prefix_key is not None:
+            self._claim(req, hit)
+        self._evict()
         return req
+
+    def _claim(self, req: Request, hit: int) -> None:
+        """``req`` is admitted with ``hit`` prompt tokens from the cache: its key's entry now
+        belongs to the request (it is in use, not free)."""
+        assert req.prefix_key is not None
+        held = self._cache.pop(req.prefix_key, None)
+        if held is not None:
+            self._cached -= held
+        req.cached_tokens = hit
+        if hit:
+            self.prefix_hits += 1
+            self.cached_prompt_tokens += hit
+        elif req.prefix_tokens > 0:
+            self.prefix_misses += 1
+
+    def _evict(self) -> None:
+        """Least recently used entries go until the cache fits beside the reservations."""
+        while self._cache and self._cached + self._reserved > self.kv_capacity:
+            self._cached -= self._cache.popitem(last=False)[1]
 
     def _prefill(self, n: int, seconds: float) -> None:
         start, end = self._t, self._t + seconds
-        for _ in range(n):
-            self._join(self._take(start), start, end)
+        for hit in self._hits(list(itertools.islice(self._queue, n))):
+            self._join(self._take(start, hit), start, end)
         self._t = end
         self.busy_seconds += seconds
         self._since_prefill = 1
@@ -359,7 +451,7 @@ class ReplicaEngine:
             if req is self._partial:
                 self._partial = None
             else:
-                self._take(start)
+                self._take(start, done)
             if done + c < req.prompt_tokens:
                 self._partial, self._partial_done = req, done + c
             else:
@@ -381,6 +473,8 @@ class ReplicaEngine:
         req.finish = at
         req.status = OK
         self._reserved -= req.prompt_tokens + req.output_tokens
+        if req.prefix_key is not None:
+            self._keep(req.prefix_key, req.prompt_tokens + req.output_tokens)
         self.completed += 1
         if at == self._last_finish_at:
             self._last_finish_count += 1
@@ -388,3 +482,15 @@ class ReplicaEngine:
             self._last_finish_at, self._last_finish_count = at, 1
         self._seq += 1
         heapq.heappush(self._done, (at, self._seq, req))
+
+    def _keep(self, key: str, tokens: int) -> None:
+        """A finished keyed request's prompt + reply stay cached under ``key`` (most recently
+        used), in whole blocks. Its reservation was just released, so it always fits."""
+        tokens -= tokens % self.prefix_block_tokens
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cached -= old
+        if tokens > 0:
+            self._cache[key] = tokens
+            self._cached += tokens
+        self._evict()

@@ -183,9 +183,18 @@ class Fleet:
             self._arrivals.popleft()
         return len(self._arrivals) / P95_WINDOW_SECONDS
 
-    def route(self, t: float, prompt: int, output: int, key: str | None = None) -> Replica | None:
+    def route(
+        self, t: float, prompt: int, output: int, key: str | None = None, prefix_tokens: int = 0
+    ) -> Replica | None:
         """Send one request arriving at ``t`` to a ready replica, as ``self.routing`` says;
         the replica that accepted it (None: rejected or invalid).
+
+        ``key`` is the request's affinity key (a chat session id, as
+        :func:`~qwen_operator.router.picking.affinity_key` derives it) and, on the replica, the
+        key its prefix is cached under; ``prefix_tokens``: leading prompt tokens an earlier
+        request with that key already had (the replica prefills only what it does not cache).
+        Every routing sends the same keyed requests: only ``router`` (with affinity on) uses
+        the key to choose.
 
         ``router``: :meth:`Picker.pick` with the request's prompt size and affinity ``key``
         (a session id); the weights are each pool's requests/s within the SLO, the number
@@ -209,7 +218,7 @@ class Fleet:
             self._reject(minute)
             return None
         best = self._by_name[ep.name]
-        req = Request(t, prompt, output)
+        req = Request(t, prompt, output, prefix_key=key, prefix_tokens=prefix_tokens)
         if best.engine.submit(req):
             self.picker.acquire(ep, prompt)
             best.prefilling.append(req)
@@ -291,6 +300,9 @@ class FixedRun:
     invalid: int
     p95_seconds: float  # P95 latency of requests arriving after the warm-up; rejected count as infinite
     mean_seconds: float  # mean latency of the answered ones after the warm-up
+    prefix_hits: int = 0  # keyed requests that found part of their prompt in their replica's prefix cache
+    prefix_misses: int = 0  # keyed requests with a shared prefix that found none of it cached
+    cached_prompt_tokens: int = 0  # prompt tokens not prefilled thanks to the prefix cache
 
 
 def serve_fixed(
@@ -307,11 +319,14 @@ def serve_fixed(
     keys: list[str | None] | None = None,
     warmup_seconds: float = 60.0,
     affinity: bool = True,
+    prefix_tokens: list[int] | None = None,
 ) -> FixedRun:
     """Replay arrivals (sorted) through ``replicas`` per pool, all warm from t=0, routed by ``routing``.
 
     The router sees completions and first tokens every ``sync_seconds`` (the real router sees
-    them as they happen); ``keys``: an affinity key per request (e.g. a chat session id).
+    them as they happen); ``keys``: an affinity key per request (e.g. a chat session id);
+    ``prefix_tokens``: per request, the leading prompt tokens an earlier request with the
+    same key already had (what the replica's prefix cache may spare it).
     """
     limits = {pool: n * profiles[pool].shards for pool, n in replicas.items()}
     fleet = Fleet(profiles, limits, metric, routing, slo_seconds if metric == "ttft" else 0.0, seed, affinity)
@@ -321,8 +336,15 @@ def serve_fixed(
         if t >= next_sync:
             fleet.sync(t)
             next_sync = t + sync_seconds
-        fleet.route(t, prompts[i], outputs[i], keys[i] if keys is not None else None)
+        fleet.route(
+            t,
+            prompts[i],
+            outputs[i],
+            keys[i] if keys is not None else None,
+            prefix_tokens[i] if prefix_tokens is not None else 0,
+        )
     end = arrivals[-1] if arrivals else 0.0
+    engines = [r.engine for r in fleet.active]
     fleet.close(end)
     warm_minute = math.ceil(warmup_seconds / 60.0)
     lats = sorted(v for m, vs in fleet.stats.per_minute.items() if m >= warm_minute for v in vs)
@@ -330,4 +352,13 @@ def serve_fixed(
     p95 = lats[min(len(lats) - 1, math.ceil(0.95 * len(lats)) - 1)] if lats else math.nan
     st = fleet.stats
     mean = sum(answered) / len(answered) if answered else math.nan
-    return FixedRun(st.requests, st.rejected, st.invalid, p95, mean)
+    return FixedRun(
+        st.requests,
+        st.rejected,
+        st.invalid,
+        p95,
+        mean,
+        sum(e.prefix_hits for e in engines),
+        sum(e.prefix_misses for e in engines),
+        sum(e.cached_prompt_tokens for e in engines),
+    )

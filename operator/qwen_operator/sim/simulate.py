@@ -48,6 +48,7 @@ from ..autoscale.policy import Decision, Floor, History, PoolState, Targets, pla
 from .capacity import PoolProfile, calibrate_pool, smallest_fit
 from .fleet import Fleet
 from .trace import ENVELOPES, Trace, TraceRow
+from .workloads import SessionTrace
 
 POLICIES = ("qwen", "hpa-queue", "static-peak", "static-mean", "oracle")
 PREWARM_POLICIES = ("qwen+schedule", "qwen+predictive")
@@ -302,7 +303,10 @@ def simulate_policy(
             if t >= next_sync:
                 fleet.sync(t)
                 next_sync = t + cfg.sync_seconds
-            fleet.route(t, prompt[i], output[i])
+            if isinstance(trace, SessionTrace):  # chat turns: session key and prefix shared with the last turn
+                fleet.route(t, prompt[i], output[i], trace.keys[i], trace.prefix_tokens[i])
+            else:
+                fleet.route(t, prompt[i], output[i])
             i += 1
         fleet.sync(now)
         next_sync = now + cfg.sync_seconds
