@@ -193,3 +193,11 @@ def test_session_trace_follows_the_envelope_and_rejects_bad_input(rows: list[Tra
         build_sessions(rows, 0.0, 60.0)
     with pytest.raises(TraceError, match="think"):
         build_sessions(rows, 1.0, 60.0, think_mean_seconds=0.5)
+
+
+def test_cli_workload_flag_is_validated() -> None:
+    from qwen_operator.cli import UserError, build_parser
+
+    args = build_parser().parse_args(["simulate", "--workload", "chats"])
+    with pytest.raises(UserError, match="--workload: 'chats' is not valid; valid: trace, sessions"):
+        args.handler(args)
