@@ -195,13 +195,18 @@ async def closed_loop(
     return out
 
 
-async def streams(session: aiohttp.ClientSession, pick: Pick, n: int, seconds: float) -> dict[str, float]:
+async def streams(
+    session: aiohttp.ClientSession, pick: Pick, n: int, seconds: float, router_pid: int | None
+) -> dict[str, float]:
     """``n`` concurrent 256-token streams, repeated for ``seconds``: tokens/s received."""
     loop = asyncio.get_running_loop()
     tokens = errors = finished = 0
     ttfts: list[float] = []
     stop_at = loop.time() + seconds
-    payload = json.dumps({"inputs": "Explain continuous batching. " * 8, "parameters": {"max_new_tokens": 256}})
+
+    def payload(i: int) -> str:  # distinct prompts (distinct users), so affinity spreads them
+        prompt = f"{i}: " + "Explain continuous batching. " * 8
+        return json.dumps({"inputs": prompt, "parameters": {"max_new_tokens": 256}})
 
     async def client(c: int) -> None:
         nonlocal tokens, errors, finished
@@ -210,7 +215,7 @@ async def streams(session: aiohttp.ClientSession, pick: Pick, n: int, seconds: f
             t = loop.time()
             first = True
             try:
-                async with session.post(pick(i) + "/generate_stream", data=payload) as resp:
+                async with session.post(pick(i) + "/generate_stream", data=payload(i)) as resp:
                     async for line in resp.content:
                         if line.startswith(b"data:"):
                             if first:
@@ -222,16 +227,20 @@ async def streams(session: aiohttp.ClientSession, pick: Pick, n: int, seconds: f
                 errors += 1
             i += n
 
+    cpu0 = cpu_seconds(router_pid) if router_pid else 0.0
     t0 = loop.time()
     await asyncio.gather(*(client(c) for c in range(n)))
     wall = loop.time() - t0
-    return {
+    out = {
         "streams_finished": finished,
         "errors": errors,
         "tokens": tokens,
         "tokens_per_s": tokens / wall,
         "ttft_p50_ms": quantile(ttfts, 0.5) * 1000,
     }
+    if router_pid:
+        out["router_cpu_us_per_token"] = (cpu_seconds(router_pid) - cpu0) / max(1, tokens) * 1e6
+    return out
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -281,7 +290,7 @@ async def bench(args: argparse.Namespace) -> list[Phase]:
                 ("streams, as fast as emitted", fast_urls, r_fast_url, r_fast.pid),
             ):
                 print(f"[streams] {label}: {args.streams} concurrent x {args.seconds:g} s", file=sys.stderr)
-                d, r = await both(urls, rurl, pid, lambda p, _pid: streams(s, p, args.streams, args.seconds))
+                d, r = await both(urls, rurl, pid, lambda p, pid: streams(s, p, args.streams, args.seconds, pid))
                 phases.append(Phase(label, d, r))
     finally:
         for proc, _ in [*fast, *paced, (r_fast, ""), (r_paced, "")]:
@@ -309,6 +318,7 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
         ratio = r["tokens_per_s"] / d["tokens_per_s"]
         print(f"{ph.name + ' (tok/s)':34}{d['tokens_per_s']:12.0f}{r['tokens_per_s']:12.0f}{'':12}{ratio:9.3f}x")
         print(f"{'  first token p50 (ms)':34}{d['ttft_p50_ms']:12.1f}{r['ttft_p50_ms']:12.1f}")
+        print(f"{'  router CPU per token (us)':34}{'':12}{r['router_cpu_us_per_token']:12.1f}")
     print("\ntargets (issue 9): p99 added <= 5 ms at 500 req/s; >= 1,500 req/s per router core;")
     print("                   stream tokens/s >= 98% of direct")
 
