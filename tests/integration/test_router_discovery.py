@@ -138,10 +138,12 @@ class RouterProcess:
         with urlopen(self.url + "/metrics", timeout=5) as resp:
             return str(resp.read().decode())
 
-    def stop(self) -> None:
-        self.proc.terminate()
+    def stop(self) -> int:
+        """SIGTERM, as the kubelet sends it; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
         try:
-            self.proc.wait(20)
+            return self.proc.wait(20)
         finally:
             self._log.close()
 
@@ -198,4 +200,5 @@ def test_router_routes_to_ready_pods_only_weights_pools_and_drops_a_deleted_pod(
     assert 'qwen_router_endpoints{pool="A10G"} 1.0' in metrics
     assert 'pool="L40S"' not in metrics.split("# HELP qwen_router_endpoints ")[1]
     assert 'qwen_router_requests_total{code="200",pool="L40S"}' in metrics  # it did serve before
-    assert router.proc.poll() is None
+    assert router.proc.poll() is None  # alive through every change
+    assert router.stop() == 0  # and it shuts down cleanly on SIGTERM
