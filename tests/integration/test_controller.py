@@ -201,7 +201,8 @@ def test_killed_operator_restarts_without_duplicates(
         assert sum(d.spec.replicas for d in deps.values()) == 3
         assert len(deps) == len(set(deps)) and all(n.startswith("crash-") for n in deps)
         assert len(qwds.ready_pods("crash")) == 3
-        assert len(qwds.core.list_namespaced_service(namespace).items) == 1
+        # one client Service (over the router) and one over the servers, no duplicates
+        assert len(qwds.core.list_namespaced_service(namespace).items) == 2
     finally:
         op2.stop()
 
