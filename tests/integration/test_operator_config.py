@@ -85,7 +85,9 @@ class Api:
         """The pod template of the resource's (single) pool Deployment, once it exists."""
 
         def one() -> Any:
-            items = self.apps.list_namespaced_deployment(self.ns, label_selector=f"{LABEL}={name}").items
+            items = self.apps.list_namespaced_deployment(
+                self.ns, label_selector=f"{LABEL}={name},app.kubernetes.io/component=server"
+            ).items
             return items[0].spec.template.spec if len(items) == 1 else None
 
         return wait_for(f"the pool Deployment of {name}", one, timeout=60)
