@@ -1,6 +1,8 @@
-"""The simulated fleet's plumbing: pod -> replica parsing, the balancer, the bridge's
-start/route/retire cycle and the load generator's accounting (no cluster: pods are the
-dicts the renderer produces, servers are real simulated TGI servers on loopback)."""
+"""The simulated fleet's plumbing: pod -> replica parsing, the bridge's start/dial/retire
+cycle, the router bridge's pure parts (argv as rendered, ServiceAccount kubeconfig, the
+router's request counts) and the load generator's per-request accounting (no cluster: pods
+are the dicts the renderer produces, servers are real simulated TGI servers on loopback;
+the router path on a real control plane is the e2e's)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ from qwen_operator.api import QwenDeploymentSpec
 from qwen_operator.catalog import Catalog
 from qwen_operator.planner import plan
 from qwen_operator.render import RenderContext, render
+from qwen_operator.render.router import router_deployment
 from qwen_operator.sandbox.prometheus import Target
-from qwen_operator.sim.balancer import Backend, LeastOutstandingBalancer
 from qwen_operator.sim.fleet_bridge import FleetBridge, p95
-from qwen_operator.sim.loadgen import LoadGenerator, Phase, prompt_of, sample_sizes
+from qwen_operator.sim.loadgen import LoadGenerator, Outcome, Phase, RequestSize, prompt_of, sample_sizes
 from qwen_operator.sim.pod_replica import PodSpecError, cold_start_left, parse_go_duration, pod_replica
+from qwen_operator.sim.router_bridge import local_argv, requests_by_code, service_account_kubeconfig
 from qwen_operator.sim.trace import TraceRow
 
 
@@ -34,7 +37,8 @@ def rendered_pod(name: str, gpu_types: list[str], ready_after: str | None = None
     )
     annotations = (("sandbox.qwenops.io/ready-after", ready_after),) if ready_after else ()
     ctx = RenderContext(name="chat", namespace="llm", pod_annotations=annotations)
-    dep = next(o for o in render(spec, plan(spec, Catalog()), ctx, Catalog()) if o["kind"] == "Deployment")
+    objs = render(spec, plan(spec, Catalog()), ctx, Catalog())
+    dep = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] != "chat-router")
     tpl = copy.deepcopy(dep["spec"]["template"])
     meta = {**tpl["metadata"], "name": name, "uid": f"uid-{name}", "namespace": "llm"}
     return {"metadata": meta, "spec": tpl["spec"], "status": status}
@@ -107,45 +111,81 @@ def test_p95_and_sizes() -> None:
     assert len(prompt_of(300)) == 1200
 
 
-def test_balancer_prefers_the_least_outstanding_ready_backend() -> None:
-    lb = LeastOutstandingBalancer()
-    lb.backends = {
-        "a": Backend("a", "http://x", routable=True, outstanding=3),
-        "b": Backend("b", "http://y", routable=True, outstanding=1),
-        "c": Backend("c", "http://z", routable=False, outstanding=0),
-    }
-    assert lb.pick() is lb.backends["b"]
-    lb.backends["b"].routable = False
-    assert lb.pick() is lb.backends["a"]
-    lb.backends["a"].routable = False
-    assert lb.pick() is None
+def spec_of(gpu_types: list[str]) -> QwenDeploymentSpec:
+    return QwenDeploymentSpec.model_validate(
+        {"model": {"name": "Qwen/Qwen3-14B", "registry": "s3://m/q", "quantization": "fp8"},
+         "placement": {"gpuTypes": gpu_types}}
+    )  # fmt: skip
 
 
-def test_bridge_starts_routes_and_retires_servers_and_nothing_is_lost() -> None:
+def test_router_argv_is_the_rendered_command_with_only_argv0_resolved(tmp_path: Any) -> None:
+    dep = router_deployment(spec_of(["L40S"]), RenderContext(name="chat", namespace="llm"))
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    python = tmp_path / "python"
+    argv = local_argv(container, python=str(python))
+    assert argv[:3] == [str(python), "-m", "qwen_operator.cli"]  # no qwenctl script next to it
+    assert argv[3:] == container["command"][1:] + container["args"]  # every argument as rendered
+    (tmp_path / "qwenctl").write_text("")
+    assert local_argv(container, python=str(python)) == [str(tmp_path / "qwenctl"), *argv[3:]]
+    with pytest.raises(ValueError, match="not 'qwenctl'"):
+        local_argv({"command": ["sh", "-c", "true"]})
+
+
+def test_service_account_kubeconfig_and_router_request_counts() -> None:
+    cfg = service_account_kubeconfig("https://127.0.0.1:6443", "/ca.crt", "llm", "chat-router", "tok")
+    (user,) = cfg["users"]
+    assert user == {"name": "system:serviceaccount:llm:chat-router", "user": {"token": "tok"}}
+    assert cfg["clusters"][0]["cluster"] == {"server": "https://127.0.0.1:6443", "certificate-authority": "/ca.crt"}
+    page = (
+        "# HELP qwen_router_requests_total Requests answered\n"
+        'qwen_router_requests_total{code="200",pool="L40S"} 12.0\n'
+        'qwen_router_requests_total{code="200",pool="A10G"} 3.0\n'
+        'qwen_router_requests_total{code="503",pool="none"} 1.0\n'
+        'qwen_router_retries_total{reason="connect"} 2.0\n'
+    )
+    assert requests_by_code(page) == {"200": 15, "503": 1}
+
+
+def test_outcome_wait_is_queue_plus_time_outside_the_server() -> None:
+    o = Outcome(at=0.0, status=200, seconds=2.5, first_byte_seconds=2.5, queue_seconds=0.4, server_seconds=2.0)
+    assert o.wait_seconds == pytest.approx(0.9)  # 0.5 s held in the router or on the way
+    assert Outcome(0.0, 502, 0.1, None, None, None).wait_seconds is None
+
+
+def test_bridge_starts_dials_and_retires_servers_and_nothing_is_lost() -> None:
     targets: list[list[Target]] = []
     logs: list[str] = []
 
     async def run() -> None:
         bridge = FleetBridge(None, "llm", "chat", set_targets=targets.append, log=logs.append)
-        await bridge.balancer.start()  # no cluster: drive sync() with pod dicts ourselves
+        await bridge.start()  # no cluster: no routers; drive sync() with pod dicts ourselves
         a = rendered_pod("chat-a10g-a", ["A10G"], **running(True))
         b = rendered_pod("chat-a10g-b", ["A10G"], "30s", **running(False))
         await bridge.sync([a, b])
         assert bridge.counts() == ({"a10g": 2}, {"a10g": 1})  # b loads: not routable
         assert {t.labels["pod"] for t in targets[-1]} == {"chat-a10g-a", "chat-a10g-b"}
         assert all(t.labels["namespace"] == "llm" and t.address.startswith("127.0.0.1:") for t in targets[-1])
+        assert set(bridge.dial_urls) == {"chat-a10g-a", "chat-a10g-b"}  # what the dial annotation would say
+        assert {u.rsplit(":", 1)[1] for u in bridge.dial_urls.values()} == {
+            t.address.split(":")[1] for t in targets[-1]
+        }
+        with pytest.raises(LookupError, match="no routers"):
+            bridge.target()
 
         rows = [TraceRow(0.0, 200, 8)]
-        load = await LoadGenerator(bridge.url, [Phase("burst", 2.0, 8.0)], rows, seed=1, log=logs.append).start()
+        url = bridge.dial_urls["chat-a10g-a"]
+        load = LoadGenerator(url, [Phase("burst", 2.0, 8.0)], rows, seed=1, log=logs.append, on_outcome=bridge.record)
+        await load.start()
         await asyncio.sleep(1.0)
         await bridge.sync([a])  # b deleted mid-run (it never served: it was not Ready)
         stats = await load.wait(drain_seconds=30)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(1.5)
         assert stats.sent > 5 and stats.ok == stats.sent and stats.lost == 0 and stats.errors == 0
         assert bridge.counts() == ({"a10g": 1}, {"a10g": 1})
         assert {t.labels["pod"] for t in targets[-1]} == {"chat-a10g-a"}
         c = bridge.counters()
-        assert (c.ok, c.errors, c.servers_started, c.servers_stopped) == (stats.sent, 0, 2, 1)
+        assert (c.requests, c.ok, c.errors, c.servers_started, c.servers_stopped) == (stats.sent, stats.sent, 0, 2, 1)
+        assert all(o.queue_seconds is not None and o.server_seconds is not None for o in load.outcomes)
         assert bridge.sample().p95_seconds is not None
         await bridge.stop()
 
@@ -154,25 +194,62 @@ def test_bridge_starts_routes_and_retires_servers_and_nothing_is_lost() -> None:
     assert all("SIMULATED" in line for line in logs)
 
 
+def test_load_generator_counts_every_status_once() -> None:
+    async def run() -> None:
+        from aiohttp import web
+
+        codes = iter([200, 429, 503])
+
+        async def generate(request: web.Request) -> web.Response:
+            code = next(codes)
+            return web.json_response({"generated_text": "x"}, status=code, headers={"x-queue-time": "250"})
+
+        app = web.Application()
+        app.router.add_post("/generate", generate)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        targets = iter([f"http://127.0.0.1:{port}"] * 3)
+
+        def pick() -> str:
+            return next(targets, None) or (_ for _ in ()).throw(LookupError("no Ready router"))
+
+        load = LoadGenerator(pick, [], [TraceRow(0.0, 10, 2)], max_requests=10, log=lambda _m: None)
+        await load.start()
+        for _ in range(4):
+            await load.send_now(RequestSize(10, 2))
+        stats = await load.wait()
+        await runner.cleanup()
+        assert (stats.sent, stats.ok, stats.rejected, stats.errors, stats.lost) == (4, 1, 1, 2, 2)  # lost = errors
+        assert sorted(o.status for o in load.outcomes) == [0, 200, 429, 503]
+        assert any("HTTP 503" in e for e in stats.error_samples) and any(
+            "no Ready router" in e for e in stats.error_samples
+        )
+        assert load.outcomes[0].queue_seconds == pytest.approx(0.25)
+
+    asyncio.run(run())
+
+
 def test_a_deleted_pod_drains_its_requests_before_its_server_stops() -> None:
     async def run() -> None:
-        from huggingface_hub import AsyncInferenceClient
-
         bridge = FleetBridge(None, "llm", "chat", log=lambda _m: None)
-        await bridge.balancer.start()
+        await bridge.start()
         pod = rendered_pod("chat-a10g-d", ["A10G"], **running(True))
         await bridge.sync([pod])
-        client = AsyncInferenceClient(base_url=bridge.url)
-        reply = asyncio.ensure_future(client.text_generation(prompt_of(100), max_new_tokens=40))  # ~1.3 s (simulated)
+        load = LoadGenerator(bridge.dial_urls["chat-a10g-d"], [], [TraceRow(0.0, 10, 2)], log=lambda _m: None)
+        await load.start()
+        reply = load.send_now(RequestSize(100, 40))  # ~1.3 s (simulated)
         await asyncio.sleep(0.3)
         await bridge.sync([])  # the pod is deleted while its request runs
-        assert bridge.balancer.pick() is None  # no new requests go there
+        assert bridge.counts() == ({}, {})  # not routable any more
         assert bridge.servers_stopped == 0  # but it keeps serving the one in flight
-        assert isinstance(await reply, str)
-        await asyncio.sleep(0.2)
+        await reply
+        assert load.stats.ok == 1
+        await asyncio.sleep(1.5)
         assert bridge.servers_stopped == 1 and not bridge.replicas
-        assert bridge.counters().ok == 1
-        await client.close()
+        await load.wait()
         await bridge.stop()
 
     asyncio.run(run())

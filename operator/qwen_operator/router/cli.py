@@ -9,6 +9,12 @@ which admission already validated, but a hand-written Deployment gets the same c
 Credentials: the pod's service account in a cluster, else ``--kubeconfig`` /
 ``$KUBECONFIG`` / ``~/.kube/config``. ``QWEN_ROUTER_DIAL=annotation`` is the sandbox seam
 (see :mod:`.discovery`).
+
+``QWEN_ROUTER_LISTEN=HOST:PORT`` overrides ``--host``/``--port``: the sandbox runs every
+router pod as a process on one loopback, where the rendered ``--port 8080`` of two pods
+would collide, so the simulated fleet starts them with ``127.0.0.1:0`` (a free port) and
+reads the bound address from the one ``listening on`` line on stdout. A pod has its own
+network namespace and never needs it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 #: Seconds in-flight requests get to finish after SIGTERM (the pod's grace period should exceed it).
 DRAIN_SECONDS = 30.0
+#: ``HOST:PORT`` to listen on instead of ``--host``/``--port`` (the sandbox's shared loopback).
+LISTEN_ENV = "QWEN_ROUTER_LISTEN"
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,15 @@ def options_from_args(args: argparse.Namespace, env: dict[str, str] | None = Non
         raise UserError(f"--deployment: {args.deployment!r} is not a valid object name (RFC 1123 subdomain)")
     if not args.host.strip():
         raise UserError("--host: give an address to listen on, e.g. 0.0.0.0")
+    host = args.host
     port = _int("--port", args.port, 0, 65535)
+    listen = environ.get(LISTEN_ENV, "")
+    if listen:
+        listen_host, sep, listen_port = listen.rpartition(":")
+        if not sep or not listen_host.strip("[]").strip():
+            raise UserError(f"{LISTEN_ENV}: {listen!r} is not HOST:PORT (e.g. 127.0.0.1:0)")
+        host = listen_host.strip("[]")
+        port = _int(LISTEN_ENV, listen_port, 0, 65535)
     if args.affinity not in ("on", "off"):
         raise UserError(f"--affinity: {args.affinity!r} is not valid; valid: on, off")
     load_bound = _float("--load-bound", args.load_bound, 1.0, 100.0, "1 to 100: the most an endpoint's load may be "
@@ -102,7 +118,7 @@ def options_from_args(args: argparse.Namespace, env: dict[str, str] | None = Non
         retries=retries,
         canary_percent=canary,
     )
-    return RouterOptions(args.namespace, args.deployment, args.host, port, args.kubeconfig, dial, config)
+    return RouterOptions(args.namespace, args.deployment, host, port, args.kubeconfig, dial, config)
 
 
 async def serve(opts: RouterOptions) -> None:

@@ -3,10 +3,15 @@
 It brings up the sandbox control plane with mixed A10G / L40S / A100 pools, the real
 Prometheus, a real S3-compatible registry (versitygw), publishes a small model version,
 starts the operator, applies an autoscaled QwenDeployment, and replays a compressed
-peak-and-trough through the SIMULATED TGI fleet (one simulated server per Running pod,
-with modelled cold starts). Mid-run it publishes a new model version that differs in a
-few layers (layer-diff: only changed chunks move) and moves the ``stable`` tag. A live
-terminal view shows replicas per pool, queue, P95, $/h and the model version; at the end
+peak-and-trough through the user's data path: the router pods the operator renders
+(``qwenctl router``, run as local processes with exactly the rendered command and arguments
+and the router's own ServiceAccount) in front of the SIMULATED TGI fleet (one simulated
+server per Running pod, with modelled cold starts). The only stand-in on that path is how a
+pod address is dialled: there is no pod network, so each pod carries the loopback URL of its
+simulated server in ``sandbox.qwenops.io/dial`` (see :mod:`qwen_operator.sim.fleet_bridge`).
+Mid-run it publishes a new model version that differs in a few layers (layer-diff: only
+changed chunks move) and moves the ``stable`` tag. A live terminal view shows the Ready
+router pods, replicas per pool, queue, P95, $/h and the model version; at the end
 (or on Ctrl-C) it writes a PNG timeline and tears everything down.
 
 Placement follows the planner's fill order ($/h per request/s within the P95 TTFT SLO):
@@ -166,6 +171,8 @@ class Demo:
                     "intervalSeconds": 5,
                 },
                 "rollout": {"maxSurge": 1},
+                # the data plane (the default, spelled out): 2 router pods in front of every pool
+                "routing": {"enabled": True, "replicas": 2},
             },
         }
         client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
@@ -213,12 +220,13 @@ class Demo:
             NAME,
             set_targets=self.prom.set_targets,
             log=(lambda _m: None) if self.opts.quiet else (lambda m: self.say(m)),
+            workdir=self.sandbox.dir / "demo" / "routers",
         )
         await bridge.start()
         self.bridge = bridge
-        self.say("waiting for the first replica to load its model (simulated cold start) ...")
+        self.say("waiting for the first replica to load its model (simulated cold start) and a router pod ...")
         for _ in range(180):
-            if bridge.counts()[1]:
+            if bridge.counts()[1] and bridge.routers_ready():
                 break
             if any(p.poll() is not None for p in self.procs):
                 raise RuntimeError(f"the operator exited; see {self.sandbox.dir / 'demo' / 'operator.log'}")
@@ -232,13 +240,14 @@ class Demo:
             trough_seconds=total * 0.45,
         )
         load = LoadGenerator(
-            bridge.url,
+            bridge.target,  # a Ready router pod, round-robin (the client Service)
             phases,
             load_azure_csv(default_trace_path()),
             max_prompt_tokens=512,
             max_output_tokens=64,
             max_requests=20000,
             log=lambda _m: None,
+            on_outcome=bridge.record,
         )
         await load.start()
         self.load = load
@@ -260,6 +269,13 @@ class Demo:
             load.stop_sending()
             stats = await load.wait(drain_seconds=30)
             self.say(stats.summary())
+            counters = await bridge.scrape_routers()
+            self.say(
+                f"router pods ({counters.routers_started} started) answered, by status: {counters.router_by_code}; "
+                f"client side: {counters.by_status}"
+            )
+            if stats.error_samples:
+                self.say(f"errors (first 3): {stats.error_samples[:3]}")
             await bridge.stop()
 
     def _row(self, t: float, phase: str) -> Row:
@@ -281,6 +297,7 @@ class Demo:
             p95=sample.p95_seconds,
             cost=sum(float(p.get("costPerHour") or 0) for p in st.get("pools") or []),
             version=str((st.get("model") or {}).get("currentVersion") or "-"),
+            routers=self.bridge.routers_ready(),
             decision=str((st.get("autoscaler") or {}).get("lastDecision") or ""),
         )
 

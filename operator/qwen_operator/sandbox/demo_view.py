@@ -28,6 +28,7 @@ class Row:
     cost: float = 0.0  # $/h of the pools (status.pools[].costPerHour)
     version: str = "-"  # status.model.currentVersion
     decision: str = ""
+    routers: int = 0  # Ready router pods (qwenctl router processes) the load goes through
 
 
 def _count(counts: dict[str, int], pool: str) -> int:
@@ -46,7 +47,7 @@ def _pools(row: Row) -> str:
 def render_row(row: Row, header: bool = False) -> str:
     """One line of the live view (with a header line every so often)."""
     line = (
-        f"{row.t:6.0f}s  {row.phase:<7} {_pools(row)} desired {row.desired:<3}"
+        f"{row.t:6.0f}s  {row.phase:<7} routers {row.routers}  {_pools(row)} desired {row.desired:<3}"
         f"queue {'-' if row.queue is None else f'{row.queue:5.1f}'}  "
         f"P95 {'-' if row.p95 is None else f'{row.p95:5.2f}s'}  ${row.cost:6.2f}/h  "
         f"model {row.version[:19]}"
@@ -54,7 +55,7 @@ def render_row(row: Row, header: bool = False) -> str:
     if not header:
         return line
     head = (
-        "  time  phase   ready/running per pool (SIMULATED TGI fleet)          autoscaler"
+        "  time  phase   router pods  ready/running per pool (SIMULATED TGI fleet)          autoscaler"
         "  queue    P95 TTFT-wait  cost      model"
     )
     return head + "\n" + line

@@ -9,14 +9,26 @@ limits parsed from the pod by :mod:`.pod_replica`). The server's cold start is t
 left of the pod's ``sandbox.qwenops.io/ready-after`` annotation, so the port refuses
 connections until the pod turns Ready, as TGI's does. Each server is registered in
 Prometheus with the labels Kubernetes service discovery would give it (``namespace``,
-``pod``). Traffic goes through :class:`~.balancer.LeastOutstandingBalancer`, which routes
-only to replicas whose pods are Ready. When a pod goes away the bridge stops routing to
-it, lets its requests in flight finish (TGI drains during its termination grace period),
+``pod``).
+
+The data path is the user's: client -> a router pod (``qwenctl router``, started exactly as
+the rendered ``<name>-router`` Deployment starts it, by :class:`~.router_bridge.RouterBridge`,
+with the router's own ServiceAccount) -> the server pods the router discovers from the API
+server. **The only stand-in is how a pod address is dialled**: the sandbox has no pod
+network, so once a pod's simulated server has its port, this bridge writes
+``sandbox.qwenops.io/dial: http://127.0.0.1:PORT`` on the pod and the router runs with
+``QWEN_ROUTER_DIAL=annotation`` (it dials that URL instead of ``podIP:port``). Routing,
+holding, retries, endpoint discovery and RBAC are the shipped router's.
+
+When a pod goes away the router stops sending to it (it watches the pod); the bridge lets
+the server's requests in flight finish (TGI drains during its termination grace period),
 then stops the server and drops the scrape target.
 
 It also keeps the timeline a run is judged on: per-pool Running/Ready replicas and the
-P95 SLO latency (TGI's queue wait, seen by the balancer) over a short sliding window.
-Loopback only; everything it prints says SIMULATED. Reused by ``qwenctl sandbox demo``.
+P95 SLO latency over a short sliding window, from the per-request outcomes the load
+generator reports (:meth:`FleetBridge.record`: status, TGI's ``x-queue-time`` passed
+through by the router, client-side times). Loopback only; everything it prints says
+SIMULATED. Reused by ``qwenctl sandbox demo`` and the closed-loop e2e.
 """
 
 from __future__ import annotations
@@ -25,21 +37,29 @@ import asyncio
 import contextlib
 import json
 import math
+import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..capacity.model import ReplicaModel
 from ..render.names import selector_string
+from ..router.discovery import DIAL_ANNOTATION
 from ..sandbox.prometheus import Target
-from .balancer import Backend, LeastOutstandingBalancer, Outcome
+from .loadgen import Outcome
 from .pod_replica import PodReplica, PodSpecError, cold_start_left, pod_replica
+from .router_bridge import RouterBridge
 from .server import ServedTGI, SimulatedTGI, serve
 
 #: Started a little before kwok flips the pod Ready, so a Ready pod never refuses connections
 #: (``status.startTime`` has one-second resolution).
 READY_MARGIN_SECONDS = 1.0
+#: A retiring server must be idle this long before it stops: the router may still send it a
+#: request between the pod's deletion and the watch event reaching it.
+IDLE_SETTLE_SECONDS = 1.0
 
 
 @dataclass
@@ -57,22 +77,31 @@ class Sample:
 class _Replica:
     pod: PodReplica
     served: ServedTGI
-    backend: Backend
     retiring: bool = False
+
+    @property
+    def routable(self) -> bool:
+        """Ready and not going away: the router's endpoint set (it watches the same pod)."""
+        return self.pod.ready and self.pod.running and not self.retiring
+
+    @property
+    def in_flight(self) -> int:
+        return int(self.served.sim.engine.in_flight)
 
 
 @dataclass
 class BridgeCounters:
-    """What the balancer saw, over the whole run."""
+    """The run's requests: per-request outcomes (client side) and the routers' own counts."""
 
     requests: int = 0
     ok: int = 0
     rejected: int = 0  # 429
-    errors: int = 0  # 5xx from replicas or the balancer (no_backend included), other 4xx
-    no_backend: int = 0  # 503: no Ready replica to route to
+    errors: int = 0  # anything else: 5xx (503: the router held it past its hold timeout), other 4xx, no answer
     servers_started: int = 0
     servers_stopped: int = 0
-    by_status: dict[int, int] = field(default_factory=dict)
+    routers_started: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)  # client side; 0: no HTTP answer
+    router_by_code: dict[str, int] = field(default_factory=dict)  # qwen_router_requests_total, all routers
 
 
 def p95(values: Sequence[float]) -> float | None:
@@ -98,6 +127,9 @@ class FleetBridge:
         drain_seconds: float = 60.0,
         time_scale: float = 1.0,
         log: Callable[[str], None] = print,
+        workdir: Path | None = None,
+        routers: bool = True,
+        history: int = 100_000,
     ) -> None:
         self.api_client = api_client
         self.namespace = namespace
@@ -109,7 +141,11 @@ class FleetBridge:
         self.drain_seconds = drain_seconds
         self.time_scale = time_scale
         self.log = log
-        self.balancer = LeastOutstandingBalancer()
+        self.workdir = workdir
+        self.router_bridge: RouterBridge | None = None
+        self._want_routers = routers and api_client is not None
+        self.outcomes: deque[Outcome] = deque(maxlen=history)
+        self.dial_urls: dict[str, str] = {}  # pod name -> the URL written to its dial annotation
         self.replicas: dict[str, _Replica] = {}  # pod uid -> replica
         self.pods: dict[str, PodReplica] = {}  # last seen, by uid
         self.timeline: list[Sample] = []
@@ -124,20 +160,32 @@ class FleetBridge:
         self._last_counts: tuple[dict[str, int], dict[str, int]] | None = None
 
     # --- life cycle ------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        """The balancer: point ``AsyncInferenceClient(base_url=...)`` here."""
-        return self.balancer.url
+    def target(self) -> str:
+        """A Ready router pod's URL (round-robin, as the client Service spreads connections): pass
+        this method as the load generator's target. ``LookupError`` when no router is Ready."""
+        if self.router_bridge is None:
+            raise LookupError("no routers: this bridge was started without a cluster")
+        return self.router_bridge.pick()
+
+    def routers_ready(self) -> int:
+        return len(self.router_bridge.ready_urls()) if self.router_bridge is not None else 0
+
+    def record(self, outcome: Outcome) -> None:
+        """One request's outcome, as the client saw it (the load generator's ``on_outcome``)."""
+        self.outcomes.append(outcome)
 
     async def start(self) -> FleetBridge:
-        await self.balancer.start()
         self.started_at = time.monotonic()
+        if self._want_routers:
+            workdir = self.workdir or Path(tempfile.mkdtemp(prefix="qwen-routers-"))
+            routers = RouterBridge(self.api_client, self.namespace, self.name, workdir, log=self.log)
+            self.router_bridge = await routers.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._poll_loop(), name="SIMULATED fleet bridge: pods"),
-            loop.create_task(self._sample_loop(), name="SIMULATED fleet bridge: timeline"),
-        ]
-        self.log(f"SIMULATED fleet for {self.namespace}/{self.name}: balancer on {self.url}")
+        self._tasks = [loop.create_task(self._sample_loop(), name="SIMULATED fleet bridge: timeline")]
+        if self.api_client is not None:  # without a cluster the caller drives sync() itself
+            self._tasks.append(loop.create_task(self._poll_loop(), name="SIMULATED fleet bridge: pods"))
+        how = "through its router pods (qwenctl router)" if self._want_routers else "without routers"
+        self.log(f"SIMULATED fleet for {self.namespace}/{self.name}: traffic {how}")
         return self
 
     async def stop(self) -> None:
@@ -146,12 +194,11 @@ class FleetBridge:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for uid in list(self.replicas):
-            self.replicas[uid].backend.routable = False
+        if self.router_bridge is not None:
+            await self.router_bridge.stop()  # first: nothing is routed to servers that are stopping
         await asyncio.gather(*(self._close(uid) for uid in list(self.replicas)), return_exceptions=True)
         for task in list(self._retiring):
             task.cancel()
-        await self.balancer.stop()
         self._publish_targets()
 
     async def __aenter__(self) -> FleetBridge:
@@ -200,14 +247,11 @@ class FleetBridge:
             if rep.running and uid not in self.replicas and uid not in self._rejected_pods:
                 await self._start(rep)
             if uid in self.replicas and not self.replicas[uid].retiring:
-                replica = self.replicas[uid]
-                replica.pod = rep
-                replica.backend.routable = rep.ready and rep.running
+                self.replicas[uid].pod = rep
         for uid, replica in list(self.replicas.items()):
             gone = uid not in seen or not seen[uid].running
             if gone and not replica.retiring:
-                replica.retiring = True
-                replica.backend.routable = False  # endpoints drop a terminating pod at once
+                replica.retiring = True  # the router drops a deleted or terminating pod on its watch event
                 task = asyncio.get_running_loop().create_task(self._retire(uid))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
@@ -223,32 +267,61 @@ class FleetBridge:
         wall_left = max(0.0, cold_start_left(rep, time.time()) - READY_MARGIN_SECONDS)
         sim = SimulatedTGI(model, time_scale=self.time_scale, cold_start_seconds=wall_left * self.time_scale)
         served = await serve(sim, "127.0.0.1", 0)
-        backend = Backend(rep.name, served.base_url, pool=rep.pool, routable=False)
-        self.balancer.backends[rep.name] = backend
-        self.replicas[rep.uid] = _Replica(rep, served, backend)
+        self.replicas[rep.uid] = _Replica(rep, served)
         self.servers_started += 1
+        await self._annotate_dial(rep, served.base_url)
         self.log(
             f"SIMULATED replica for pod {rep.name}: {model.model.name} {model.quantization} on "
             f"{model.shards}x {model.gpu.name} at {served.base_url} (loading for {wall_left:.1f}s)"
         )
 
+    def _patch_dial(self, pod: str, url: str) -> None:
+        from kubernetes import client
+
+        body = {"metadata": {"annotations": {DIAL_ANNOTATION: url}}}
+        client.CoreV1Api(self.api_client).patch_namespaced_pod(pod, self.namespace, body, _request_timeout=10)
+
+    async def _annotate_dial(self, rep: PodReplica, url: str) -> None:
+        """Play the pod network: tell the router (``QWEN_ROUTER_DIAL=annotation``) where this pod listens."""
+        self.dial_urls[rep.name] = url
+        if self.api_client is None:
+            return
+        for attempt in range(5):
+            try:
+                await asyncio.to_thread(self._patch_dial, rep.name, url)
+                return
+            except Exception as exc:  # noqa: BLE001 - retried; the pod may also be gone already
+                if getattr(exc, "status", None) == 404:
+                    return
+                if attempt == 4:
+                    self.log(f"SIMULATED replica for pod {rep.name}: cannot write its dial annotation: {exc}")
+                await asyncio.sleep(0.5)
+
     async def _retire(self, uid: str) -> None:
-        backend = self.replicas[uid].backend
-        try:
-            async with asyncio.timeout(self.drain_seconds):
-                await backend.drained()
-        except TimeoutError:
-            self.log(f"SIMULATED replica {backend.name}: {backend.outstanding} request(s) still running after drain")
+        replica = self.replicas[uid]
+        deadline = time.monotonic() + self.drain_seconds
+        idle_since: float | None = None
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if replica.in_flight:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif now - idle_since >= IDLE_SETTLE_SECONDS:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            self.log(f"SIMULATED replica {replica.pod.name}: {replica.in_flight} request(s) still running after drain")
         await self._close(uid)
 
     async def _close(self, uid: str) -> None:
         replica = self.replicas.pop(uid, None)
         if replica is None:
             return
-        self.balancer.backends.pop(replica.backend.name, None)
         await replica.served.close()
         self.servers_stopped += 1
-        self.log(f"SIMULATED replica for pod {replica.pod.name} stopped ({replica.backend.served} requests served)")
+        served = replica.served.sim.engine.completed
+        self.log(f"SIMULATED replica for pod {replica.pod.name} stopped ({served} requests served)")
         self._publish_targets()
 
     def _publish_targets(self) -> None:
@@ -269,7 +342,7 @@ class FleetBridge:
             if r.retiring:
                 continue
             running[r.pod.pool] = running.get(r.pod.pool, 0) + 1
-            if r.backend.routable:
+            if r.routable:
                 ready[r.pod.pool] = ready.get(r.pod.pool, 0) + 1
         return running, ready
 
@@ -277,13 +350,13 @@ class FleetBridge:
         """Successful requests that ended within the last ``p95_window_seconds``."""
         now = time.monotonic() if now is None else now
         start = now - self.p95_window_seconds
-        return [o for o in self.balancer.outcomes if o.at >= start and o.status == 200]
+        return [o for o in self.outcomes if o.at >= start and o.status == 200]
 
     def sample(self) -> Sample:
         now = time.monotonic()
         recent = self.window(now)
         running, ready = self.counts()
-        queue_waits = [o.queue_seconds for o in recent if o.queue_seconds is not None]
+        queue_waits = [w for w in (o.wait_seconds for o in recent) if w is not None]
         return Sample(now - self.started_at, running, ready, p95(queue_waits), len(recent))
 
     async def _sample_loop(self) -> None:
@@ -297,14 +370,15 @@ class FleetBridge:
             await asyncio.sleep(self.sample_seconds)
 
     def counters(self) -> BridgeCounters:
+        """Every recorded outcome, plus the routers' own counts as last read (see :meth:`scrape_routers`)."""
+        rb = self.router_bridge
         c = BridgeCounters(
-            requests=self.balancer.no_backend,
-            errors=self.balancer.no_backend,
-            no_backend=self.balancer.no_backend,
             servers_started=self.servers_started,
             servers_stopped=self.servers_stopped,
+            routers_started=rb.started if rb is not None else 0,
+            router_by_code=rb.requests_by_code() if rb is not None else {},
         )
-        for o in self.balancer.outcomes:
+        for o in self.outcomes:
             c.requests += 1
             c.by_status[o.status] = c.by_status.get(o.status, 0) + 1
             if o.status == 200:
@@ -314,3 +388,9 @@ class FleetBridge:
             else:
                 c.errors += 1
         return c
+
+    async def scrape_routers(self) -> BridgeCounters:
+        """Read every router's ``/metrics`` now, then :meth:`counters`."""
+        if self.router_bridge is not None:
+            await self.router_bridge.scrape()
+        return self.counters()

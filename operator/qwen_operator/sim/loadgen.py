@@ -1,10 +1,17 @@
-"""A bounded, self-stopping load generator: a compressed peak-and-trough through TGI's client.
+"""A bounded, self-stopping load generator: a compressed peak-and-trough over TGI's HTTP API.
 
 Why it exists: the closed-loop e2e and ``qwenctl sandbox demo`` must drive the simulated
-fleet the way users do: ``huggingface_hub.AsyncInferenceClient`` pointed at one URL (the
-balancer standing in for the Service), open-loop Poisson arrivals whose rate follows a
-few phases (e.g. low -> 4x spike -> trough) and request sizes drawn from the real Azure
-LLM trace (:mod:`.trace`), capped so a run of minutes stays cheap on a laptop.
+fleet the way users do: HTTP to the client-facing address (in the sandbox, a Ready router
+process, as the ``<name>`` Service would pick one), open-loop Poisson arrivals whose rate
+follows a few phases (e.g. low -> 4x spike -> trough) and request sizes drawn from the real
+Azure LLM trace (:mod:`.trace`), capped so a run of minutes stays cheap on a laptop.
+
+It speaks TGI's ``POST /generate`` with aiohttp rather than through
+``huggingface_hub.AsyncInferenceClient`` because a run is judged per request on what the
+client saw, and the HF client drops response headers: each request's :class:`Outcome`
+keeps its status, client-side time to first byte and wall time, TGI's ``x-queue-time`` and
+``x-total-time`` (passed through the router unchanged) and the pod that answered (the
+router's ``x-qwen-endpoint``).
 
 Every request is accounted for exactly once: ``ok``, ``rejected`` (HTTP 429, TGI's
 ``OverloadedError``) or ``errors`` (anything else, with samples of the messages), so a
@@ -18,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+import aiohttp
 
 from .trace import TraceRow
 
@@ -78,6 +86,28 @@ def prompt_of(tokens: int) -> str:
     return (_FILLER * (chars // len(_FILLER) + 1))[:chars]
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One request as the client saw it."""
+
+    at: float  # time.monotonic() when the response ended (or the request failed)
+    status: int  # HTTP status; 0 when no HTTP answer came (connection refused, cut, timeout)
+    seconds: float  # wall time, client side
+    first_byte_seconds: float | None  # until the response started (headers), client side
+    queue_seconds: float | None  # TGI's x-queue-time: waiting for the first batch, None when absent
+    server_seconds: float | None  # TGI's x-total-time: the request inside the server
+    endpoint: str = ""  # the pod that answered (the router's x-qwen-endpoint)
+
+    @property
+    def wait_seconds(self) -> float | None:
+        """Time to first token minus prefill, as the client waited it: TGI's queue wait plus the
+        time spent outside the server (held in the router, hops); None without TGI's headers."""
+        if self.queue_seconds is None:
+            return None
+        outside = 0.0 if self.server_seconds is None else max(0.0, self.seconds - self.server_seconds)
+        return self.queue_seconds + outside
+
+
 @dataclass
 class LoadStats:
     """Client-side accounting. ``sent == ok + rejected + errors + in_flight`` at all times."""
@@ -103,17 +133,26 @@ class LoadStats:
         )
 
 
-def _is_429(exc: BaseException) -> bool:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None) == 429
+def _header_seconds(headers: Mapping[str, str], name: str) -> float | None:
+    """A TGI timing header (milliseconds) in seconds; None when absent or malformed."""
+    value = headers.get(name)
+    try:
+        return float(value) / 1000.0 if value is not None else None
+    except ValueError:
+        return None
+
+
+#: Where to send the next request: a fixed base URL, or a function choosing one (it raises
+#: ``LookupError`` when nothing can take requests, which is counted as that request's error).
+Target = str | Callable[[], str]
 
 
 class LoadGenerator:
-    """Replays ``phases`` against ``base_url`` with ``AsyncInferenceClient.text_generation``."""
+    """Replays ``phases`` against ``target`` with TGI's ``POST /generate``."""
 
     def __init__(
         self,
-        base_url: str,
+        target: Target,
         phases: Sequence[Phase],
         rows: Sequence[TraceRow],
         seed: int = 0,
@@ -122,30 +161,34 @@ class LoadGenerator:
         max_requests: int = 5000,
         request_timeout: float = 300.0,
         log: Callable[[str], None] = print,
+        on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
-        self.base_url = base_url
+        self.target = target
         self.phases = list(phases)
         self.sizes = sample_sizes(rows, max_requests, seed, max_prompt_tokens, max_output_tokens)
         self.seed = seed
         self.max_requests = max_requests
         self.request_timeout = request_timeout
         self.log = log
+        self.on_outcome = on_outcome
         self.stats = LoadStats()
+        self.outcomes: list[Outcome] = []  # every request that ended, in the order they ended
         self.phase_started: dict[str, float] = {}  # phase name -> time.monotonic() it began
         self.started_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._requests: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
-        self._client: Any = None
+        self._session: aiohttp.ClientSession | None = None
 
     @property
     def current_phase(self) -> str | None:
         return next(reversed(self.phase_started), None) if self.phase_started else None
 
     async def start(self) -> LoadGenerator:
-        from huggingface_hub import AsyncInferenceClient
-
-        self._client = AsyncInferenceClient(base_url=self.base_url, timeout=self.request_timeout)
+        # no pool limit: open-loop arrivals must not queue in the client
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.request_timeout), connector=aiohttp.TCPConnector(limit=0)
+        )
         self._task = asyncio.get_running_loop().create_task(self._run(), name="SIMULATED load generator")
         return self
 
@@ -193,31 +236,58 @@ class LoadGenerator:
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
 
-    async def _one(self, size: RequestSize) -> None:
-        from huggingface_hub.errors import OverloadedError
+    def send_now(self, size: RequestSize, phase: str = "manual") -> asyncio.Task[None]:
+        """Send one request outside the schedule (counted like the others); its task."""
+        self.stats.sent += 1
+        self.stats.in_flight += 1
+        self.stats.sent_by_phase[phase] = self.stats.sent_by_phase.get(phase, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._one(size))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+        return task
 
+    def _error(self, message: str) -> None:
+        self.stats.errors += 1
+        if len(self.stats.error_samples) < 20:
+            self.stats.error_samples.append(message)
+
+    async def _one(self, size: RequestSize) -> None:
+        assert self._session is not None
         began = time.monotonic()
+        status, first_byte, queue_s, server_s, endpoint = 0, None, None, None, ""
         try:
-            await self._client.text_generation(prompt_of(size.prompt_tokens), max_new_tokens=size.output_tokens)
-        except OverloadedError:
-            self.stats.rejected += 1
-        except asyncio.CancelledError:
-            self.stats.errors += 1  # unanswered when the drain ran out
-            self.stats.error_samples.append("cancelled: no answer within the drain time")
-            raise
-        except Exception as exc:  # noqa: BLE001 - every outcome is counted, none may escape uncounted
-            if _is_429(exc):
+            base = self.target() if callable(self.target) else self.target
+            payload = {"inputs": prompt_of(size.prompt_tokens), "parameters": {"max_new_tokens": size.output_tokens}}
+            async with self._session.post(base.rstrip("/") + "/generate", json=payload) as resp:
+                first_byte = time.monotonic() - began
+                status = resp.status
+                queue_s = _header_seconds(resp.headers, "x-queue-time")
+                server_s = _header_seconds(resp.headers, "x-total-time")
+                endpoint = resp.headers.get("x-qwen-endpoint", "")
+                text = await resp.text()
+            if status == 200:
+                self.stats.ok += 1
+            elif status == 429:
                 self.stats.rejected += 1
             else:
-                self.stats.errors += 1
-                if len(self.stats.error_samples) < 20:
-                    self.stats.error_samples.append(f"{type(exc).__name__}: {str(exc)[:300]}")
-        else:
-            self.stats.ok += 1
-            end = time.monotonic()
-            self.stats.latencies.append((end, end - began))
+                self._error(f"HTTP {status}: {text[:300]}")
+        except asyncio.CancelledError:
+            self._error("cancelled: no answer within the drain time")  # unanswered when the drain ran out
+            raise
+        except LookupError as exc:  # the target had nowhere to send it
+            self._error(f"{type(exc).__name__}: {exc}")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            status = 0
+            self._error(f"{type(exc).__name__}: {str(exc)[:300]}")
         finally:
             self.stats.in_flight -= 1
+            end = time.monotonic()
+            outcome = Outcome(end, status, end - began, first_byte, queue_s, server_s, endpoint)
+            self.outcomes.append(outcome)
+            if status == 200:
+                self.stats.latencies.append((end, end - began))
+            if self.on_outcome is not None:
+                self.on_outcome(outcome)
 
     @property
     def done_sending(self) -> bool:
@@ -237,6 +307,7 @@ class LoadGenerator:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        await self._client.close()
+        if self._session is not None:
+            await self._session.close()
         self.log(self.stats.summary())
         return self.stats
