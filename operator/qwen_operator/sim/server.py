@@ -2,9 +2,10 @@
 
 TGI needs GPUs; the sandbox and the closed-loop e2e tests have none. This server stands
 in for one TGI pod: the same routes (``/generate``, ``/generate_stream``, ``/``,
-``/v1/chat/completions``, ``/health``, ``/info``, ``/metrics``), status codes, error bodies
-and metric names, so ``huggingface_hub.InferenceClient`` and the operator's PromQL work
-against it unchanged. Timing comes from :class:`~qwen_operator.sim.engine.ReplicaEngine`
+``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``, ``/info``,
+``/metrics``), status codes, error bodies and metric names, so ``huggingface_hub``'s
+``InferenceClient``, the official ``openai`` client and the operator's PromQL work against it
+unchanged. Timing comes from :class:`~qwen_operator.sim.engine.ReplicaEngine`
 driven by the wall clock, optionally sped up by ``time_scale`` (virtual seconds per wall
 second) for compressed demos. Everything it reports is SIMULATED and says so (``/info``
 ``"simulated": true``, a comment line in ``/metrics``, an ``x-simulated`` header).
@@ -38,7 +39,17 @@ from aiohttp import web
 from ..capacity.model import ReplicaModel
 from .engine import OVERLOADED, ReplicaEngine, Request
 from .tgi_metrics import TGIMetrics
-from .tgi_payloads import TGI_VERSION, details, error, estimate_tokens, text_of, token
+from .tgi_payloads import (
+    TGI_VERSION,
+    completion_choice,
+    details,
+    error,
+    estimate_tokens,
+    models_list,
+    text_of,
+    token,
+    usage,
+)
 
 _POLL_WALL_S = 0.005
 
@@ -176,6 +187,12 @@ class SimulatedTGI:
             "x-prompt-tokens": str(req.prompt_tokens),
         }
 
+    def invalid(self, message: str) -> web.Response:
+        """A request refused before it reaches the engine (counted, as TGI counts it)."""
+        self.metrics.request_count += 1
+        self.metrics.failure("validation")
+        return error(422, message, "validation")
+
     def info(self) -> dict[str, Any]:
         m = self.model
         return {
@@ -206,6 +223,36 @@ async def _sse(request: web.Request, sim: SimulatedTGI, req: Request, chunks: As
         await resp.write(f"data: {chunk}\n\n".encode())
     await resp.write_eof()
     return resp
+
+
+async def _merge(streams: list[AsyncIterator[str]]) -> AsyncIterator[str]:
+    """Events of several streams as each arrives (TGI interleaves a multi-prompt completion)."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield item
+        return
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def pump(stream: AsyncIterator[str]) -> None:
+        try:
+            async for item in stream:
+                await queue.put(item)
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.get_running_loop().create_task(pump(s)) for s in streams]
+    try:
+        left = len(tasks)
+        while left:
+            got = await queue.get()
+            if got is None:
+                left -= 1
+            else:
+                yield got
+        await asyncio.gather(*tasks)  # a failed stream fails the response
+    finally:
+        for t in tasks:
+            t.cancel()
 
 
 def build_app(sim: SimulatedTGI) -> web.Application:
@@ -261,17 +308,13 @@ def build_app(sim: SimulatedTGI) -> web.Application:
         req = got
         base = {"id": "", "created": int(time.time()), "model": sim.model.model.name}
         base["system_fingerprint"] = f"{TGI_VERSION}-simulated"
-        usage = {
-            "prompt_tokens": req.prompt_tokens,
-            "completion_tokens": req.output_tokens,
-            "total_tokens": req.prompt_tokens + req.output_tokens,
-        }
+        used = usage(req.prompt_tokens, req.output_tokens)
         if not body.get("stream"):
             await sim.finished(req)
             message = {"role": "assistant", "content": text_of(req.output_tokens)}
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "length"}
             return web.json_response(
-                {**base, "object": "chat.completion", "choices": [choice], "usage": usage}, headers=sim.headers(req)
+                {**base, "object": "chat.completion", "choices": [choice], "usage": used}, headers=sim.headers(req)
             )
 
         async def events() -> AsyncIterator[str]:
@@ -283,11 +326,80 @@ def build_app(sim: SimulatedTGI) -> web.Application:
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": "length" if last else None}
                 chunk = {**base, "object": "chat.completion.chunk", "choices": [choice]}
                 if last and (body.get("stream_options") or {}).get("include_usage"):
-                    chunk["usage"] = usage
+                    chunk["usage"] = used
                 yield json.dumps(chunk)
             yield "[DONE]"
 
         return await _sse(request, sim, req, events())
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        """OpenAI ``/v1/completions`` as TGI serves it: ``prompt`` is one string or a list of up
+        to ``max_client_batch_size`` strings, each generated as its own request (and counted
+        so); ``max_tokens`` is ``max_new_tokens``; no ``suffix``. The stream interleaves the
+        prompts' tokens, each event one ``text_completion`` chunk (``finish_reason`` ``""``)
+        and, per prompt, a final one carrying ``finish_reason`` and ``usage``; then ``[DONE]``."""
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return sim.invalid("Failed to deserialize the JSON body into the target type: expected an object")
+        raw = body.get("prompt")
+        prompts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            return sim.invalid("Failed to deserialize the JSON body: `prompt` must be a string or a list of strings")
+        if not prompts:
+            return sim.invalid("Empty array detected. Do not use an empty array for the prompt.")
+        if body.get("suffix") is not None:
+            return sim.invalid("Suffix is not supported and can be achieved by preprocessing the prompt.")
+        batch = int(sim.info()["max_client_batch_size"])
+        if len(prompts) > batch:
+            return sim.invalid(f"Number of prompts exceeds the maximum allowed batch size of {batch}")
+        reqs: list[Request] = []
+        for prompt in prompts:
+            got = sim.submit(estimate_tokens(prompt), body.get("max_tokens"))
+            if isinstance(got, web.Response):
+                return got  # as in TGI: the first refusal answers; requests already queued run on
+            reqs.append(got)
+        base = {"id": "", "created": int(time.time()), "model": sim.model.model.name}
+        base["system_fingerprint"] = f"{TGI_VERSION}-simulated"
+        if not body.get("stream"):
+            for req in reqs:
+                await sim.finished(req)
+            choices = [completion_choice(i, text_of(r.output_tokens), "length") for i, r in enumerate(reqs)]
+            prompt_tokens = sum(r.prompt_tokens for r in reqs)
+            generated = sum(r.output_tokens for r in reqs)
+            headers = {
+                "x-simulated": "true",
+                "x-compute-type": "simulated",
+                "x-total-time": str(sum(int(r.duration * 1000) for r in reqs)),
+                "x-queue-time": str(sum(int(r.queue_time * 1000) for r in reqs)),
+                "x-prompt-tokens": str(prompt_tokens),
+                "x-generated-tokens": str(generated),
+            }
+            out = {**base, "object": "text_completion", "choices": choices, "usage": usage(prompt_tokens, generated)}
+            return web.json_response(out, headers=headers)
+
+        async def events(index: int, req: Request) -> AsyncIterator[str]:
+            async for i in sim.tokens(req):
+                last = i == req.output_tokens - 1
+                if last:
+                    await sim.finished(req)
+                chunk = {**base, "object": "text_completion"}
+                chunk["choices"] = [completion_choice(index, token(i)["text"], "length" if last else "")]
+                if last:
+                    chunk["usage"] = usage(req.prompt_tokens, req.output_tokens)
+                yield json.dumps(chunk)
+
+        async def all_events() -> AsyncIterator[str]:
+            async for event in _merge([events(i, r) for i, r in enumerate(reqs)]):
+                yield event
+            yield "[DONE]"
+
+        return await _sse(request, sim, reqs[0], all_events())
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response(models_list(sim.model.model.name), headers={"x-simulated": "true"})
 
     async def health(request: web.Request) -> web.Response:
         if not sim.ready:
@@ -318,6 +430,8 @@ def build_app(sim: SimulatedTGI) -> web.Application:
     app.router.add_post("/generate", generate_once)
     app.router.add_post("/generate_stream", generate_stream)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/info", info)
     app.router.add_get("/metrics", metrics)
