@@ -13,6 +13,7 @@ from qwen_operator.api.crdgen import crd
 from qwen_operator.catalog import Catalog
 from qwen_operator.planner import plan
 from qwen_operator.render import RenderContext, render
+from qwen_operator.router.cli import DRAIN_SECONDS
 
 TWO_POOLS = {"A10G": 4, "L40S": 1}
 
@@ -78,9 +79,47 @@ def test_client_service_selects_router_pods_and_servers_service_selects_servers_
     assert not any(selects(router_dep["spec"]["selector"]["matchLabels"], s) for s in servers)
     pdb = get(objs, "PodDisruptionBudget", "chat-router")
     assert pdb["spec"]["minAvailable"] == 1 and selects(pdb["spec"]["selector"]["matchLabels"], router)
-    # the ServiceMonitor scrapes the servers' Service, not the router's client Service
-    sm = next(o for o in objs if o["kind"] == "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+    # the servers' ServiceMonitor scrapes the servers' Service, not the router's client Service
+    sm = get(objs, "ServiceMonitor", "chat")["spec"]["selector"]["matchLabels"]
     assert selects(sm, backend["metadata"]["labels"]) and not selects(sm, client["metadata"]["labels"])
+
+
+def test_router_metrics_are_scraped_through_the_client_service_when_the_crd_exists() -> None:
+    assert not [o for o in manifests(make_spec()) if o["kind"] == "ServiceMonitor"]
+    objs = manifests(make_spec(scaling={"enabled": True, "intervalSeconds": 20}), service_monitor=True)
+    monitors = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {"chat", "chat-router"}
+    router_sm = monitors["chat-router"]["spec"]
+    client, backend = get(objs, "Service", "chat"), get(objs, "Service", "chat-servers")
+    # the router's monitor selects the client Service (over the router pods) and nothing else of ours
+    assert selects(router_sm["selector"]["matchLabels"], client["metadata"]["labels"])
+    assert not selects(router_sm["selector"]["matchLabels"], backend["metadata"]["labels"])
+    assert router_sm["namespaceSelector"] == {"matchNames": ["llm"]}
+    (endpoint,) = router_sm["endpoints"]
+    assert endpoint == {"port": "http", "path": "/metrics", "interval": "20s"}
+    # that port name is the client Service's, which targets the router container's port
+    (port,) = client["spec"]["ports"]
+    assert port["name"] == endpoint["port"]
+    router_ports = get(objs, "Deployment", "chat-router")["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert [p["name"] for p in router_ports] == [port["targetPort"]]
+    # no router, no router monitor
+    off = manifests(make_spec(routing={"enabled": False}), service_monitor=True)
+    assert [o["metadata"]["name"] for o in off if o["kind"] == "ServiceMonitor"] == ["chat"]
+
+
+def test_router_probes_never_restart_a_router_holding_at_zero_and_shutdown_drains() -> None:
+    pod = get(manifests(make_spec()), "Deployment", "chat-router")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    # readiness is /health (fails while draining or before discovery answers); liveness only the
+    # TCP port, so a router holding requests with no server replica, or failing readiness, is not killed
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["livenessProbe"]["tcpSocket"] == {"port": "http"} and "httpGet" not in c["livenessProbe"]
+    # the built-in sleep action (no sleep binary in the image): endpoint removal propagates
+    # while the router still serves, then SIGTERM starts the drain, all within the grace period
+    sleep = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert set(c["lifecycle"]["preStop"]) == {"sleep"}
+    assert 1 <= sleep <= 15
+    assert pod["terminationGracePeriodSeconds"] > sleep + DRAIN_SECONDS
 
 
 def test_router_deployment_runs_qwenctl_router_with_the_spec_routing_flags() -> None:

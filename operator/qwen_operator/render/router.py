@@ -11,8 +11,20 @@ Pod shape, and why:
 - ``automountServiceAccountToken: true`` on a ServiceAccount of its own: the router reads
   the API (pods and the QwenDeployment, nothing else; see :func:`router_role`).
 - Small requests (a Python proxy: about one core per 1,000 short requests/s), restricted
-  security (non-root, read-only root filesystem, no capabilities), readiness on ``/health``
-  (200 once a replica is Ready or while it is holding requests).
+  security (non-root, read-only root filesystem, no capabilities).
+- Readiness on ``/health`` (200 once a server replica is Ready or while the router holds
+  requests; 503 while draining), liveness on the TCP port only: ``/health`` is about
+  whether to send traffic, not whether the process is stuck, and a router correctly
+  holding at zero server replicas, or failing readiness for a reason a restart cannot fix,
+  must never be killed for it.
+- Shutdown without dropped requests: a ``preStop`` ``sleep`` (the built-in action, GA since
+  Kubernetes v1.34: the image needs no ``sleep`` binary) keeps the router serving while
+  the endpoint removal reaches every kube-proxy / gateway; only then SIGTERM starts the
+  drain (``/health`` fails, in-flight requests and streams get ``DRAIN_SECONDS``), and the
+  grace period covers both.
+- With the Prometheus Operator present (the same check as the servers' ServiceMonitor), a
+  ServiceMonitor ``<name>-router`` scrapes each router pod's ``/metrics`` (real TTFT per
+  pool and version, held requests, retries, rejections) through the client Service.
 - Labels carry ``app.kubernetes.io/component: router``: the server selector (component
   ``server``) never selects a router pod, nor the router selector a server pod.
 """
@@ -35,6 +47,15 @@ ROUTER_PORT = 8080
 ROUTER_COMMAND = ("qwenctl", "router")
 ROUTER_UID = 65532
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+ROUTER_METRICS_PATH = "/metrics"
+#: Seconds a terminating router keeps serving before SIGTERM: endpoint removal takes a few
+#: seconds to reach every kube-proxy (and gateway), which still send it new connections meanwhile.
+PRESTOP_SLEEP_SECONDS = 5
+#: Seconds ``qwenctl router`` gives in-flight requests after SIGTERM (``router/cli.py``
+#: ``DRAIN_SECONDS``; kept equal by a unit test: render may not import the router's I/O).
+ROUTER_DRAIN_SECONDS = 30
+#: The pod's grace period: the preStop sleep, the drain, and a margin for the process to exit.
+ROUTER_GRACE_SECONDS = PRESTOP_SLEEP_SECONDS + ROUTER_DRAIN_SECONDS + 5
 
 
 def _num(value: float) -> str:
@@ -75,7 +96,8 @@ def router_deployment(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str,
     """The router Deployment ``<name>-router``."""
     labels = router_labels(ctx.name)
     selector = router_selector(ctx.name)
-    probe = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 2}
+    readiness = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 2}
+    liveness = {"tcpSocket": {"port": "http"}, "timeoutSeconds": 2}
     template_meta: dict[str, Any] = {"labels": labels}
     if ctx.pod_annotations:
         template_meta["annotations"] = dict(ctx.pod_annotations)
@@ -95,8 +117,8 @@ def router_deployment(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str,
                     "serviceAccountName": router_name(ctx.name),
                     "automountServiceAccountToken": True,
                     "enableServiceLinks": False,
-                    # held requests get up to holdTimeoutSeconds; let in-flight streams finish
-                    "terminationGracePeriodSeconds": 30,
+                    # preStop sleep, then the router's drain (in-flight requests and streams finish)
+                    "terminationGracePeriodSeconds": ROUTER_GRACE_SECONDS,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": ROUTER_UID,
@@ -131,8 +153,9 @@ def router_deployment(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str,
                             "command": list(ROUTER_COMMAND),
                             "args": router_args(spec, ctx),
                             "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
-                            "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 2},
-                            "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
+                            "readinessProbe": {**readiness, "periodSeconds": 2, "failureThreshold": 2},
+                            "livenessProbe": {**liveness, "periodSeconds": 10, "failureThreshold": 6},
+                            "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
                             "resources": {
                                 "requests": {"cpu": "250m", "memory": "256Mi"},
                                 "limits": {"memory": "1Gi"},
@@ -201,12 +224,35 @@ def router_role_binding(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[st
     }
 
 
+def router_service_monitor(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
+    """``<name>-router``: Prometheus scrapes every router pod's ``/metrics`` through the client Service
+    ``<name>`` (which carries the router labels); the servers' ServiceMonitor selects only
+    ``<name>-servers``, so each pod is scraped once, by the monitor that knows its path."""
+    labels = router_labels(ctx.name)
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": metadata(ctx, router_name(ctx.name), labels),
+        "spec": {
+            "selector": {"matchLabels": dict(labels)},
+            "namespaceSelector": {"matchNames": [ctx.namespace]},
+            "endpoints": [
+                {"port": "http", "path": ROUTER_METRICS_PATH, "interval": f"{spec.scaling.interval_seconds}s"}
+            ],
+        },
+    }
+
+
 def router_objects(spec: QwenDeploymentSpec, ctx: RenderContext) -> list[dict[str, Any]]:
-    """ServiceAccount, Role, RoleBinding, PDB, Deployment (the order they are applied in)."""
-    return [
+    """ServiceAccount, Role, RoleBinding, PDB, Deployment (the order they are applied in), and the
+    ServiceMonitor when the Prometheus Operator's CRD exists (``ctx.service_monitor``)."""
+    out = [
         router_service_account(spec, ctx),
         router_role(spec, ctx),
         router_role_binding(spec, ctx),
         router_pdb(spec, ctx),
         router_deployment(spec, ctx),
     ]
+    if ctx.service_monitor:
+        out.append(router_service_monitor(spec, ctx))
+    return out
