@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..modelsync.registry import Registry
     from ..packaging.values import OperatorConfig
     from .handlers import ControllerConfig
+    from .leader import LeaseSettings
 
 
 def register(sub: Any) -> None:
@@ -50,6 +51,51 @@ def register(sub: Any) -> None:
     )
     run.add_argument(
         "--liveness", default=None, metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    le = run.add_argument_group(
+        "leader election",
+        "run several replicas: only the holder of a coordination.k8s.io Lease runs handlers and writes",
+    )
+    le.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="wait for the leader Lease before starting the controller (default off; the chart turns it on)",
+    )
+    le.add_argument(
+        "--leader-elect-namespace",
+        default=None,
+        metavar="NS",
+        help="namespace of the Lease (default: $POD_NAMESPACE, else the in-cluster service account's namespace)",
+    )
+    le.add_argument(
+        "--leader-elect-lease-name", default=None, metavar="NAME", help="Lease name (default qwen-operator-leader)"
+    )
+    le.add_argument(
+        "--leader-elect-identity",
+        default=None,
+        help="holder identity (default: $POD_NAME or host name + random suffix)",
+    )
+    le.add_argument(
+        "--leader-elect-lease-duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a standby waits after the Lease last changed before taking it (default 10)",
+    )
+    le.add_argument(
+        "--leader-elect-renew-deadline",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds the leader keeps leading without a successful renewal, then exits (default 7)",
+    )
+    le.add_argument(
+        "--leader-elect-retry-period",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds between renewals and between a standby's looks (default 2)",
     )
     run.add_argument("--log-format", choices=["plain", "json"], default="plain")
     run.add_argument("--verbose", "-v", action="store_true")
@@ -150,10 +196,6 @@ def _run(args: argparse.Namespace) -> int:
     from kubernetes import client, config
 
     from ..catalog import CatalogError, load_catalog
-    from .autoscaler import Autoscaler
-    from .handlers import Controller, register
-    from .kube import Kube
-    from .versions import VersionWatcher
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -165,6 +207,7 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.resync_seconds is not None and args.resync_seconds <= 0:
         raise UserError(f"--resync-seconds: must be > 0, got {args.resync_seconds}")
+    lease = leader_settings(args) if args.leader_elect else None
     raw = _load_config(args.config)
     cfg = parse_config(raw, f"operator config {args.config or os.environ.get('QWEN_OPERATOR_CONFIG') or ''}".strip())
     try:
@@ -181,6 +224,138 @@ def _run(args: argparse.Namespace) -> int:
     except config.ConfigException as exc:
         raise UserError(f"no Kubernetes credentials: {exc}") from None
     api = client.ApiClient()
+    namespaces = args.namespace
+    logging.getLogger("qwen_operator").info(
+        "qwen-operator starting: %s; catalog has %d GPU types, %d models%s",
+        f"namespaces {', '.join(namespaces)}" if namespaces else "all namespaces",
+        len(catalog.gpus),
+        len(catalog.models),
+        f"; leader election on Lease {lease.namespace}/{lease.name} as {lease.identity}" if lease else "",
+    )
+    if args.metrics_port:
+        from .metrics import serve
+
+        serve(args.metrics_port)
+
+    def operator(liveness: str | None) -> Any:
+        """kopf with the controller wired in: built only once this process may write."""
+        registry = _wire(args, cfg, catalog, api)
+        return kopf.operator(
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+            liveness_endpoint=liveness,
+        )
+
+    try:
+        if lease is None:
+            asyncio.run(operator(args.liveness))
+            return 0
+        return asyncio.run(_lead(args, api, lease, operator))
+    except KeyboardInterrupt:
+        return 130
+
+
+def leader_settings(args: argparse.Namespace) -> LeaseSettings:
+    """The ``--leader-elect-*`` flags, checked; errors name the flag."""
+    from .leader import (
+        DEFAULT_LEASE_NAME,
+        LEASE_DURATION,
+        RENEW_DEADLINE,
+        RETRY_PERIOD,
+        LeaseSettings,
+        default_identity,
+    )
+
+    namespace = args.leader_elect_namespace or os.environ.get("POD_NAMESPACE") or _in_cluster_namespace()
+    if not namespace:
+        raise UserError(
+            "--leader-elect-namespace: needed outside a pod (no $POD_NAMESPACE and no in-cluster service account)"
+        )
+    settings = LeaseSettings(
+        namespace=namespace,
+        identity=args.leader_elect_identity or default_identity(),
+        name=args.leader_elect_lease_name or DEFAULT_LEASE_NAME,
+        lease_duration=_or(args.leader_elect_lease_duration, LEASE_DURATION),
+        renew_deadline=_or(args.leader_elect_renew_deadline, RENEW_DEADLINE),
+        retry_period=_or(args.leader_elect_retry_period, RETRY_PERIOD),
+    )
+    problems = settings.problems()
+    if problems:
+        raise UserError("; ".join(problems))
+    return settings
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _in_cluster_namespace() -> str | None:
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+async def _lead(
+    args: argparse.Namespace,
+    api: Any,
+    lease: LeaseSettings,
+    operator: Callable[[str | None], Any],
+) -> int:
+    """Standby until this process holds the Lease, then kopf while renewing it.
+
+    Nothing of the controller exists before the Lease is held (no watch, no cache, no loop), so a
+    standby cannot write. Losing the Lease exits the process (see :mod:`.leader`); a stop signal
+    stops kopf first and releases the Lease after, so the next leader starts at once."""
+    import signal
+
+    from .leader import EXIT_LEASE_LOST, KubeLeases, LeaderElector, serve_health
+
+    elector = LeaderElector(KubeLeases(api, lease.namespace, lease.name, timeout=lease.retry_period), lease)
+    health = await serve_health(args.liveness, elector) if args.liveness else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log = logging.getLogger("qwen_operator")
+    try:
+        if not await elector.acquire(stop):
+            log.info("stopped while standby")
+            return 0
+        elector.start_watchdog()
+        # created before kopf starts: kopf leaves tasks that predate it alone when it stops
+        holding = asyncio.create_task(elector.hold(), name="leader lease")
+        if stop.is_set():  # a signal between winning the Lease and kopf taking over the handlers
+            holding.cancel()
+            await elector.release()
+            return 0
+        kopf_run = asyncio.create_task(operator(None), name="kopf")
+        done, _ = await asyncio.wait({holding, kopf_run}, return_when=asyncio.FIRST_COMPLETED)
+        if holding in done:  # lost (on_lost exits the process; this is the fallback)
+            kopf_run.cancel()
+            return EXIT_LEASE_LOST
+        holding.cancel()
+        await elector.release()  # kopf and every handler task have stopped: no writer is left
+        kopf_run.result()
+        return 0
+    finally:
+        if health is not None:
+            await health.cleanup()
+
+
+def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any) -> Any:
+    """A kopf registry with the controller, its autoscaler and version watcher attached."""
+    import kopf
+    from kubernetes import client, config
+
+    from .autoscaler import Autoscaler
+    from .handlers import Controller, register
+    from .kube import Kube
+    from .versions import VersionWatcher
+
     ctl_config = controller_config(cfg, args.resync_seconds)
     ctl_config.service_monitor_crd = _crd_exists(api, "servicemonitors.monitoring.coreos.com")
     # the Gateway API path (spec.routing.gateway.inferencePool) needs both CRDs in the cluster
@@ -204,7 +379,7 @@ def _run(args: argparse.Namespace) -> int:
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False  # Events are posted deliberately, never as log spam
-        settings.peering.standalone = True
+        settings.peering.standalone = True  # one writer is ensured by the Lease (--leader-elect), not peering
         # a fixed set of resources and namespaces: no list/watch of CRDs and Namespaces needed
         # (least privilege; the CRD must exist when the operator starts, as the chart ensures)
         settings.scanning.disabled = True
@@ -228,30 +403,7 @@ def _run(args: argparse.Namespace) -> int:
         return _connection_info(kopf, cfg)
 
     register(registry, controller)
-    if args.metrics_port:
-        from .metrics import serve
-
-        serve(args.metrics_port)
-    namespaces = args.namespace
-    logging.getLogger("qwen_operator").info(
-        "qwen-operator starting: %s; catalog has %d GPU types, %d models",
-        f"namespaces {', '.join(namespaces)}" if namespaces else "all namespaces",
-        len(catalog.gpus),
-        len(catalog.models),
-    )
-    try:
-        asyncio.run(
-            kopf.operator(
-                registry=registry,
-                clusterwide=not namespaces,
-                namespaces=namespaces,
-                standalone=True,
-                liveness_endpoint=args.liveness,
-            )
-        )
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return registry
 
 
 def registry_factory(cfg: OperatorConfig) -> Callable[[str], Registry]:
