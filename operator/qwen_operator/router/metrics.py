@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import metric_names as names
+
 #: Seconds: from a few ms (loopback, short prompts) to minutes (held through a scale from zero).
 TTFT_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
@@ -48,22 +50,22 @@ class _StateCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         held = self.view.held()
         in_flight = list(self.view.in_flight())
-        g = GaugeMetricFamily("qwen_router_held", "Requests waiting in the router for an endpoint that can take them")
+        g = GaugeMetricFamily(names.HELD, "Requests waiting in the router for an endpoint that can take them")
         g.add_metric([], held)
         yield g
         g = GaugeMetricFamily(
-            "qwen_router_queue_length",
+            names.QUEUE_LENGTH,
             "Requests the router has accepted and not answered yet: held plus in flight to endpoints",
         )
         g.add_metric([], held + sum(n for _, _, n in in_flight))
         yield g
         g = GaugeMetricFamily(
-            "qwen_router_endpoint_in_flight", "Requests in flight to each Ready endpoint", labels=["endpoint", "pool"]
+            names.ENDPOINT_IN_FLIGHT, "Requests in flight to each Ready endpoint", labels=["endpoint", "pool"]
         )
         for endpoint, pool, n in in_flight:
             g.add_metric([endpoint, pool], n)
         yield g
-        g = GaugeMetricFamily("qwen_router_endpoints", "Ready endpoints the router routes to", labels=["pool"])
+        g = GaugeMetricFamily(names.ENDPOINTS, "Ready endpoints the router routes to", labels=["pool"])
         for pool, n in sorted(self.view.endpoints_per_pool().items()):
             g.add_metric([pool], n)
         yield g
@@ -76,7 +78,7 @@ class RouterMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.ttft = Histogram(
-            "qwen_router_ttft_seconds",
+            names.TTFT_SECONDS,
             "Time from the router receiving a request to the first response body byte reaching it "
             "(hold and retries included; streams: the first token)",
             ["pool", "version"],
@@ -84,38 +86,38 @@ class RouterMetrics:
             registry=r,
         )
         self.requests = Counter(
-            "qwen_router_requests_total",
+            names.REQUESTS_TOTAL,
             "Requests answered, by pool and HTTP status (aborted: the endpoint failed after the response "
             "started; 499: the client went away)",
             ["pool", "code"],
             registry=r,
         )
         self.retries = Counter(
-            "qwen_router_retries_total",
+            names.RETRIES_TOTAL,
             "Requests sent again to another endpoint (reason: connect, reset before the first byte, 429)",
             ["reason"],
             registry=r,
         )
         self.rejected = Counter(
-            "qwen_router_rejected_total",
+            names.REJECTED_TOTAL,
             "Requests the router answered 503 itself (queue_full, hold_timeout, no_endpoint: holding is off)",
             ["reason"],
             registry=r,
         )
         self.upstream_errors = Counter(
-            "qwen_router_upstream_errors_total",
+            names.UPSTREAM_ERRORS_TOTAL,
             "Endpoint failures (phase: connect, response: before the first byte, body: after it)",
             ["pool", "phase"],
             registry=r,
         )
         self.hold_seconds = Histogram(
-            "qwen_router_hold_seconds",
+            names.HOLD_SECONDS,
             "How long held requests waited for an endpoint (served or rejected)",
             buckets=HOLD_BUCKETS,
             registry=r,
         )
         self.prompt_tokens = Histogram(
-            "qwen_router_prompt_tokens",
+            names.PROMPT_TOKENS,
             "Estimated prompt tokens per request (characters / 4)",
             buckets=PROMPT_TOKEN_BUCKETS,
             registry=r,
