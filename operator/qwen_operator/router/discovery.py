@@ -281,7 +281,8 @@ def load_credentials(kubeconfig: str | None = None) -> KubeCredentials:
     def token() -> str | None:
         if cfg.refresh_api_key_hook is not None:  # exec plugins / expiring tokens
             cfg.refresh_api_key_hook(cfg)
-        value: str | None = cfg.get_api_key_with_prefix("authorization")
+        # the kubernetes client (v37 here) keeps a kubeconfig token as "BearerToken"; older ones as "authorization"
+        value: str | None = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
         return value
 
     return KubeCredentials(str(cfg.host).rstrip("/"), ctx, token)
