@@ -204,6 +204,17 @@ class RouterBridge:
         await asyncio.gather(*(self._scrape(r) for r in list(self.routers.values())), return_exceptions=True)
         return self.requests_by_code()
 
+    async def gauge(self, name: str) -> float:
+        """A gauge summed over every running router's ``/metrics`` now (e.g. ``qwen_router_held``)."""
+        assert self._session is not None
+        total = 0.0
+        pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})?\s+([0-9.eE+-]+)$", re.M)
+        for r in list(self.routers.values()):
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with self._session.get(r.url + "/metrics") as resp:
+                    total += sum(float(v) for v in pattern.findall(await resp.text()))
+        return total
+
     # --- following the cluster ---------------------------------------------------------------
     def _list_pods(self) -> list[dict[str, Any]]:
         from kubernetes import client
@@ -257,6 +268,8 @@ class RouterBridge:
         spec = client.V1TokenRequestSpec(audiences=[], expiration_seconds=TOKEN_SECONDS)
         req = client.AuthenticationV1TokenRequest(spec=spec)
         resp = client.CoreV1Api(self.api_client).create_namespaced_service_account_token(account, self.namespace, req)
+        if resp.status is None or not resp.status.token:
+            raise RuntimeError(f"TokenRequest for ServiceAccount {account} returned no token")
         return str(resp.status.token)
 
     async def _start(self, pod: Mapping[str, Any]) -> None:
