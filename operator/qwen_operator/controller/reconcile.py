@@ -70,7 +70,7 @@ from .rollout import (
     timed_out,
     watcher_status,
 )
-from .routing import is_router, pool_capacity, stale_objects
+from .routing import is_router, pool_capacity, router_not_ready, stale_objects
 
 HASH_ANNOTATION = "serving.qwenops.io/applied-hash"
 __all__ = ["GPU_TYPE_ANNOTATION", "HASH_ANNOTATION", "Event", "Observed", "Outcome", "compute", "with_watcher_status"]
@@ -513,6 +513,9 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
         conds.append(cond.Condition(cond.READY, True, "AllReplicasReady", f"{ready_total}/{desired} replicas ready."))
     else:
         conds.append(cond.Condition(cond.READY, False, "ReplicasNotReady", f"{ready_total}/{desired} replicas ready."))
+    router_down = router_not_ready(spec, name, [*obs.deployments, *obs.others])  # clients reach servers through it
+    if router_down is not None and conds[-1].status:
+        conds[-1] = router_down
     return finish(conds, extra)
 
 

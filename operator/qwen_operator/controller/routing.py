@@ -13,6 +13,9 @@
   for the garbage collector would only happen when the QwenDeployment itself goes.
 - :func:`is_router` tells the router's Deployment from pool Deployments (the component
   label), so it is never sized, rolled or reported as a GPU pool.
+- :func:`router_not_ready`: with the router in front, the Service clients call answers only
+  through a Ready router pod, so no Ready router replica means the QwenDeployment is not
+  Ready (``RouterNotReady``), however many server replicas are.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from ..capacity.model import ReplicaModel
 from ..catalog import Catalog, resolve_gpu_name
 from ..planner.placement import Candidate
 from ..planner.plan import workload_for
-from ..render.names import LABEL_COMPONENT, ROUTER_COMPONENT
+from ..render.names import LABEL_COMPONENT, ROUTER_COMPONENT, router_name
+from . import conditions as cond
 
 #: Kinds the reconciler deletes when they leave the rendered set (pool Deployments have their
 #: own, capacity-preserving removal in reconcile.py and are not pruned here).
@@ -97,3 +101,36 @@ def stale_objects(rendered: Iterable[Mapping[str, Any]], others: Iterable[Mappin
         if prunable and _ident(obj) not in wanted and not (obj.get("metadata") or {}).get("deletionTimestamp"):
             out.append(dict(obj))
     return out
+
+
+def router_not_ready(
+    spec: QwenDeploymentSpec, name: str, objects: Iterable[Mapping[str, Any]]
+) -> cond.Condition | None:
+    """``Ready=False, RouterNotReady`` when ``spec.routing`` renders the router and none of its replicas
+    is Ready; None when the router is off or at least one replica is Ready.
+
+    ``objects``: the owned objects seen (pool Deployments and the others); the router is the
+    Deployment ``<name>-router`` carrying the router component label. A router holding requests
+    at zero server replicas is Ready (its ``/health`` says so), so scale-to-zero stays Ready."""
+    if not spec.routing.enabled:
+        return None
+    wanted = router_name(name)
+    dep = next(
+        (
+            o
+            for o in objects
+            if o.get("kind", "Deployment") == "Deployment"
+            and (o.get("metadata") or {}).get("name") == wanted
+            and is_router(o)
+        ),
+        None,
+    )
+    if dep is None:
+        message = f"Router Deployment {wanted} does not exist yet: requests to Service {name} have nowhere to go."
+        return cond.Condition(cond.READY, False, "RouterNotReady", message)
+    ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
+    if ready > 0:
+        return None
+    replicas = int((dep.get("spec") or {}).get("replicas") or 0)
+    message = f"0/{replicas} router replicas ready ({wanted}): requests to Service {name} cannot be answered."
+    return cond.Condition(cond.READY, False, "RouterNotReady", message)
