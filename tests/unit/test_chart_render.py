@@ -13,7 +13,7 @@ import yaml
 
 from qwen_operator.catalog import load_catalog
 from qwen_operator.packaging import helm
-from qwen_operator.packaging.chart import CHART, find, template
+from qwen_operator.packaging.chart import CHART, HelmError, find, template
 from qwen_operator.packaging.generate import CRD_FILE
 
 
@@ -50,6 +50,9 @@ def test_default_objects(default: list[dict[str, Any]]) -> None:
         ("ConfigMap", "qwen-operator-config"),
         ("CustomResourceDefinition", "qwendeployments.serving.qwenops.io"),
         ("Deployment", "qwen-operator"),
+        ("PodDisruptionBudget", "qwen-operator"),
+        ("Role", "qwen-operator-leader-election"),
+        ("RoleBinding", "qwen-operator-leader-election"),
         ("ServiceAccount", "qwen-operator"),
     ]
     for obj in default:
@@ -81,13 +84,79 @@ def test_operator_args_probes_and_image(default: list[dict[str, Any]]) -> None:
         "--config=/etc/qwen-operator/config.yaml",
         "--liveness=http://0.0.0.0:8080/healthz",
         "--log-format=json",
+        "--leader-elect",
+        "--leader-elect-namespace=qwen-operator",
+        "--leader-elect-lease-name=qwen-operator-leader",
+        "--leader-elect-lease-duration=10",
+        "--leader-elect-renew-deadline=7",
+        "--leader-elect-retry-period=2",
         "--all-namespaces",
     ]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "liveness"}  # leader or ready standby
     assert {"name": "liveness", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
     assert c["resources"]["limits"]["memory"] == "512Mi"
-    assert deployment(default)["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_two_replicas_roll_without_a_gap_and_spread_over_nodes(default: list[dict[str, Any]]) -> None:
+    spec = deployment(default)["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    selector = spec["selector"]["matchLabels"]
+    (term,) = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    hostname = {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector}}
+    assert term["podAffinityTerm"] == hostname
+    (pdb,) = find(default, "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container(default)["env"]}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
+
+
+def test_rendered_leader_flags_are_what_the_operator_accepts(default: list[dict[str, Any]]) -> None:
+    """The chart's args go through the real `qwenctl operator run` parser and its Lease checks."""
+    from qwen_operator.cli import build_parser
+    from qwen_operator.controller.cli import leader_settings
+
+    args = build_parser().parse_args(container(default)["args"])
+    assert args.leader_elect is True
+    lease = leader_settings(args)
+    assert (lease.namespace, lease.name) == ("qwen-operator", "qwen-operator-leader")
+    assert (lease.lease_duration, lease.renew_deadline, lease.retry_period) == (10.0, 7.0, 2.0)
+
+
+def test_one_replica_without_leader_election_recreates() -> None:
+    objects = template("leaderElection.enabled=false", "replicaCount=1")
+    spec = deployment(objects)["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    c = container(objects)
+    assert not [a for a in c["args"] if a.startswith("--leader-elect")]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"  # kopf's own endpoint
+    assert not find(objects, "PodDisruptionBudget") and "affinity" not in spec["template"]["spec"]
+    assert not [o for o in objects if o["metadata"]["name"].endswith("-leader-election")]
+
+
+@pytest.mark.parametrize(
+    ("sets", "words"),
+    [
+        (("leaderElection.enabled=false",), "replicaCount > 1 needs leaderElection.enabled"),
+        (("leaderElection.renewDeadlineSeconds=10",), "leaseDurationSeconds must be greater"),
+        (("leaderElection.retryPeriodSeconds=6",), "renewDeadlineSeconds must be greater"),
+    ],
+)
+def test_unsafe_high_availability_values_fail_naming_the_value(sets: tuple[str, ...], words: str) -> None:
+    with pytest.raises(HelmError) as info:
+        template(*sets)
+    assert words in info.value.stderr
+
+
+def test_affinity_and_anti_affinity_choices() -> None:
+    required = deployment(template("podAntiAffinity=required"))["spec"]["template"]["spec"]["affinity"]
+    (term,) = required["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert "affinity" not in deployment(template("podAntiAffinity=none"))["spec"]["template"]["spec"]
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    assert deployment(template(values={"affinity": own}))["spec"]["template"]["spec"]["affinity"] == own
+    assert not find(template("replicaCount=1"), "PodDisruptionBudget")  # would block every drain
 
 
 def test_image_digest_wins_over_tag() -> None:
@@ -142,8 +211,18 @@ def test_rbac_is_exactly_what_the_operator_needs(default: list[dict[str, Any]]) 
         ("monitoring.coreos.com", "servicemonitors", "create"),
         ("monitoring.coreos.com", "servicemonitors", "patch"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
+        # leader election, in the operator's own namespace, on its one Lease (create cannot name it)
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "update"),
     }
     assert _grants(default) == expected
+    (leader_role,) = find(default, "Role", "qwen-operator-leader-election")
+    assert leader_role["metadata"]["namespace"] == "qwen-operator"
+    assert {(tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in leader_role["rules"]} == {
+        (("create",), ()),
+        (("get", "update"), ("qwen-operator-leader",)),
+    }
     (crd_rule,) = [r for r in _rules(default) if "customresourcedefinitions" in r["resources"]]
     assert crd_rule["resourceNames"] == [
         "servicemonitors.monitoring.coreos.com",
@@ -179,9 +258,11 @@ def test_gateway_api_rbac_is_optional() -> None:
 
 def test_watch_namespaces_uses_roles_and_a_cluster_role_only_for_nodes() -> None:
     objects = template("watchNamespaces={llm,batch}")
-    roles = find(objects, "Role")
+    roles = find(objects, "Role", "qwen-operator")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["batch", "llm"]
-    assert sorted(b["metadata"]["namespace"] for b in find(objects, "RoleBinding")) == ["batch", "llm"]
+    assert sorted(b["metadata"]["namespace"] for b in find(objects, "RoleBinding", "qwen-operator")) == ["batch", "llm"]
+    (leader,) = find(objects, "Role", "qwen-operator-leader-election")  # the Lease stays in the release namespace
+    assert leader["metadata"]["namespace"] == "qwen-operator"
     (cluster_role,) = find(objects, "ClusterRole")
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"nodes", "customresourcedefinitions"}
     args = container(objects)["args"]

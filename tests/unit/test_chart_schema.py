@@ -28,6 +28,13 @@ BAD: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
         {"config": {"prometheus": {"url": "prometheus:9090"}}},
         ("url", "https?"),
     ),
+    ("replicaCount=0", {"replicaCount": 0}, ("replicaCount", "1")),
+    ("podAntiAffinity=sometimes", {"podAntiAffinity": "sometimes"}, ("podAntiAffinity", "preferred")),
+    (
+        "leaderElection.retryPeriodSeconds=0",
+        {"leaderElection": {"retryPeriodSeconds": 0}},
+        ("retryPeriodSeconds", "1"),
+    ),
     ("crds.enabled=maybe", {"crds": {"enabled": "maybe"}}, ("enabled", "boolean")),
     ("imagee.tag=1", {"imagee": {"tag": "1"}}, ("imagee",)),
     (

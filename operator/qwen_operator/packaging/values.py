@@ -109,15 +109,44 @@ class OperatorArgs(_Values):
     verbose: bool = False
     """Debug logging."""
     liveness_port: Port = 8080
-    """Port of kopf's liveness endpoint (/healthz), probed by the kubelet."""
+    """Port of the health endpoint probed by the kubelet: /healthz (liveness) and, with leader election,
+    /readyz (readiness: the leader, or a standby that can reach its Lease); kopf's own /healthz without."""
     extra_args: list[str] = Field(default_factory=list)
     """Extra arguments appended to `qwenctl operator run`."""
     extra_env: list[dict[str, Any]] = Field(default_factory=list)
     """Extra environment variables (Kubernetes EnvVar objects) for the operator container."""
 
 
+class LeaderElection(_Values):
+    """Leader election between operator replicas on a coordination.k8s.io Lease (<fullname>-leader in the
+    release namespace): only the holder runs handlers and writes; a standby runs nothing until it holds the
+    Lease; a leader that cannot renew in time exits (and restarts as a standby); on SIGTERM the leader
+    releases the Lease so a rolling upgrade hands over at once. Required for replicaCount > 1."""
+
+    enabled: bool = True
+    """Run `qwenctl operator run --leader-elect` (off: one replica, Recreate upgrades)."""
+    lease_duration_seconds: int = Field(default=10, ge=2, le=300)
+    """Seconds a standby waits after the Lease last changed before taking it over: a killed leader is
+    replaced about this long after its last renewal. Must exceed renewDeadlineSeconds."""
+    renew_deadline_seconds: int = Field(default=7, ge=2, le=299)
+    """Seconds the leader keeps leading without a successful renewal before it exits; the gap to
+    leaseDurationSeconds is the safety margin against two writers."""
+    retry_period_seconds: int = Field(default=2, ge=1, le=60)
+    """Seconds between the leader's renewals and between a standby's looks at the Lease."""
+
+
+class PodDisruptionBudget(_Values):
+    """A PodDisruptionBudget for the operator pods (rendered only with replicaCount > 1): a node drain
+    never evicts the last operator replica."""
+
+    enabled: bool = True
+    """Create the PodDisruptionBudget."""
+    min_available: int = Field(default=1, ge=1)
+    """Operator pods that must stay up during voluntary disruptions (drains, cluster upgrades)."""
+
+
 class Probe(_Values):
-    """Timing of the liveness and readiness probes on kopf's /healthz."""
+    """Timing of the liveness and readiness probes (see operator.livenessPort)."""
 
     initial_delay_seconds: int = Field(default=5, ge=0)
     """Seconds before the first probe."""
@@ -320,6 +349,15 @@ class Values(_Values):
     """Namespaces whose QwenDeployments the operator serves; empty means every namespace. With a list, RBAC is
     Roles in those namespaces (plus a ClusterRole for nodes, which are cluster-scoped)."""
     operator: OperatorArgs = Field(default_factory=OperatorArgs)
+    replica_count: int = Field(default=2, ge=1, le=5)
+    """Operator pods: one leader and standbys (more than one needs leaderElection.enabled). Upgrades roll
+    one new pod at a time (maxSurge 1, maxUnavailable 0) with leader election, else Recreate."""
+    leader_election: LeaderElection = Field(default_factory=LeaderElection)
+    pod_disruption_budget: PodDisruptionBudget = Field(default_factory=PodDisruptionBudget)
+    pod_anti_affinity: Literal["preferred", "required", "none"] = "preferred"
+    """Spread operator replicas over nodes (kubernetes.io/hostname) so one node failure cannot take the
+    leader and its standby together: preferred (a soft rule), required, or none. Used only while
+    `affinity` is empty."""
     config: OperatorConfig = Field(default_factory=OperatorConfig)
     resources: dict[str, Any] = Field(
         default_factory=lambda: {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
@@ -342,7 +380,7 @@ class Values(_Values):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     """Tolerations of the operator pod."""
     affinity: dict[str, Any] = Field(default_factory=dict)
-    """Affinity of the operator pod."""
+    """Affinity of the operator pod; when set it replaces the podAntiAffinity rule."""
     service_monitor: ServiceMonitor = Field(default_factory=ServiceMonitor)
     grafana_dashboard: GrafanaDashboard = Field(default_factory=GrafanaDashboard)
     global_: dict[str, Any] = Field(default_factory=dict, alias="global")
