@@ -237,9 +237,11 @@ def _run(args: argparse.Namespace) -> int:
 
         serve(args.metrics_port)
 
-    def operator(liveness: str | None) -> Any:
-        """kopf with the controller wired in: built only once this process may write."""
-        registry = _wire(args, cfg, catalog, api)
+    def wire() -> Any:
+        """The kopf registry with the controller wired in: built only once this process may write."""
+        return _wire(args, cfg, catalog, api)
+
+    def operator(registry: Any, liveness: str | None) -> Any:
         return kopf.operator(
             registry=registry,
             clusterwide=not namespaces,
@@ -250,9 +252,9 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         if lease is None:
-            asyncio.run(operator(args.liveness))
+            asyncio.run(operator(wire(), args.liveness))
             return 0
-        return asyncio.run(_lead(args, api, lease, operator))
+        return asyncio.run(_lead(args, api, lease, wire, operator))
     except KeyboardInterrupt:
         return 130
 
@@ -303,7 +305,8 @@ async def _lead(
     args: argparse.Namespace,
     api: Any,
     lease: LeaseSettings,
-    operator: Callable[[str | None], Any],
+    wire: Callable[[], Any],
+    operator: Callable[[Any, str | None], Any],
 ) -> int:
     """Standby until this process holds the Lease, then kopf while renewing it.
 
@@ -321,6 +324,9 @@ async def _lead(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log = logging.getLogger("qwen_operator")
+    # the controller's modules are imported while standing by, in a thread: a leader's event loop
+    # must stay free to renew the Lease (a multi-second import there would cost the Lease)
+    await asyncio.to_thread(_preload)
     try:
         if not await elector.acquire(stop):
             log.info("stopped while standby")
@@ -328,11 +334,12 @@ async def _lead(
         elector.start_watchdog()
         # created before kopf starts: kopf leaves tasks that predate it alone when it stops
         holding = asyncio.create_task(elector.hold(), name="leader lease")
+        registry = await asyncio.to_thread(wire)  # API reads (optional CRDs): off the event loop too
         if stop.is_set():  # a signal between winning the Lease and kopf taking over the handlers
             holding.cancel()
             await elector.release()
             return 0
-        kopf_run = asyncio.create_task(operator(None), name="kopf")
+        kopf_run = asyncio.create_task(operator(registry, None), name="kopf")
         done, _ = await asyncio.wait({holding, kopf_run}, return_when=asyncio.FIRST_COMPLETED)
         if holding in done:  # lost (on_lost exits the process; this is the fallback)
             kopf_run.cancel()
@@ -344,6 +351,10 @@ async def _lead(
     finally:
         if health is not None:
             await health.cleanup()
+
+
+def _preload() -> None:
+    from . import autoscaler, handlers, kube, versions  # noqa: F401
 
 
 def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any) -> Any:
@@ -401,6 +412,15 @@ def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any)
             kc = str(args.kubeconfig) if args.kubeconfig else None
             config.load_kube_config(config_file=kc, client_configuration=cfg)  # type: ignore[no-untyped-call]
         return _connection_info(kopf, cfg)
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_loops(**_: Any) -> None:
+        # kopf waits 5 s for tasks it did not start before cancelling them; the per-resource
+        # loops never end by themselves, so stopping them here lets a stopping leader release
+        # its Lease (and its successor start) at once on SIGTERM
+        for owner in (controller, controller.autoscaler, controller.versions):
+            for task in list(getattr(owner, "tasks", {}).values()):
+                task.cancel()
 
     register(registry, controller)
     return registry
