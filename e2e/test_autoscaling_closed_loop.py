@@ -2,16 +2,21 @@
 
 sandbox control plane (kwok GPU nodes) + real Prometheus + ``qwenctl operator run`` + the
 simulated fleet (:class:`~qwen_operator.sim.fleet_bridge.FleetBridge`: one simulated TGI
-server per Running pod, Ready after the modelled cold start, behind a least-outstanding
-balancer) + ``AsyncInferenceClient`` replaying trace-sized requests: base -> 4x spike ->
-trough. Asserts what an SRE would check on a real fleet:
+server per Running pod, Ready after the modelled cold start) + TGI's HTTP API replaying
+trace-sized requests: base -> 4x spike -> trough. Traffic takes the user's path: client ->
+a Ready router pod (``qwenctl router`` started with the rendered Deployment's exact command
+and arguments and its own ServiceAccount's token, discovering endpoints from the API
+server) -> server pods. The only stand-in is how a pod address is dialled (no pod network:
+the router dials the pod's ``sandbox.qwenops.io/dial`` loopback URL). Asserts what an SRE
+would check on a real fleet:
 
 * scaling up begins within two evaluation intervals of the spike (desiredReplicas rises,
   a ScaledUp Event);
 * after the new replicas are Ready, the P95 SLO latency is back under the SLO;
 * after the spike the fleet shrinks (ScaledDown, fewer pods);
 * with Prometheus stopped nothing scales down and ``ScalingActive`` is False with a reason;
-* every request is answered or counted as a 429; the operator never wrote ``spec``;
+* every request is answered or counted as a 429, once: the client's count and the routers'
+  own ``qwen_router_requests_total`` agree; the operator never wrote ``spec``;
 * GitOps does not fight the autoscaler: the resource is created the way Flux's
   kustomize-controller applies it (server-side apply, its field manager); with the fleet
   scaled out, a server-side ``kubectl diff`` under Flux's and Argo CD's field managers shows
@@ -23,6 +28,11 @@ trough. Asserts what an SRE would check on a real fleet:
 
 All replica numbers are SIMULATED. Timings compress a real day: 15 s cold starts instead
 of ~50 s, 5 s evaluations, a 20 s scale-down delay.
+
+A second case holds requests through a scale from zero: at 0 replicas the router holds
+what arrives (its readiness stays 200 while it holds), ``kubectl scale`` on the
+QwenDeployment's scale subresource (what KEDA's activation does) starts a replica, and
+every held request is answered by it: none lost, and the wait is reported.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from qwen_operator.sandbox.cluster import Sandbox
 from qwen_operator.sandbox.prometheus import PrometheusServer
 from qwen_operator.sandbox.stages import READY_AFTER_ANNOTATION
 from qwen_operator.sim.fleet_bridge import FleetBridge
-from qwen_operator.sim.loadgen import LoadGenerator, peak_and_trough
+from qwen_operator.sim.loadgen import LoadGenerator, RequestSize, peak_and_trough
 from qwen_operator.sim.trace import default_trace_path, load_azure_csv
 from qwen_operator.testing.argocd import health
 from qwen_operator.testing.cluster import Kubectl
@@ -77,7 +87,10 @@ def body() -> dict[str, Any]:
     # registry waits for its digest before creating any pool, see test_drift.py)
     doc["spec"]["model"]["registry"] = "hf://Qwen/Qwen3-14B"
     # A10G only: the load below is sized to one A10G replica (an L40S, which the planner would
-    # fill first, absorbs the whole 4x spike without scaling: ~17 req/s within the SLO, simulated)
+    # fill first, absorbs the whole 4x spike without scaling: ~17 req/s within the SLO, simulated).
+    # Mixed pools on the router path are the demo's (L40S + A100-80GB spill-over) and the
+    # scale-from-zero case's (L40S or A10G allowed); a mixed closed loop needs a load sized to
+    # an L40S, ~10x this one, more than two shared cores drive in this test's ~5 minutes.
     doc["spec"]["placement"]["gpuTypes"] = ["A10G"]
     doc["spec"]["scaling"] = {
         "enabled": True,
@@ -233,21 +246,32 @@ async def scenario(api: Any, ns: str, prometheus: PrometheusServer, gitops: GitO
     t0 = time.monotonic()
     marks: dict[str, float] = {}
     obs = Observer(api, ns)
-    bridge = FleetBridge(api, ns, NAME, set_targets=prometheus.set_targets, p95_window_seconds=15.0)
+    bridge = FleetBridge(
+        api,
+        ns,
+        NAME,
+        set_targets=prometheus.set_targets,
+        p95_window_seconds=15.0,
+        workdir=gitops.path.parent / "routers",
+    )
     await bridge.start()
     observer = asyncio.get_running_loop().create_task(obs.run())
     load: LoadGenerator | None = None
     try:
         gitops.write(body())
         await asyncio.to_thread(gitops.apply, GitOps.FLUX)  # created the way Flux applies it
-        await until("the first replica Ready behind the balancer", lambda: sum(bridge.counts()[1].values()) >= 1, 120)
+        await until("the first replica Ready", lambda: sum(bridge.counts()[1].values()) >= 1, 120)
         marks["first replica ready"] = time.monotonic()
+        await until("a Ready router pod (qwenctl router as rendered)", bridge.routers_ready, 60)
+        marks["router ready"] = time.monotonic()
         await until("the autoscaler's first status write", lambda: obs.points and obs.last.desired is not None, 30)
         generation = obs.last.generation
 
         rows = load_azure_csv(default_trace_path())
         phases = peak_and_trough(BASE_RATE, spike=4.0, base_seconds=25, spike_seconds=75, trough_seconds=180)
-        load = LoadGenerator(bridge.url, phases, rows, 7, MAX_PROMPT, MAX_OUTPUT, max_requests=900)
+        load = LoadGenerator(
+            bridge.target, phases, rows, 7, MAX_PROMPT, MAX_OUTPUT, max_requests=900, on_outcome=bridge.record
+        )
         await load.start()
         await until("the spike", lambda: "spike" in load.phase_started, 60)  # type: ignore[union-attr]
         spike = marks["spike"] = load.phase_started["spike"]
@@ -341,10 +365,13 @@ async def scenario(api: Any, ns: str, prometheus: PrometheusServer, gitops: GitO
         # 5. nothing lost, spec never written
         load.stop_sending()
         stats = await load.wait(drain_seconds=90)
-        counters = bridge.counters()
+        counters = await bridge.scrape_routers()
         assert stats.errors == 0 and stats.lost == 0, (stats.summary(), stats.error_samples)
         assert stats.ok + stats.rejected == stats.sent
-        assert (counters.ok, counters.rejected, counters.errors) == (stats.ok, stats.rejected, 0), counters
+        assert (counters.requests, counters.ok, counters.rejected) == (stats.sent, stats.ok, stats.rejected), counters
+        # the routers' own accounting: each request answered by a router exactly once (retries are not answers)
+        assert sum(counters.router_by_code.values()) == stats.sent, counters.router_by_code
+        assert counters.router_by_code.get("200", 0) == stats.ok, counters.router_by_code
         assert obs.last.generation == generation, "the operator wrote spec (metadata.generation moved)"
         print_report(marks, t0, spike, obs, bridge, stats, counters)
     finally:
@@ -370,7 +397,8 @@ def print_report(
     for t, reason, msg in sorted(obs.events.values()):
         if reason in ("ScaledUp", "ScaledDown", "MetricsUnavailable", "MetricsAvailable"):
             print(f"  {t - spike:+7.1f}  {reason}: {msg[:140]}")
-    print("  every 5 s: replicas ready/running per pool; P95 queue wait at the balancer (15 s window);")
+    print("  every 5 s: replicas ready/running per pool; P95 wait for the first batch as the client saw it")
+    print("  (TGI's x-queue-time through the router + time outside the server; 15 s window);")
     print("  the operator's desiredReplicas and P95 (status.autoscaler, from Prometheus over 1m)")
     start = bridge.started_at
     for s in bridge.timeline[:: max(1, int(5 / bridge.sample_seconds))]:
@@ -383,4 +411,90 @@ def print_report(
             f"  {at - spike:+7.1f}  ready {s.ready} running {s.running}  P95 {p} ({s.completed} req)"
             f"  | desired {desired} P95 {op_p95}"
         )
-    print(f"  {stats.summary()}; balancer {counters.by_status}; servers {counters.servers_started} started")
+    print(
+        f"  {stats.summary()}; client {counters.by_status}; routers ({counters.routers_started} started) "
+        f"{counters.router_by_code}; servers {counters.servers_started} started"
+    )
+
+
+# --- scale from zero through the router ------------------------------------------------------------
+HELD = 6  # requests sent while no replica exists
+HOLD_TIMEOUT = 180  # spec.routing.holdTimeoutSeconds: longer than scheduling + the modelled cold start
+
+
+def zero_body() -> dict[str, Any]:
+    doc = yaml.safe_load(SAMPLE.read_text())
+    doc["metadata"] = {"name": NAME}
+    doc["spec"]["model"].pop("credentialsSecret", None)
+    doc["spec"]["model"]["registry"] = "hf://Qwen/Qwen3-14B"
+    doc["spec"]["placement"]["gpuTypes"] = ["L40S", "A10G"]
+    doc["spec"]["replicas"] = 0  # scaled by the scale subresource (KEDA/HPA), not the autoscaler
+    doc["spec"]["scaling"] = {"enabled": False}
+    doc["spec"]["routing"] = {"enabled": True, "holdTimeoutSeconds": HOLD_TIMEOUT}
+    return dict(doc)
+
+
+def test_router_holds_requests_through_a_scale_from_zero(
+    kube_api: Any, kubectl: Kubectl, namespace: str, closed_loop_operator: OperatorProcess, tmp_path: Path
+) -> None:
+    asyncio.run(scale_from_zero(kube_api, kubectl, namespace, tmp_path))
+
+
+async def scale_from_zero(api: Any, kubectl: Kubectl, ns: str, tmp_path: Path) -> None:
+    bridge = FleetBridge(api, ns, NAME, workdir=tmp_path / "routers")
+    await bridge.start()
+    manifest = tmp_path / "qwd.yaml"
+    manifest.write_text(yaml.safe_dump({**zero_body(), "metadata": {"name": NAME, "namespace": ns}}))
+    load: LoadGenerator | None = None
+    try:
+        await asyncio.to_thread(kubectl, "apply", "--server-side", "-f", str(manifest))
+        # the router pods run (and are Ready: holding counts as healthy) with no server pod at all
+        await until("a Ready router pod with no replica", bridge.routers_ready, 90)
+        assert bridge.counts() == ({}, {}), bridge.counts()
+        load = await LoadGenerator(
+            bridge.target, [], load_azure_csv(default_trace_path()), on_outcome=bridge.record, log=lambda _m: None
+        ).start()
+        sent_at = time.monotonic()
+        replies = [load.send_now(RequestSize(200, 16), "at zero") for _ in range(HELD)]
+        assert bridge.router_bridge is not None
+        routers = bridge.router_bridge
+
+        async def held() -> float:
+            return await routers.gauge("qwen_router_held")
+
+        for _ in range(60):  # the routers' /metrics, polled for up to ~30 s
+            if await held() >= HELD:
+                break
+            await asyncio.sleep(0.5)
+        assert await held() == HELD, f"the routers hold {await held()} of {HELD} requests"
+        assert load.stats.in_flight == HELD and not load.outcomes, "a request was answered with no replica"
+
+        scaled_at = time.monotonic()
+        await asyncio.to_thread(kubectl, "scale", "qwendeployment", NAME, "-n", ns, "--replicas=1")
+        done, pending = await asyncio.wait(replies, timeout=HOLD_TIMEOUT)
+        assert not pending, f"{len(pending)} held request(s) still unanswered"
+        await asyncio.sleep(2 * bridge.sample_seconds)  # the timeline's next samples see the Ready pod
+        ready_at = min((s.t + bridge.started_at for s in bridge.timeline if sum(s.ready.values())), default=None)
+        stats = load.stats
+        assert (stats.sent, stats.ok, stats.errors, stats.lost) == (HELD, HELD, 0, 0), (
+            stats.summary(),
+            stats.error_samples,
+        )
+        endpoints = {o.endpoint for o in load.outcomes}
+        pods = set(bridge.dial_urls)
+        assert endpoints <= pods and len(endpoints) == 1, (endpoints, pods)  # the one replica started
+        counters = await bridge.scrape_routers()
+        assert counters.router_by_code.get("200", 0) == HELD, counters.router_by_code
+        waits = sorted(o.seconds for o in load.outcomes)
+        print(
+            f"\n=== SIMULATED scale from zero through the router: {HELD} requests held at 0 replicas, "
+            f"all answered by {endpoints.pop()} ===\n"
+            f"  kubectl scale 0 -> 1 at +{scaled_at - sent_at:.1f}s after sending; "
+            f"first replica Ready at +{(ready_at or float('nan')) - sent_at:.1f}s (15 s modelled cold start); "
+            f"client waits {waits[0]:.1f}..{waits[-1]:.1f}s; routers {counters.router_by_code}"
+        )
+    finally:
+        if load is not None:
+            load.stop_sending()
+            await load.wait(drain_seconds=10)
+        await bridge.stop()
