@@ -62,6 +62,11 @@ class Observation:
     yet, or a P95 over an idle minute, which Prometheus returns as NaN); :func:`evaluate`
     reads a missing queue as 0 and a missing P95 as "no latency signal". ``error`` set means
     the source could not be read at all: then nothing but a floor can change the fleet.
+
+    With the built-in router, the controller fills P95, in flight and request rate from the
+    router (real time to first byte, accepted-not-answered, answered/s) and ``held`` from the
+    requests it holds: the one signal a fleet at zero replicas has. The simulator, which has
+    no hold queue, reports as held the requests that arrived while no replica was Ready.
     """
 
     now: float  # seconds on a monotonic clock
@@ -72,6 +77,7 @@ class Observation:
     request_rate: float | None = None  # requests/s arriving over the last minute
     floor: Floor | None = None  # schedule window or predictive pre-warm in force
     error: str | None = None  # the metrics source could not be read
+    held: float | None = None  # requests the router holds for want of a replica (None: no router signal)
 
 
 def seed_history(history: History, now: float, pools: Sequence[PoolState], targets: Targets) -> History:
@@ -107,6 +113,7 @@ def evaluate(obs: Observation, targets: Targets, history: History, previous_tota
         p95_seconds=math.nan if obs.p95_seconds is None else obs.p95_seconds,
         in_flight=obs.in_flight,
         request_rate=obs.request_rate,
+        held=obs.held,
     )
     return decide(obs.now, pools, signals, targets, history, floor=obs.floor)
 

@@ -25,6 +25,18 @@ The rule (DESIGN.md, "Autoscaling"), in capacity units (replicas x relative thro
   verified idle fleet, which may shrink slowly.
 * New capacity goes to the cheapest pool per unit throughput with free GPUs.
 * An optional ``floor_capacity`` raises the capacity need; it never lowers it.
+* Scale from zero (``minReplicas: 0``, only allowed with the built-in router): at zero
+  replicas the fleet stays at zero until the router holds requests (``held``), then starts
+  at once enough replicas for the waiting requests at ``targetQueueDepth`` each (at least
+  one, at most ``scale_up_pods``) on the cheapest pool; the decision names the held
+  requests. The last replica goes only when the scale-down window saw no traffic at all
+  (no request rate, nothing waiting, held or in flight, no latency sample): every
+  recommendation in it was zero.
+* Time to first token measured while no replica was Ready (the router's histogram includes
+  the hold) says how long a cold start took, not how loaded the fleet is: for
+  ``held_latency_seconds`` after the last evaluation that saw no Ready replica, the P95 is
+  not used (the queue, held, in-flight and rate signals still are), so a wake from zero
+  does not panic the fleet to maxReplicas on its own cold start.
 * An optional :class:`Floor` (a schedule window or the learned pre-warm of :mod:`.prewarm`)
   raises minReplicas for this decision, clamped to maxReplicas: below it the fleet grows
   to it at once, whatever the metrics (so a pre-warm works even before traffic or with
@@ -72,6 +84,7 @@ class Signals:
     p95_seconds: float | None  # P95 request duration over the last minute
     in_flight: float | None = None  # running + waiting requests, summed over pods
     request_rate: float | None = None  # requests/s over the last minute (needs throughput in req/s)
+    held: float | None = None  # requests the router holds for want of a replica (None: no router)
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,7 @@ class Targets:
     scale_down_step: int = 1
     scale_up_pods: int = 4  # non-panic step: max(+scale_up_pods, +100%)
     utilisation: float = 0.8  # request rate target as a fraction of the pools' throughput at the SLO
+    held_latency_seconds: float = 120.0  # P95 unused this long after no replica was Ready (it measures the hold)
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,7 @@ class History:
 
     recommendations: tuple[Recommendation, ...] = ()
     panic_until: float | None = None
+    no_ready_at: float | None = None  # last evaluation that saw no Ready replica (see held_latency_seconds)
 
 
 @dataclass(frozen=True)
@@ -192,27 +207,43 @@ def place_scale_down(
     return counts
 
 
-def _load_ratio(pools: list[PoolState], signals: Signals, targets: Targets) -> tuple[float | None, list[str], bool]:
-    """(ratio, explanation parts, latency_missing). ratio None means no usable signal."""
+def _held(signals: Signals) -> float:
+    return signals.held if signals.held is not None and _valid(signals.held) and signals.held > 0 else 0.0
+
+
+def _load_ratio(
+    pools: list[PoolState], signals: Signals, targets: Targets, latency_quiet_until: float | None = None
+) -> tuple[float | None, list[str], bool]:
+    """(ratio, explanation parts, latency_missing). ratio None means no usable signal.
+
+    Waiting requests are the engines' queue plus what the router holds; ``latency_quiet_until``
+    set: the P95 is not used (it measures requests held while no replica was Ready)."""
     ready = sum(p.ready for p in pools)
     ready_cap = sum(p.ready * p.throughput for p in pools)
     queue, p95, in_flight = signals.queue_depth, signals.p95_seconds, signals.in_flight
     if not _valid(queue):
         return None, ["queue depth unavailable"], True
     assert queue is not None
+    held = _held(signals)
     parts: list[str] = []
     ratios: list[float] = []
-    ratios.append(queue / (targets.target_queue_depth * ready))
-    parts.append(
-        f"queue {queue:.0f} over {ready} ready (target {targets.target_queue_depth:g}/replica) -> {ratios[-1]:.2f}"
-    )
+    ratios.append((queue + held) / (targets.target_queue_depth * ready))
+    waiting = f"queue {queue:.0f} + held {held:.0f}" if held else f"queue {queue:.0f}"
+    parts.append(f"{waiting} over {ready} ready (target {targets.target_queue_depth:g}/replica) -> {ratios[-1]:.2f}")
     latency_missing = False
-    if _valid(p95):
+    if latency_quiet_until is not None and _valid(p95):
+        parts.append(
+            f"P95 {p95:.2f}s not used until t={latency_quiet_until:.0f}s"
+            " (it includes the hold while no replica was Ready)"
+        )
+        p95 = math.nan
+        latency_missing = not (queue == 0 and held == 0 and _valid(in_flight) and in_flight == 0)
+    elif _valid(p95):
         assert p95 is not None
         ratios.append(p95 / targets.p95_latency_seconds)
         parts.append(f"P95 {p95:.2f}s / SLO {targets.p95_latency_seconds:g}s -> {ratios[-1]:.2f}")
-    else:
-        idle = queue == 0 and _valid(in_flight) and in_flight == 0
+    elif latency_quiet_until is None:
+        idle = queue == 0 and held == 0 and _valid(in_flight) and in_flight == 0
         latency_missing = not idle
         parts.append("P95 NaN with nothing in flight (idle)" if idle else "P95 unavailable")
     per_replica = [p.target_in_flight for p in pools if p.ready > 0]
@@ -277,17 +308,33 @@ def decide(
         counts = place_scale_down(pools, current, -math.inf, total_now - targets.max_replicas, targets.max_replicas)
         return result(counts, "scale-down", f"above maxReplicas {targets.max_replicas}", history)
     if sum(p.ready for p in pools) == 0:
+        history = History(history.recommendations, history.panic_until, no_ready_at=now)
+        held = _held(signals)
         if total_now > 0:
-            return result(current, "hold", f"waiting for {total_now} starting replica(s) to become ready", history)
-        busy = (_valid(signals.queue_depth) and (signals.queue_depth or 0) > 0) or (
-            _valid(signals.in_flight) and (signals.in_flight or 0) > 0
-        )
-        if busy and targets.max_replicas > 0:
-            counts = place_scale_up(pools, current, math.inf, 1)
-            return result(counts, "scale-up", "requests waiting and no replica: starting one", history)
-        return result(current, "hold", "no replicas and no traffic", history)
+            why = f"waiting for {total_now} starting replica(s) to become ready"
+            return result(current, "hold", why + (f"; the router holds {held:.0f} request(s)" if held else ""), history)
+        queued = signals.queue_depth if _valid(signals.queue_depth) else 0.0
+        busy = (queued or 0) > 0 or (_valid(signals.in_flight) and (signals.in_flight or 0) > 0)
+        if (held or busy) and targets.max_replicas > 0:
+            waiting = held + (queued or 0.0)
+            n = min(max(1, math.ceil(waiting / targets.target_queue_depth - _EPS)), targets.scale_up_pods)
+            counts = place_scale_up(pools, current, math.inf, min(n, targets.max_replicas))
+            added = {k: counts[k] - current[k] for k in counts if counts[k] != current[k]}
+            if not added:
+                return result(current, "hold", "requests waiting and no replica, but no free GPUs in any pool", history)
+            what = ", ".join(f"+{k_n} {k}" for k, k_n in added.items())
+            if held:
+                why = f"{what}: scale from zero, the router holds {held:.0f} request(s) and no replica is running"
+            else:
+                why = f"{what}: requests waiting and no replica: starting {sum(added.values())}"
+            return result(counts, "scale-up", why, history)
+        idle = "no replicas and no traffic" + (" (the router holds no request)" if signals.held is not None else "")
+        return result(current, "hold", idle, history)
 
-    ratio, parts, latency_missing = _load_ratio(pools, signals, targets)
+    quiet = None
+    if history.no_ready_at is not None and now < history.no_ready_at + targets.held_latency_seconds:
+        quiet = history.no_ready_at + targets.held_latency_seconds
+    ratio, parts, latency_missing = _load_ratio(pools, signals, targets, quiet)
     if ratio is None:
         return result(current, "hold", "holding: " + "; ".join(parts) + " (never scale down without signal)", history)
 
@@ -304,7 +351,7 @@ def decide(
         panic_until = now + targets.panic_window_seconds
     window_start = now - targets.scale_down_delay_seconds
     recs = tuple(r for r in history.recommendations if r.time > window_start) + (Recommendation(now, desired_cap),)
-    new_hist = History(recommendations=recs, panic_until=panic_until)
+    new_hist = History(recommendations=recs, panic_until=panic_until, no_ready_at=history.no_ready_at)
 
     if desired_cap > total_cap + _EPS:
         room = targets.max_replicas - total_now
@@ -364,6 +411,8 @@ def decide(
     removed = {k: current[k] - counts[k] for k in counts if counts[k] != current[k]}
     if removed:
         what = ", ".join(f"-{n} {k}" for k, n in removed.items())
+        if sum(counts.values()) == 0:
+            what += f": to zero, no traffic for {targets.scale_down_delay_seconds:g}s"
         return result(
             counts,
             "scale-down",

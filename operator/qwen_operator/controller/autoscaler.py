@@ -11,6 +11,12 @@ and the reconciler sizes each pool Deployment from them. Where added capacity go
 A10G rather than one A100 when two cover the need for less) and which replica goes first
 is decided there, once; the planner only spills over what no longer fits.
 
+With the built-in router (``spec.routing.enabled``) the signals are the router's where
+Prometheus has them (:mod:`..autoscale.prometheus`): the real time to first byte (TGI
+included), the requests it holds and has in flight, the rate it answers. The held requests
+are what wakes a fleet scaled to ``minReplicas: 0``. Without a router (routing external, or
+its series not scraped) the engines' queue wait and request counters are the fallback.
+
 Missing metrics hold: Prometheus down or unconfigured sets ``ScalingActive=False`` with
 the reason and keeps the last desired replicas. After an operator restart the policy's
 stabilisation window is seeded with the current size, so a restart never causes an
@@ -48,12 +54,12 @@ from ..capacity.model import ReplicaModel
 from ..catalog import Catalog, resolve_gpu_name
 from ..engines.runtimes import runtime_for
 from ..planner.plan import plan, workload_for
-from ..render.names import pool_deployment_name
+from ..render.names import pool_deployment_name, router_name
 from . import conditions as cond
 from .inventory import compute_inventory
 from .metrics import DECISIONS, DESIRED, SCALE_EVENTS
 from .reconcile import GPU_TYPE_ANNOTATION, Observed
-from .rollout import is_canary
+from .rollout import canary_name, is_canary
 
 log = logging.getLogger("qwen_operator.autoscaler")
 MANAGER = "qwen-operator-autoscaler"
@@ -62,7 +68,8 @@ REFRESH_SECONDS = 60.0
 DEFAULT_COLD_START_SECONDS = 300.0
 INVALID_SCHEDULE = "InvalidSchedule"
 
-Fetch = Callable[[str, list[str], Any], FleetSignals]
+#: ``fetch(namespace, pool Deployment names, engine metric names, router Deployment name or None)``.
+Fetch = Callable[[str, list[str], Any, str | None], FleetSignals]
 
 
 @dataclass
@@ -129,9 +136,12 @@ def observation(now: float, pools: Sequence[PoolState], fleet: FleetSignals, flo
     """The decision's input from the cluster's pools and what Prometheus returned (pure).
 
     In flight is running + waiting (the engine's running-batch gauge plus its queue gauge),
-    the same count the simulator reports; the request rate is the engine's request counter's
-    rate over the last minute."""
+    the same count the simulator reports, or, with a router, what it has accepted and not
+    answered (held plus sent); the request rate is the router's (else the engine's) request
+    counter's rate over the last minute; ``held`` the requests the router holds."""
     in_flight = None if fleet.in_flight is None else fleet.in_flight + (fleet.queue or 0.0)
+    if fleet.router_in_flight is not None:
+        in_flight = fleet.router_in_flight
     return Observation(
         now=now,
         pools=tuple(pools),
@@ -141,6 +151,7 @@ def observation(now: float, pools: Sequence[PoolState], fleet: FleetSignals, flo
         request_rate=fleet.request_rate,
         floor=floor,
         error=fleet.error,
+        held=fleet.held,
     )
 
 
@@ -264,7 +275,7 @@ def evaluate(
             cond.SCALING_ACTIVE,
             True,
             "MetricsAvailable",
-            f"Scaling on queue depth, P95 latency, in-flight and request rate: {decision.reason}",
+            f"Scaling on {_sources(fleet)}: {decision.reason}",
         )
     if problems:
         detail = "; ".join(f"{p.field}: {p.message}" for p in problems)
@@ -272,6 +283,21 @@ def evaluate(
             cond.SCALING_ACTIVE, False, INVALID_SCHEDULE, f"{detail}. Scaling continues otherwise: {condition.message}"
         )
     return decision, condition
+
+
+def _waiting(fleet: FleetSignals) -> float | None:
+    """``status.autoscaler.queueDepth``: the engines' queue plus the router's held requests."""
+    if fleet.queue is None and fleet.held is None:
+        return None
+    return round((fleet.queue or 0.0) + (fleet.held or 0.0), 1)
+
+
+def _sources(fleet: FleetSignals) -> str:
+    """What the decision read, for the ScalingActive message."""
+    if fleet.routed:
+        latency = "router TTFT P95" if fleet.latency_source == "router" else "engine P95 (no router TTFT sample)"
+        return f"queue depth, router held requests, {latency}, router in-flight and request rate"
+    return "queue depth, engine P95 latency, in-flight and request rate (no router series: engine fallback)"
 
 
 def desired_pools(decision: Decision | None, live: Mapping[str, Any]) -> list[dict[str, Any]] | None:
@@ -340,8 +366,11 @@ class Autoscaler:
                 error="No Prometheus URL is configured (operator config prometheus.url or --prometheus-url)."
             )
         else:
+            # a canary's queue is real load (the router sends it traffic), though never capacity to size
             prefixes = [pool_deployment_name(key[1], p.gpu_type) for p in pools]
-            fleet = await asyncio.to_thread(self.fetch, key[0], prefixes, runtime_for(spec).metrics)
+            prefixes += [canary_name(key[1], p.gpu_type) for p in pools]
+            router = router_name(key[1]) if spec.routing.enabled else None
+            fleet = await asyncio.to_thread(self.fetch, key[0], prefixes, runtime_for(spec).metrics, router)
         now = time.monotonic()
         held = previous if previous is not None else sum(p.replicas for p in pools) or spec.desired_replicas(None)
         wall = self.clock()
@@ -372,7 +401,7 @@ class Autoscaler:
             "autoscaler": {
                 "desiredReplicas": desired,
                 "desiredPools": pools_wanted,
-                "queueDepth": None if fleet.queue is None else round(fleet.queue, 1),
+                "queueDepth": _waiting(fleet),
                 "p95Seconds": None if fleet.p95_seconds is None else round(fleet.p95_seconds, 2),
                 "lastScaleTime": state.last_scale_time or live.get("lastScaleTime"),
                 "lastDecision": (decision.reason if decision else condition.message)[:1000],

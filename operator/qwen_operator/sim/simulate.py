@@ -175,10 +175,17 @@ def _pools(fleet: Fleet, now: float, cfg: SimConfig, whole: bool = False) -> lis
     ]
 
 
-def observe(fleet: Fleet, now: float, cfg: SimConfig, p95: float, floor: Floor | None = None) -> Observation:
+def observe(
+    fleet: Fleet, now: float, cfg: SimConfig, p95: float, floor: Floor | None = None, held: float | None = None
+) -> Observation:
     """What the controller would read at ``now``: pools from the cluster, signals from Prometheus
     (``sum(tgi_queue_size)``, running + waiting, the P95 over the last minute with NaN as "no
-    series", ``sum(rate(tgi_request_count[1m]))``), and the pre-warm floor in force."""
+    series", ``sum(rate(tgi_request_count[1m]))``), and the pre-warm floor in force.
+
+    ``held``: the router's held requests. The simulated fleet has no hold queue (a request no
+    replica can take is rejected), so :func:`simulate_policy` passes, while no replica is Ready,
+    the requests rejected since the last tick for want of one: what the router would hold, and
+    what wakes a fleet scaled to ``min_replicas=0``."""
     queue, in_flight = fleet.queue_and_in_flight(now)
     return Observation(
         now=now,
@@ -188,6 +195,7 @@ def observe(fleet: Fleet, now: float, cfg: SimConfig, p95: float, floor: Floor |
         in_flight=in_flight,
         request_rate=fleet.request_rate(now),
         floor=floor,
+        held=held,
     )
 
 
@@ -298,6 +306,7 @@ def simulate_policy(
     for k in range(1, n_ticks + 1):
         now = k * cfg.tick_seconds
         first = i
+        rejected_before = fleet.stats.rejected
         while i < n and arr[i] < now:
             t = arr[i]
             if t >= next_sync:
@@ -320,7 +329,9 @@ def simulate_policy(
             elif name == "qwen+predictive":
                 found = prewarm.predicted_floor(learned, when, "UTC", lead, cfg.lookback_days)
             floor = prewarm.combine([found], targets.min_replicas, targets.max_replicas)
-            obs = observe(fleet, now, cfg, p95, floor)
+            # no replica Ready: what the tick's requests got rejected for, the router would hold
+            held = None if sum(fleet.ready_counts(now).values()) else float(fleet.stats.rejected - rejected_before)
+            obs = observe(fleet, now, cfg, p95, floor, held)
             d = loop.evaluate(obs, targets, history, sum(before.values()))
             if record is not None:
                 record(obs, d)
