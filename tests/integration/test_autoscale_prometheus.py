@@ -63,12 +63,13 @@ def test_signals_from_real_prometheus_and_hold_when_it_is_down(
     prometheus: PrometheusServer, replicas: list[str]
 ) -> None:
     prometheus.set_targets(
-        [Target(addr, {"namespace": "llm", "pod": f"chat-a10g-{i}"}) for i, addr in enumerate(replicas)]
-        + [Target(replicas[0], {"namespace": "other", "pod": "chat-a10g-x"})]
-    )  # another namespace: must not count
+        [Target(addr, {"namespace": "llm", "pod": f"chat-a10g-7c9d8b6f5-pod{i}"}) for i, addr in enumerate(replicas)]
+        + [Target(replicas[0], {"namespace": "other", "pod": "chat-a10g-7c9d8b6f5-podx"})]  # another namespace
+        + [Target(replicas[1], {"namespace": "llm", "pod": "chat-a10g-l40s-5b6c7d8f9-podz"})]  # resource chat-a10g
+    )  # neither may count
     source = PrometheusSource(prometheus.url, timeout=3)
     metrics = TGI().metrics
-    wait_until("targets up", lambda: len([t for t in prometheus.active_targets() if t["health"] == "up"]) == 3)
+    wait_until("targets up", lambda: len([t for t in prometheus.active_targets() if t["health"] == "up"]) == 4)
 
     idle = source.fetch("llm", ["chat-a10g"], metrics)
     assert idle.ok and idle.queue == 0 and idle.in_flight == 0
@@ -95,7 +96,7 @@ def test_signals_from_real_prometheus_and_hold_when_it_is_down(
     completed = loop.run_until_complete(task)
     loop.close()
     assert busy is not None, "never saw a queue while 16 long prompts hit 2 replicas"
-    assert set(busy.queue_per_pod) <= {"chat-a10g-0", "chat-a10g-1"}
+    assert set(busy.queue_per_pod) <= {"chat-a10g-7c9d8b6f5-pod0", "chat-a10g-7c9d8b6f5-pod1"}
     assert completed > 0
     after = wait_until("P95 signal", lambda: (s := source.fetch("llm", ["chat-a10g"], metrics)).p95_seconds and s)
     # the SLO histogram is the queue wait (TTFT minus own prefill): requests did wait
