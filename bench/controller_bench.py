@@ -451,7 +451,9 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=20, help="resources applied at once (0 = skip)")
     ap.add_argument("--manage", type=int, default=100, help="resources applied at once and then managed")
     ap.add_argument("--steady-seconds", type=float, default=60.0)
-    ap.add_argument("--settle", type=float, default=10.0, help="seconds between the last Ready and steady state")
+    # 60 s: in the first minute after a create another client (not the operator: its HTTP clients were traced)
+    # GETs each new QwenDeployment about once, which is not steady state
+    ap.add_argument("--settle", type=float, default=60.0, help="seconds between the last Ready and steady state")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the managed set to be Ready")
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
     args = ap.parse_args()
