@@ -183,6 +183,7 @@ def qwd(status_model: ModelState, timeout: int = 60, gpu_types: tuple[str, ...] 
             "placement": {"gpuTypes": list(gpu_types)},
             "replicas": 2,
             "rollout": {"canaryReplicas": 1, "canaryTimeoutSeconds": timeout},
+            "routing": {"enabled": False},  # these tests are about GPU pools and canaries
         },
         "status": {"model": status_model.to_status()},
     }
@@ -194,7 +195,7 @@ NODES = [*L40S_NODES, node("a0", "NVIDIA-A10G", 4)]
 
 def settled(manifest: dict[str, Any], created: float = 0) -> dict[str, Any]:
     live = copy.deepcopy(manifest)
-    n = manifest["spec"].get("replicas", 0)
+    n = (manifest.get("spec") or {}).get("replicas", 0)  # ServiceAccount, Role: no spec
     live["metadata"].update(generation=1, creationTimestamp=stamp(created), uid=manifest["metadata"]["name"])
     live["status"] = {"observedGeneration": 1, "replicas": n, "updatedReplicas": n, "readyReplicas": n}
     return live

@@ -220,6 +220,7 @@ class World:
             "placement": {"gpuTypes": ["A10G", "L40S"]},
             "replicas": 2,
             "rollout": {"maxSurge": 1, "canaryReplicas": canary_replicas},
+            "routing": {"enabled": False},  # these tests are about GPU pools and canaries
         }
         meta = {"name": "chat", "namespace": "llm", "uid": "u", "generation": 1}
         self.qwd: dict[str, Any] = {"metadata": meta, "spec": spec, "status": {}}

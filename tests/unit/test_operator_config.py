@@ -56,7 +56,7 @@ def make_spec(**model: Any) -> QwenDeploymentSpec:
 def pod_spec(spec: QwenDeploymentSpec, defaults: OperatorDefaults | None = None) -> dict[str, Any]:
     ctx = RenderContext(name="chat", namespace="llm", defaults=defaults or OperatorDefaults())
     objs = render(spec, plan(spec, Catalog(), free_gpus={"L40S": 4}), ctx, Catalog())
-    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    (dep,) = [o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] != "chat-router"]
     pod: dict[str, Any] = dep["spec"]["template"]["spec"]
     return pod
 
@@ -257,7 +257,7 @@ def test_the_reconciler_renders_with_the_config_defaults() -> None:
         defaults=ctl.defaults,
     )
     out = compute(obs, load_catalog(FULL))
-    (dep,) = [m for m in out.apply if m["kind"] == "Deployment"]
+    (dep,) = [m for m in out.apply if m["kind"] == "Deployment" and m["metadata"]["name"] != "chat-router"]
     template_ = dep["spec"]["template"]
     pod = template_["spec"]
     assert host_path(pod) == "/mnt/nvme/models"

@@ -22,7 +22,11 @@ def make_spec(engine: str, quant: str = "fp8", **runtime: Any) -> QwenDeployment
 
 def server(spec: QwenDeploymentSpec) -> dict[str, Any]:
     objs = render(spec, plan(spec, Catalog(), replicas=1), RenderContext("chat", "llm"), Catalog())
-    dep = next(o for o in objs if o["kind"] == "Deployment")
+    dep = next(
+        o
+        for o in objs
+        if o["kind"] == "Deployment" and o["metadata"]["labels"].get("app.kubernetes.io/component") == "server"
+    )
     return dep["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
 
 
