@@ -231,19 +231,18 @@ def _load_ratio(
     waiting = f"queue {queue:.0f} + held {held:.0f}" if held else f"queue {queue:.0f}"
     parts.append(f"{waiting} over {ready} ready (target {targets.target_queue_depth:g}/replica) -> {ratios[-1]:.2f}")
     latency_missing = False
+    idle = queue == 0 and held == 0 and _valid(in_flight) and in_flight == 0
     if latency_quiet_until is not None and _valid(p95):
         parts.append(
             f"P95 {p95:.2f}s not used until t={latency_quiet_until:.0f}s"
             " (it includes the hold while no replica was Ready)"
         )
-        p95 = math.nan
-        latency_missing = not (queue == 0 and held == 0 and _valid(in_flight) and in_flight == 0)
+        latency_missing = not idle  # no scale-down on it either
     elif _valid(p95):
         assert p95 is not None
         ratios.append(p95 / targets.p95_latency_seconds)
         parts.append(f"P95 {p95:.2f}s / SLO {targets.p95_latency_seconds:g}s -> {ratios[-1]:.2f}")
-    elif latency_quiet_until is None:
-        idle = queue == 0 and held == 0 and _valid(in_flight) and in_flight == 0
+    else:
         latency_missing = not idle
         parts.append("P95 NaN with nothing in flight (idle)" if idle else "P95 unavailable")
     per_replica = [p.target_in_flight for p in pools if p.ready > 0]
