@@ -7,6 +7,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from ..modelsync.registry import Registry
     from ..packaging.values import OperatorConfig
-    from .handlers import ControllerConfig
+    from .handlers import Controller, ControllerConfig
     from .leader import LeaseSettings
 
 
@@ -237,8 +238,8 @@ def _run(args: argparse.Namespace) -> int:
 
         serve(args.metrics_port)
 
-    def wire() -> Any:
-        """The kopf registry with the controller wired in: built only once this process may write."""
+    def wire() -> tuple[Any, Controller]:
+        """The kopf registry with the controller wired in (inert until kopf runs it)."""
         return _wire(args, cfg, catalog, api)
 
     def operator(registry: Any, liveness: str | None) -> Any:
@@ -252,7 +253,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         if lease is None:
-            asyncio.run(operator(wire(), args.liveness))
+            asyncio.run(operator(wire()[0], args.liveness))
             return 0
         return asyncio.run(_lead(args, api, lease, wire, operator))
     except KeyboardInterrupt:
@@ -305,14 +306,16 @@ async def _lead(
     args: argparse.Namespace,
     api: Any,
     lease: LeaseSettings,
-    wire: Callable[[], Any],
+    wire: Callable[[], tuple[Any, Controller]],
     operator: Callable[[Any, str | None], Any],
 ) -> int:
     """Standby until this process holds the Lease, then kopf while renewing it.
 
-    Nothing of the controller exists before the Lease is held (no watch, no cache, no loop), so a
-    standby cannot write. Losing the Lease exits the process (see :mod:`.leader`); a stop signal
-    stops kopf first and releases the Lease after, so the next leader starts at once."""
+    The standby builds the controller but does not run it (no watch, no cache, no loop), so it
+    cannot write; building it ahead (imports, optional-CRD reads, in a thread) lets a new leader
+    start kopf the moment it holds the Lease, with its event loop free to renew.
+    Losing the Lease exits the process (see :mod:`.leader`); a stop signal stops kopf first and
+    releases the Lease after, so the next leader starts at once."""
     import signal
 
     from .leader import EXIT_LEASE_LOST, KubeLeases, LeaderElector, serve_health
@@ -324,9 +327,7 @@ async def _lead(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log = logging.getLogger("qwen_operator")
-    # the controller's modules are imported while standing by, in a thread: a leader's event loop
-    # must stay free to renew the Lease (a multi-second import there would cost the Lease)
-    await asyncio.to_thread(_preload)
+    registry, controller = await asyncio.to_thread(wire)
     try:
         if not await elector.acquire(stop):
             log.info("stopped while standby")
@@ -334,7 +335,8 @@ async def _lead(
         elector.start_watchdog()
         # created before kopf starts: kopf leaves tasks that predate it alone when it stops
         holding = asyncio.create_task(elector.hold(), name="leader lease")
-        registry = await asyncio.to_thread(wire)  # API reads (optional CRDs): off the event loop too
+        # the first reconcile waits for the initial listings from now, not from when it was built
+        controller.started_at = time.monotonic()
         if stop.is_set():  # a signal between winning the Lease and kopf taking over the handlers
             holding.cancel()
             await elector.release()
@@ -353,11 +355,7 @@ async def _lead(
             await health.cleanup()
 
 
-def _preload() -> None:
-    from . import autoscaler, handlers, kube, versions  # noqa: F401
-
-
-def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any) -> Any:
+def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any) -> tuple[Any, Controller]:
     """A kopf registry with the controller, its autoscaler and version watcher attached."""
     import kopf
     from kubernetes import client, config
@@ -423,7 +421,7 @@ def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any)
                 task.cancel()
 
     register(registry, controller)
-    return registry
+    return registry, controller
 
 
 def registry_factory(cfg: OperatorConfig) -> Callable[[str], Registry]:
