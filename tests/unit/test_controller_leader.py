@@ -159,6 +159,21 @@ def test_release_hands_over_at_the_next_look() -> None:
     assert store.holder == "b"
 
 
+def test_a_renewal_that_landed_late_neither_costs_the_lease_nor_blocks_the_release() -> None:
+    """A renewal whose response was lost (timeout) did change the Lease: the next renewal and the
+    release carry a stale resourceVersion (409); both re-read and go on instead of giving up."""
+    store, clock = Store(), Clock()
+    a = elector(store, clock, "a")
+    run(a.try_acquire_or_renew())
+    assert store.lease is not None
+    store._store(copy.deepcopy(store.lease))  # a's own write the client never saw
+    clock.now += 2.0
+    assert run(a.try_acquire_or_renew()) and a.is_leader
+    store._store(copy.deepcopy(store.lease))  # again, right before a stops
+    assert run(a.release())
+    assert store.holder == ""
+
+
 def test_two_candidates_racing_for_a_free_lease_cannot_both_win() -> None:
     store, clock = Store(), Clock()
     a, b = elector(store, clock, "a"), elector(store, clock, "b")

@@ -223,7 +223,7 @@ class LeaderElector:
         spec["renewTime"] = now
         return body
 
-    async def try_acquire_or_renew(self) -> bool:
+    async def try_acquire_or_renew(self, _reread: bool = False) -> bool:
         """One attempt: take a free or expired Lease, or renew ours. False when someone else holds
         it (or wrote it first). A leader renews with the resourceVersion of its own last write:
         one request, and a 409 means another process wrote the Lease."""
@@ -249,7 +249,11 @@ class LeaderElector:
         try:
             written = await self.store.replace(self._claim(lease))
         except LeaseConflictError:
-            self._record = None  # read it again next time
+            self._record = None  # read it again
+            if self.is_leader and not _reread:
+                # our own earlier renewal may have landed after its request timed out: look once
+                # more now rather than a whole retry period later
+                return await self.try_acquire_or_renew(_reread=True)
             return False
         return self._won(written, started)
 
@@ -350,19 +354,31 @@ class LeaderElector:
             return False
         self.is_leader = False
         LEADER.set(0)
-        body = copy.deepcopy(self._record)
-        body.get("metadata", {}).pop("managedFields", None)
-        spec = body.setdefault("spec", {})
-        spec["holderIdentity"] = ""
-        spec["leaseDurationSeconds"] = 1
-        spec["renewTime"] = _micro_time(self.wall())
-        try:
-            self._record = await self.store.replace(body)
-        except Exception as exc:  # noqa: BLE001 - the standby then waits out the lease duration
-            log.warning("could not release the leader Lease: %s", exc)
-            return False
-        log.info("released the leader Lease %s/%s", self.settings.namespace, self.settings.name)
-        return True
+        record: dict[str, Any] | None = self._record
+        for _ in range(2):  # a renewal cancelled in flight may still land first: then re-read once
+            if record is None or (record.get("spec") or {}).get("holderIdentity") != self.identity:
+                return False  # not ours (any more): nothing to release
+            body = copy.deepcopy(record)
+            body.get("metadata", {}).pop("managedFields", None)
+            spec = body.setdefault("spec", {})
+            spec["holderIdentity"] = ""
+            spec["leaseDurationSeconds"] = 1
+            spec["renewTime"] = _micro_time(self.wall())
+            try:
+                self._record = await self.store.replace(body)
+            except LeaseConflictError:
+                try:
+                    record = await self.store.get()
+                except Exception as exc:  # noqa: BLE001 - the standby then waits out the lease duration
+                    log.warning("could not release the leader Lease: %s", exc)
+                    return False
+                continue
+            except Exception as exc:  # noqa: BLE001 - the standby then waits out the lease duration
+                log.warning("could not release the leader Lease: %s", exc)
+                return False
+            log.info("released the leader Lease %s/%s", self.settings.namespace, self.settings.name)
+            return True
+        return False
 
     # -- probes ------------------------------------------------------------------------
     def ready(self) -> bool:
