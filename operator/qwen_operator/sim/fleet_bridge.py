@@ -7,9 +7,11 @@ and, for each pod kwok reports Running, starts an in-process simulated TGI serve
 (:mod:`.server`) for *that pod's* replica (GPU type, shards, model, quantization and TGI
 limits parsed from the pod by :mod:`.pod_replica`). The server's cold start is the time
 left of the pod's ``sandbox.qwenops.io/ready-after`` annotation, so the port refuses
-connections until the pod turns Ready, as TGI's does. Each server is registered in
-Prometheus with the labels Kubernetes service discovery would give it (``namespace``,
-``pod``).
+connections until the pod turns Ready, as TGI's does. Each server, and each running router
+process, is registered in Prometheus with the labels Kubernetes service discovery would give
+its pod (``namespace``, ``pod``): one target list, servers and routers merged
+(:meth:`FleetBridge.scrape_targets`), republished whenever either set changes, so the
+autoscaler reads the router's held requests, TTFT and request rate as it would in a cluster.
 
 The data path is the user's: client -> a router pod (``qwenctl router``, started exactly as
 the rendered ``<name>-router`` Deployment starts it, by :class:`~.router_bridge.RouterBridge`,
@@ -178,7 +180,9 @@ class FleetBridge:
         self.started_at = time.monotonic()
         if self._want_routers:
             workdir = self.workdir or Path(tempfile.mkdtemp(prefix="qwen-routers-"))
-            routers = RouterBridge(self.api_client, self.namespace, self.name, workdir, log=self.log)
+            routers = RouterBridge(
+                self.api_client, self.namespace, self.name, workdir, log=self.log, on_change=self._publish_targets
+            )
             self.router_bridge = await routers.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._sample_loop(), name="SIMULATED fleet bridge: timeline")]
@@ -324,11 +328,19 @@ class FleetBridge:
         self.log(f"SIMULATED replica for pod {replica.pod.name} stopped ({served} requests served)")
         self._publish_targets()
 
-    def _publish_targets(self) -> None:
+    def scrape_targets(self) -> list[Target]:
+        """What Prometheus scrapes: every simulated server, then every running router process
+        (``set_targets`` replaces the whole list, so both sets always go together)."""
         targets = [
             Target(f"127.0.0.1:{r.served.port}", {"namespace": r.pod.namespace, "pod": r.pod.name})
             for r in sorted(self.replicas.values(), key=lambda r: r.pod.name)
         ]
+        if self.router_bridge is not None:
+            targets += self.router_bridge.targets()
+        return targets
+
+    def _publish_targets(self) -> None:
+        targets = self.scrape_targets()
         if targets != self._targets and self.set_targets is not None:
             self.set_targets(targets)
             self._targets = targets

@@ -27,6 +27,14 @@ Which router takes a request: a Service spreads connections over the Ready endpo
 view) and whose ``/health`` answered 200 at the last probe (the rendered readiness probe,
 every 2 s). Each process's ``/metrics`` is read before it stops, so the router's own
 request counts survive it (:meth:`RouterBridge.requests_by_code`).
+
+Prometheus scrapes each running router process as Kubernetes pod discovery would find the
+pod: :meth:`RouterBridge.targets` gives one target per process with the labels of the
+scrape-target contract (:data:`qwen_operator.router.metric_names.TARGET_LABELS`:
+``namespace`` and ``pod`` = the router pod's real name), whether or not the pod is Ready (a
+router at zero replicas that holds nothing is not Ready, and its ``qwen_router_held`` is the
+autoscaler's only wake-up signal). ``on_change`` is called whenever that set changes (a
+process started or stopped), so the owner can publish it merged with its own targets.
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ import aiohttp
 import yaml
 
 from ..render.names import router_name, router_selector
+from ..router.metric_names import TARGET_LABELS
+from ..sandbox.prometheus import Target
 
 #: The rendered container's argv[0] (render/router.py ROUTER_COMMAND): the operator image's CLI.
 CLI = "qwenctl"
@@ -141,6 +151,7 @@ class RouterBridge:
         poll_seconds: float = 0.5,
         stop_seconds: float = 10.0,
         log: Callable[[str], None] = print,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.api_client = api_client
         self.namespace = namespace
@@ -149,6 +160,7 @@ class RouterBridge:
         self.poll_seconds = poll_seconds
         self.stop_seconds = stop_seconds
         self.log = log
+        self.on_change = on_change  # called when the set of running router processes changed
         self.routers: dict[str, RouterProc] = {}  # pod uid -> process
         self.started = 0
         self.stopped = 0
@@ -190,6 +202,21 @@ class RouterBridge:
         if not urls:
             raise LookupError(f"no Ready router pod of {self.namespace}/{self.name} (the Service has no endpoints)")
         return urls[next(self._rr) % len(urls)]
+
+    def targets(self) -> list[Target]:
+        """One Prometheus scrape target per running router process, labelled as pod discovery
+        labels the pod (``namespace``, ``pod``: the router pod's name), Ready or not."""
+        out = []
+        for r in sorted(self.routers.values(), key=lambda r: r.pod):
+            if r.proc.returncode is not None:
+                continue
+            labels = dict(zip(TARGET_LABELS, (self.namespace, r.pod), strict=True))
+            out.append(Target(r.url.removeprefix("http://"), labels))
+        return out
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def requests_by_code(self) -> dict[str, int]:
         """The routers' own ``qwen_router_requests_total`` per code (running and stopped ones)."""
@@ -310,12 +337,14 @@ class RouterBridge:
         self.routers[uid] = RouterProc(name, uid, proc, match.group(1), log, pod_ready=pod_ready(pod))
         self.started += 1
         self.log(f"router pod {name}: `qwenctl router` as rendered, as ServiceAccount {account}, on {match.group(1)}")
+        self._changed()
 
     async def _stop(self, uid: str) -> None:
         r = self.routers.pop(uid, None)
         if r is None:
             return
-        await self._scrape(r)
+        self._changed()  # no longer a scrape target: a pod that is gone leaves pod discovery at once
+        await self._scrape(r)  # its last counts, before the process goes
         for code, n in r.by_code.items():
             self._stopped_by_code[code] = self._stopped_by_code.get(code, 0) + n
         if r.proc.returncode is None:
