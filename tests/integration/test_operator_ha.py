@@ -86,8 +86,9 @@ class LeaseSampler(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_ev.is_set():
-            lease = self.coord.read_namespaced_lease(LEASE, self.ns)
-            record = (lease.spec.holder_identity or "", lease.spec.lease_transitions or 0)
+            spec = self.coord.read_namespaced_lease(LEASE, self.ns).spec
+            assert spec is not None
+            record = (spec.holder_identity or "", spec.lease_transitions or 0)
             if not self.records or self.records[-1] != record:
                 self.records.append(record)
             ready = len(self.qwds.ready_pods(self.name))
@@ -108,12 +109,12 @@ class LeaseSampler(threading.Thread):
 
 def holder(api: Any, namespace: str) -> str | None:
     try:
-        lease = client.CoordinationV1Api(api).read_namespaced_lease(LEASE, namespace)
+        spec = client.CoordinationV1Api(api).read_namespaced_lease(LEASE, namespace).spec
     except client.ApiException as exc:
         if exc.status == 404:
             return None
         raise
-    return lease.spec.holder_identity or None
+    return (spec.holder_identity or None) if spec is not None else None
 
 
 @pytest.fixture()
@@ -131,7 +132,8 @@ def candidates(sandbox: Sandbox, qwen_crd: Path, namespace: str, tmp_path: Path)
 def test_only_the_leader_acts_and_a_killed_leader_is_replaced_without_loss(
     kube_api: Any, namespace: str, candidates: dict[str, Candidate]
 ) -> None:
-    a, b = candidates["op-a"].start(), candidates["op-b"]
+    a, b = candidates["op-a"], candidates["op-b"]
+    a.start()
     wait_for("op-a holds the Lease", lambda: holder(kube_api, namespace) == "op-a")
     b.start()
     wait_for("op-b waits as standby", lambda: "standby: op-a holds the leader Lease" in b.log_text())
@@ -179,7 +181,8 @@ def test_only_the_leader_acts_and_a_killed_leader_is_replaced_without_loss(
 def test_a_stopped_leader_releases_the_lease_and_the_standby_takes_it_at_once(
     kube_api: Any, namespace: str, candidates: dict[str, Candidate]
 ) -> None:
-    b, c = candidates["op-b"].start(), candidates["op-c"]
+    b, c = candidates["op-b"], candidates["op-c"]
+    b.start()
     wait_for("op-b holds the Lease", lambda: holder(kube_api, namespace) == "op-b")
     c.start()
     wait_for("op-c waits as standby", lambda: "standby: op-b holds the leader Lease" in c.log_text())
