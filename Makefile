@@ -80,6 +80,7 @@ demo: setup
 bench: setup
 	$(PY) bench/sandbox_bench.py
 	$(PY) bench/controller_bench.py
+	$(PY) bench/failover_bench.py
 	$(PY) bench/autoscale_bench.py
 	$(PY) bench/modelsync_bench.py
 
