@@ -173,7 +173,7 @@ def test_default_flags_match_the_contract_defaults() -> None:
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     flags = dict(zip(args[::2], args[1::2], strict=True))
     assert dep["spec"]["replicas"] == 2
-    assert flags["--affinity"] == "on" and flags["--load-bound"] == "1.25" and flags["--hold-queue"] == "256"
+    assert flags["--affinity"] == "off" and flags["--load-bound"] == "1.25" and flags["--hold-queue"] == "256"
     assert flags["--hold-timeout"] == "30" and flags["--retries"] == "2" and flags["--canary-percent"] == "0"
 
 

@@ -175,7 +175,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", default="8080", help="port to listen on (default 8080; 0 picks a free one)")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, else $KUBECONFIG)")
-    p.add_argument("--affinity", default="on", help="prefix/session affinity: on (default) or off")
+    p.add_argument("--affinity", default="off", help="prefix/session affinity: on or off (default)")
     p.add_argument("--load-bound", default="1.25", help="affinity's bounded-load factor, >= 1 (default 1.25)")
     p.add_argument("--hold-queue", default="256", help="requests held at once while no endpoint can take them")
     p.add_argument("--hold-timeout", default="30", help="seconds a held request waits before a 503 (default 30)")
