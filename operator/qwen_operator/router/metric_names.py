@@ -17,6 +17,8 @@ from __future__ import annotations
 
 #: Histogram of the time from the router receiving a request to the first response byte (hold
 #: and retries included), labels ``pool`` and ``version``; base name (``_bucket`` etc. appended).
+#: A non-streamed answer (first byte = last token) counts without the engine's generation time
+#: when it reports it (TGI's ``x-total-time`` - ``x-queue-time``): hold + hops + queue wait.
 TTFT_SECONDS = "qwen_router_ttft_seconds"
 #: Gauge: requests held in the router, waiting for an endpoint that can take them.
 HELD = "qwen_router_held"

@@ -117,6 +117,30 @@ def _error(status: int, message: str, error_type: str, headers: Mapping[str, str
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
+def _ttft(elapsed: float, headers: Mapping[str, str]) -> float:
+    """The TTFT observed for a response whose first byte came ``elapsed`` s after the request.
+
+    Why: a non-streamed answer reaches the client whole, its first byte with the last token,
+    so ``elapsed`` grows with the reply's length, which no replica count shortens (a 64-token
+    reply takes seconds at rest) and the autoscaler, reading this histogram, would scale to
+    maxReplicas on a quiet fleet. When the engine says how long the request spent inside it
+    after its queue (TGI's ``x-total-time`` minus ``x-queue-time``, ms), that generation time
+    is taken out: what remains is the wait added in front of the work (held here, retries,
+    hops, the engine's queue), which more replicas do shorten: TGI's own SLO signal (its
+    queue wait) plus the hold. Streamed (SSE) answers and answers without those headers:
+    ``elapsed``, the real time to first byte."""
+    if "text/event-stream" in headers.get("Content-Type", ""):
+        return elapsed
+    try:
+        total = float(headers["x-total-time"]) / 1000.0
+        queue = float(headers["x-queue-time"]) / 1000.0
+    except (KeyError, ValueError):
+        return elapsed
+    if not (0.0 <= queue <= total):
+        return elapsed
+    return max(0.0, elapsed - (total - queue))
+
+
 def _forward_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
     """Headers minus hop-by-hop ones and those named in ``Connection``."""
     named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
@@ -425,7 +449,7 @@ class Router:
                     return _error(502, f"endpoint {ep.name} failed mid-response: {type(exc).__name__}", "backend")
                 prefilled = True
                 self.picker.prefilled(ep, prompt_tokens)
-                m.ttft.labels(ep.pool, ep.version).observe(loop.time() - t0)
+                m.ttft.labels(ep.pool, ep.version).observe(_ttft(loop.time() - t0, upstream.headers))
                 del out_headers["Content-Length"]
                 return web.Response(body=data, status=upstream.status, reason=upstream.reason, headers=out_headers)
             resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
@@ -435,10 +459,10 @@ class Router:
                     if not prefilled:
                         prefilled = True
                         self.picker.prefilled(ep, prompt_tokens)
-                        m.ttft.labels(ep.pool, ep.version).observe(loop.time() - t0)
+                        m.ttft.labels(ep.pool, ep.version).observe(_ttft(loop.time() - t0, upstream.headers))
                     await resp.write(chunk)
                 if not prefilled:  # an empty body: its end is the first byte
-                    m.ttft.labels(ep.pool, ep.version).observe(loop.time() - t0)
+                    m.ttft.labels(ep.pool, ep.version).observe(_ttft(loop.time() - t0, upstream.headers))
                 await resp.write_eof()
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
                 if isinstance(exc, ConnectionResetError) and _client_gone(request):
