@@ -267,3 +267,14 @@ def test_a_fresh_loop_is_seeded_with_the_capacity_running_now() -> None:
     assert first.history.recommendations[0] == Recommendation(0.0, 5.0)
     later = evaluate(Observation(301.0, pools, 0, None, 0), T, first.history, 4)
     assert later is not None and later.kind == "scale-down" and later.desired == {"A10G": 2, "L40S": 1}
+
+
+def test_min_replicas_without_free_gpus_says_so_and_holds() -> None:
+    """Below minReplicas with no free GPU of an allowed type: a hold that names the shortfall, never a
+    'scale-up' that adds nothing (the controller reported it as ScaledDown 1 -> 0 on a first tick)."""
+    targets = Targets(min_replicas=2, max_replicas=8)
+    d = decide(0.0, [a10g(0, free=0), l40s(0, free=0)], Signals(None, None), targets)
+    assert (d.kind, d.total) == ("hold", 0)
+    assert d.reason == "below minReplicas 2: adding 0 of 2 (no free GPU of an allowed type)"
+    d = decide(0.0, [a10g(0, free=1), l40s(0, free=0)], Signals(None, None), targets)
+    assert (d.kind, d.total) == ("scale-up", 1) and "adding 1 of 2" in d.reason

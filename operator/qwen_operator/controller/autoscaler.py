@@ -392,6 +392,9 @@ class Autoscaler:
         pools_wanted = desired_pools(decision, live)
         # against what runs when nothing was recorded yet: a floor may scale on the very first tick
         changed = desired != held
+        if changed and decision is not None and decision.kind != "scale-down" and desired < held:
+            # e.g. the first tick before any GPU is free: nothing was removed, so no ScaledDown to report
+            changed = False
         DESIRED.labels(key[0], key[1]).set(desired)
         if changed:
             SCALE_EVENTS.labels(key[0], key[1], "up" if desired > held else "down").inc()
