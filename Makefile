@@ -83,6 +83,9 @@ bench: setup
 	$(PY) bench/failover_bench.py
 	$(PY) bench/autoscale_bench.py
 	$(PY) bench/modelsync_bench.py
+	$(PY) bench/routing_bench.py
+	$(PY) bench/affinity_bench.py
+	$(PY) bench/router_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
