@@ -27,7 +27,9 @@ series is empty (e.g. no TTFT sample in the window yet).
 A P95 of NaN (no requests in the window) is "no signal", never zero or infinity. Any
 failure (Prometheus down, timeout, HTTP error) yields ``Signals.error`` and *no numbers*:
 the policy then holds, and the controller reports ``ScalingActive=False``. The client is
-synchronous; call :meth:`PrometheusSource.fetch` from a worker thread.
+synchronous; call :meth:`PrometheusSource.fetch` from a worker thread (the controller uses its
+bounded ``executors.METRICS`` pool). Each request is bounded by ``timeout`` and never retried
+after a read timeout, and the first failed query ends the fetch.
 """
 
 from __future__ import annotations
@@ -131,10 +133,15 @@ def _scalar(result: list[dict[str, Any]]) -> float | None:
 class PrometheusSource:
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         from prometheus_api_client import PrometheusConnect
+        from urllib3.util.retry import Retry
 
         self.url = url
         self.timeout = timeout
-        self._prom = PrometheusConnect(url=url, disable_ssl=True, timeout=int(math.ceil(timeout)))
+        # ``timeout`` bounds each request (connect and read); the client's default Retry would
+        # repeat a read timeout 3 times with backoff, holding a worker thread for ~20 s per query
+        # on a hung Prometheus. One fast reconnect only: a tick that cannot read just holds.
+        retry = Retry(total=1, connect=1, read=0, status=0, other=0, backoff_factor=0)
+        self._prom = PrometheusConnect(url=url, disable_ssl=True, timeout=int(math.ceil(timeout)), retry=retry)
 
     def _query(self, promql: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._prom.custom_query(promql, params={"timeout": duration(self.timeout)})

@@ -56,6 +56,7 @@ from ..engines.runtimes import runtime_for
 from ..planner.plan import plan, workload_for
 from ..render.names import pool_deployment_name, router_name
 from . import conditions as cond
+from .executors import KUBE, METRICS, run
 from .inventory import compute_inventory
 from .metrics import DECISIONS, DESIRED, SCALE_EVENTS
 from .reconcile import GPU_TYPE_ANNOTATION, Observed
@@ -370,7 +371,7 @@ class Autoscaler:
             prefixes = [pool_deployment_name(key[1], p.gpu_type) for p in pools]
             prefixes += [canary_name(key[1], p.gpu_type) for p in pools]
             router = router_name(key[1]) if spec.routing.enabled else None
-            fleet = await asyncio.to_thread(self.fetch, key[0], prefixes, runtime_for(spec).metrics, router)
+            fleet = await run(METRICS, self.fetch, key[0], prefixes, runtime_for(spec).metrics, router)
         now = time.monotonic()
         held = previous if previous is not None else sum(p.replicas for p in pools) or spec.desired_replicas(None)
         wall = self.clock()
@@ -431,16 +432,16 @@ class Autoscaler:
         last = state.last_written or {}
         due = now - state.last_write_at >= REFRESH_SECONDS
         if last.get("material") != material or (due and last.get("status") != _numbers(status)):
-            await asyncio.to_thread(self.kube.apply_status, key[0], key[1], status, MANAGER)
+            await run(KUBE, self.kube.apply_status, key[0], key[1], status, MANAGER)
             state.last_written = {"material": material, "status": _numbers(status)}
             state.last_write_at = now
             if changed:
                 direction = "ScaledUp" if desired > held else "ScaledDown"
                 msg = f"Desired replicas {held} -> {desired}: {status['autoscaler']['lastDecision']}"
-                await asyncio.to_thread(self.kube.event, obs.qwd, "Normal", direction, msg)
+                await run(KUBE, self.kube.event, obs.qwd, "Normal", direction, msg)
             elif last.get("material") and last["material"][1] != material[1]:
                 kind = "Warning" if condition.status is False else "Normal"
-                await asyncio.to_thread(self.kube.event, obs.qwd, kind, condition.reason, condition.message)
+                await run(KUBE, self.kube.event, obs.qwd, kind, condition.reason, condition.message)
         return float(spec.scaling.interval_seconds)
 
 

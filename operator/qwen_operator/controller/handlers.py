@@ -28,6 +28,7 @@ from ..api import GROUP, PLURAL, VERSION
 from ..catalog import Catalog
 from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from ..render.workload import OperatorDefaults
+from .executors import KUBE, run
 from .failures import pod_cause
 from .kube import Kube
 from .metrics import RECONCILE_SECONDS, RECONCILES
@@ -258,7 +259,7 @@ class Controller:
             self.model_written[key] = written
         out = compute(obs, self.catalog)
         if out.model_status is not None:  # first: a crash after it still finds the canary rolled back
-            await asyncio.to_thread(self.kube.apply_status, key[0], key[1], out.model_status, MODEL_SYNC_MANAGER)
+            await run(KUBE, self.kube.apply_status, key[0], key[1], out.model_status, MODEL_SYNC_MANAGER)
             self.model_written[key] = (rv, out.model_status)
         self._filter_expected(out)
         if out.status is not None and self.last_status.get(key) == out.status:
@@ -266,7 +267,7 @@ class Controller:
         qwd = self.qwds[key]
         now = time.monotonic()
         for m in out.apply:
-            await asyncio.to_thread(self.kube.apply, m)
+            await run(KUBE, self.kube.apply, m)
             self.expected[(m["kind"], key[0], m["metadata"]["name"])] = (
                 m["metadata"]["annotations"][HASH_ANNOTATION],
                 now,
@@ -275,14 +276,14 @@ class Controller:
             if seen_at != "":
                 self.reverted[(m["kind"], key[0], m["metadata"]["name"])] = seen_at
         for d in out.delete:
-            await asyncio.to_thread(self.kube.delete, d)
+            await run(KUBE, self.kube.delete, d)
             self.expected[("delete", key[0], d["metadata"]["name"])] = (d["metadata"].get("uid") or "", now)
         if out.status is not None:
-            await asyncio.to_thread(self.kube.apply_status, key[0], key[1], out.status)
+            await run(KUBE, self.kube.apply_status, key[0], key[1], out.status)
             self.last_status[key] = out.status
         for e in out.events:
             try:
-                await asyncio.to_thread(self.kube.event, qwd, e.type, e.reason, e.message)
+                await run(KUBE, self.kube.event, qwd, e.type, e.reason, e.message)
             except Exception as exc:  # noqa: BLE001 - an Event is best effort
                 log.warning("could not post event %s: %s", e.reason, exc)
         if out.writes:

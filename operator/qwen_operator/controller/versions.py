@@ -8,7 +8,10 @@ One asyncio task per QwenDeployment with an ``s3://`` registry. Every
 2. otherwise a **tag** of that name (``tags/<name>``, movable: ``stable``, ``canary``);
 3. otherwise an immutable **version name** (``versions/<name>``).
 
-Registry calls are blocking boto3 and run in worker threads (``asyncio.to_thread``).
+Registry calls are blocking boto3 and run in the bounded ``executors.REGISTRY`` pool, smoke
+tests in ``executors.SMOKE`` and Kubernetes writes in ``executors.KUBE``, so a hung S3 endpoint
+never delays a Deployment apply. A resolution is cached per ``(registry, version)`` for the
+interval, and a miss costs one bounded LIST of names for its message, never a read per tag.
 The endpoint is the operator config's ``registry.endpointURL``, else the operator's
 ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (S3-compatible stores), else AWS S3; the
 region is ``registry.region``, else boto3's own chain (``AWS_DEFAULT_REGION``, profile).
@@ -43,6 +46,7 @@ from ..api.spec import QwenDeploymentSpec
 from ..modelsync.manifest import Manifest, diff
 from ..modelsync.registry import NotFoundError, Registry, RegistryError
 from . import conditions as cond
+from .executors import KUBE, REGISTRY, SMOKE, run
 from .reconcile import Observed
 from .rollout import ModelState, Resolution, SyncInput, canary_urls, decide, not_managed, pools_on
 
@@ -153,6 +157,9 @@ class VersionWatcher:
     states: dict[Key, WatchState] = field(default_factory=dict)
     registries: dict[str, Registry] = field(default_factory=dict)
     manifests: dict[str, Manifest] = field(default_factory=dict)
+    #: ``(registry, spec.model.version)`` -> (monotonic time resolved, result), shared by every
+    #: resource naming the same ref: N resources on ``stable`` cost one resolution per interval
+    resolutions: dict[tuple[str, str], tuple[float, Resolution]] = field(default_factory=dict)
     ticks: int = 0
 
     def sync(self, key: Key) -> None:
@@ -203,6 +210,19 @@ class VersionWatcher:
         except RegistryError as exc:
             return classify(exc)
 
+    def _resolve_cached(self, url: str, version: str) -> Resolution:
+        """:meth:`_resolve`, at most once per interval per ``(registry, version)`` (failures too:
+        a dead endpoint is asked once per interval, not once per resource)."""
+        now = time.monotonic()
+        hit = self.resolutions.get((url, version))
+        if hit is not None and now - hit[0] < self.interval:
+            return hit[1]
+        res = self._resolve(url, version)
+        if len(self.resolutions) > 256:
+            self.resolutions.clear()
+        self.resolutions[(url, version)] = (time.monotonic(), res)
+        return res
+
     def _manifest(self, url: str, digest: str) -> Manifest:
         if digest not in self.manifests:
             if len(self.manifests) > 32:
@@ -235,13 +255,13 @@ class VersionWatcher:
             return
         ident = (registry, spec.model.version)
         if state.resolution is None or state.ident != ident or now - state.resolved_at >= self.interval:
-            state.resolution = await asyncio.to_thread(self._resolve, registry, spec.model.version)
+            state.resolution = await run(REGISTRY, self._resolve_cached, registry, spec.model.version)
             state.ident, state.resolved_at = ident, now
         res = state.resolution
         nbytes = model.last_sync_bytes
         if res.digest is not None and res.digest != model.target:
             try:
-                nbytes = await asyncio.to_thread(self._sync_bytes, registry, model.current, res.digest)
+                nbytes = await run(REGISTRY, self._sync_bytes, registry, model.current, res.digest)
             except RegistryError as exc:
                 res = classify(exc)
         target = res.digest or model.target or ""
@@ -257,7 +277,7 @@ class VersionWatcher:
         step = decide(inp)
         if step.smoke_urls:
             log.info("smoke-testing the canary of %s/%s at %s", key[0], key[1], ", ".join(step.smoke_urls))
-            outcome = await asyncio.to_thread(self.smoke, step.smoke_urls)
+            outcome = await run(SMOKE, self.smoke, step.smoke_urls)
             step = decide(replace(inp, smoke=outcome))
         events = list(step.events)
         live = cond.get(base.get("conditions"), cond.MODEL_SYNCED)
@@ -291,7 +311,7 @@ class VersionWatcher:
         desired = {"model": model.to_status(), "conditions": merged}
         if desired == base:
             return
-        await asyncio.to_thread(self.kube.apply_status, key[0], key[1], desired, MANAGER)
+        await run(KUBE, self.kube.apply_status, key[0], key[1], desired, MANAGER)
         state.written, state.written_at = desired, time.monotonic()
         log.info(
             "model sync %s/%s: %s %s (target %s, current %s)",
@@ -304,7 +324,7 @@ class VersionWatcher:
         )
         for type_, reason, message in events:
             try:
-                await asyncio.to_thread(self.kube.event, qwd, type_, reason, message)
+                await run(KUBE, self.kube.event, qwd, type_, reason, message)
             except Exception as exc:  # noqa: BLE001 - an Event is best effort
                 log.warning("could not post event %s: %s", reason, exc)
 

@@ -332,8 +332,16 @@ class Registry:
         try:
             return self._read_pointer(kind, name)
         except NotFoundError as exc:
-            known = ", ".join(n for n, _ in self.list_pointers(kind)[:10]) or "none"
+            known = ", ".join(self.pointer_names(kind, limit=10)) or "none"
             raise NotFoundError(f"{kind[:-1]} {name!r} not found in {self.url} (known: {known})") from exc
+
+    def pointer_names(self, kind: str, limit: int = 10) -> list[str]:
+        """Up to ``limit`` version or tag names (one LIST call, no reads): cheap enough for an error
+        message that a watcher may build every interval."""
+        prefix = self.key(kind) + "/"
+        with translate_errors(f"listing {kind} in {self.url}"):
+            page = self.client.list_objects_v2(Bucket=self.url.bucket, Prefix=prefix, MaxKeys=limit)
+        return sorted(obj["Key"][len(prefix) :] for obj in page.get("Contents", []))
 
     def list_pointers(self, kind: str) -> list[tuple[str, str]]:
         """``(name, digest)`` of every version or tag, sorted by name."""
