@@ -12,18 +12,23 @@ from typing import Any
 
 import pytest
 
+from qwen_operator.api.spec import QwenDeploymentSpec
 from qwen_operator.capacity.model import ReplicaModel
 from qwen_operator.cli import UserError
 from qwen_operator.controller.cli import parse_config
 from qwen_operator.controller.reconcile import Observed
-from qwen_operator.controller.versions import MANAGER, VersionWatcher, classify, resolve, smoke_test
+from qwen_operator.controller.versions import MANAGER, SMOKE_PROMPT, VersionWatcher, classify, resolve, smoke_test
+from qwen_operator.engines.runtimes import runtime_for
 from qwen_operator.modelsync.manifest import ChunkRef, FileEntry, Manifest
 from qwen_operator.modelsync.registry import NotFoundError, RegistryError
 from qwen_operator.sim.server import SimulatedTGI, serve
 
 
 class _Failing(http.server.BaseHTTPRequestHandler):
+    paths: list[str] = []
+
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        _Failing.paths.append(self.path)
         self.send_response(503)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -32,33 +37,108 @@ class _Failing(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _OpenAIOnly(http.server.BaseHTTPRequestHandler):
+    """Answers /v1/completions only (as vLLM's OpenAI server), in the shape ``shape`` says."""
+
+    shape = "openai"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path != "/v1/completions":
+            body, code = b'{"detail": "no route /generate"}', 404
+        elif _OpenAIOnly.shape == "openai":
+            body, code = b'{"object": "text_completion", "choices": [{"index": 0, "text": " ready"}]}', 200
+        else:
+            body, code = b'{"generated_text": " ready"}', 200
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
 @pytest.fixture
 def failing_url() -> Iterator[str]:
+    _Failing.paths = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
 
-def test_smoke_test_passes_on_a_simulated_tgi_and_fails_on_errors(failing_url: str) -> None:
-    async def scenario() -> tuple[tuple[bool, str], tuple[bool, str]]:
+def _spec(engine: str) -> QwenDeploymentSpec:
+    return QwenDeploymentSpec.model_validate(
+        {"model": {"name": "Qwen/Qwen3-14B", "registry": "s3://b/p", "version": "v1"}, "runtime": {"engine": engine}}
+    )
+
+
+TGI_SMOKE = runtime_for(_spec("tgi")).smoke_request(_spec("tgi"), SMOKE_PROMPT)
+VLLM_SMOKE = runtime_for(_spec("vllm")).smoke_request(_spec("vllm"), SMOKE_PROMPT)
+
+
+def test_each_engine_smoke_request_speaks_its_own_api() -> None:
+    assert (TGI_SMOKE.path, TGI_SMOKE.reply) == ("/generate", "generated_text")
+    assert TGI_SMOKE.payload == {"inputs": SMOKE_PROMPT, "parameters": {"max_new_tokens": 8}}
+    # vLLM's OpenAI server has no /generate and knows the model only by --served-model-name
+    assert (VLLM_SMOKE.path, VLLM_SMOKE.reply) == ("/v1/completions", "choices")
+    assert VLLM_SMOKE.payload == {"model": "Qwen/Qwen3-14B", "prompt": SMOKE_PROMPT, "max_tokens": 8}
+    vllm_args = runtime_for(_spec("vllm")).args(_spec("vllm"), 1, "/models/q")
+    assert vllm_args[vllm_args.index("--served-model-name") + 1] == VLLM_SMOKE.payload["model"]
+    assert VLLM_SMOKE.reply_text({"choices": [{"index": 0, "text": "ready"}]}) == "ready"
+    assert TGI_SMOKE.reply_text({"generated_text": "ready"}) == "ready"
+    with pytest.raises(ValueError, match=r"choices\[0\]\.text"):
+        VLLM_SMOKE.reply_text({"generated_text": "a TGI answer"})
+    with pytest.raises(ValueError, match="generated_text"):
+        TGI_SMOKE.reply_text({"choices": [{"text": "an OpenAI answer"}]})
+
+
+def test_smoke_test_passes_on_a_simulated_server_in_each_engine_dialect_and_fails_on_errors(failing_url: str) -> None:
+    """TGI's /generate and vLLM's /v1/completions, both against the simulated server (it serves
+    TGI's OpenAI-compatible routes; there is no vLLM-shaped simulated server yet)."""
+
+    async def scenario() -> list[tuple[bool, str]]:
         sim = SimulatedTGI(ReplicaModel.build("Qwen/Qwen3-14B", "A10G", 1, "fp8"), cold_start_seconds=0)
         served = await serve(sim)
         try:
-            good = await asyncio.to_thread(smoke_test, [served.base_url])
-            mixed = await asyncio.to_thread(smoke_test, [served.base_url, failing_url], 5.0, 2, 0.05)
+            return [
+                await asyncio.to_thread(smoke_test, [served.base_url], request=TGI_SMOKE),
+                await asyncio.to_thread(smoke_test, [served.base_url + "/"], request=VLLM_SMOKE),
+                await asyncio.to_thread(smoke_test, [served.base_url, failing_url], 5.0, 2, 0.05, request=TGI_SMOKE),
+            ]
         finally:
             await served.close()
-        return good, mixed
 
-    good, mixed = asyncio.run(scenario())
-    assert good == (True, "1 canary replica(s) answered a text_generation request")
-    assert mixed[0] is False and failing_url in mixed[1] and "503" in mixed[1]
+    tgi, vllm, mixed = asyncio.run(scenario())
+    assert tgi == (True, "1 canary replica(s) answered POST /generate")
+    assert vllm == (True, "1 canary replica(s) answered POST /v1/completions")
+    assert mixed[0] is False and failing_url in mixed[1] and "HTTP 503" in mixed[1] and "POST /generate" in mixed[1]
+    assert len(_Failing.paths) == 2 and set(_Failing.paths) == {"/generate"}  # both attempts, TGI's route
+
+
+def test_smoke_test_fails_a_canary_answering_in_the_other_engine_dialect() -> None:
+    """A vLLM smoke request to a server without /v1/completions (404), and an OpenAI-shaped
+    answer where TGI's generated_text belongs: both fail, naming what was wrong."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIOnly)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        ok, message = smoke_test([url], attempts=1, request=VLLM_SMOKE)
+        assert ok and message.endswith("POST /v1/completions")
+        ok, message = smoke_test([url], attempts=1, request=TGI_SMOKE)
+        assert not ok and "HTTP 404" in message and "no route /generate" in message
+        _OpenAIOnly.shape = "tgi"
+        ok, message = smoke_test([url], attempts=1, request=VLLM_SMOKE)
+        assert not ok and "choices[0].text" in message
+    finally:
+        server.shutdown()
 
 
 def test_smoke_test_on_a_closed_port_names_the_connection_error() -> None:
-    ok, message = smoke_test(["http://127.0.0.1:9"], timeout=2.0, attempts=1)
-    assert not ok and "http://127.0.0.1:9" in message and "Connect" in message
+    ok, message = smoke_test(["http://127.0.0.1:9"], timeout=2.0, attempts=1, request=TGI_SMOKE)
+    assert not ok and "http://127.0.0.1:9" in message and "ConnectionRefusedError" in message
 
 
 @pytest.mark.parametrize(

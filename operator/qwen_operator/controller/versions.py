@@ -23,8 +23,8 @@ operator reads no Secrets, so ``spec.model.credentialsSecret`` and
 Between resolutions it re-evaluates on every change of the resource's Deployments or
 pods (the controller pokes it), so a canary is tested and a finished roll is recorded
 within moments. The decisions are :func:`rollout.decide` (pure); this module does the
-I/O: resolve, diff manifests, smoke-test canaries through
-``huggingface_hub.InferenceClient``, and server-side apply ``status.model`` plus
+I/O: resolve, diff manifests, smoke-test canaries in their engine's own API
+(:meth:`Runtime.smoke_request`), and server-side apply ``status.model`` plus
 ``ModelSynced`` under its own field manager. It writes only when that subset changes,
 and posts Events only with a write, so an idle fleet costs one GET per interval.
 """
@@ -32,17 +32,21 @@ and posts Events only with a write, so an idle fleet costs one GET per interval.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from ..api.spec import QwenDeploymentSpec
+from ..engines.runtimes import SmokeRequest, runtime_for
 from ..modelsync.manifest import Manifest, diff
 from ..modelsync.registry import NotFoundError, Registry, RegistryError
 from . import conditions as cond
@@ -57,7 +61,12 @@ WRITE_TTL = 30.0  # trust our own last write over a lagging watch cache for this
 SMOKE_PROMPT = "Reply with one word: ready?"
 
 Key = tuple[str, str]
-Smoke = Callable[[list[str]], tuple[bool, str]]
+
+
+class Smoke(Protocol):
+    """The smoke test's shape (tests pass their own): the canary URLs and the engine's request."""
+
+    def __call__(self, urls: list[str], *, request: SmokeRequest) -> tuple[bool, str]: ...
 
 
 def resolve(reg: Registry, version: str) -> str:
@@ -91,27 +100,46 @@ def classify(exc: RegistryError) -> Resolution:
     return Resolution(None, reason, text.rstrip(".") + ".")
 
 
-def smoke_test(urls: list[str], timeout: float = 10.0, attempts: int = 2, pause: float = 1.0) -> tuple[bool, str]:
-    """A short ``text_generation`` through ``InferenceClient`` on each URL: HTTP 200 with text passes."""
-    from huggingface_hub import InferenceClient
+def smoke_test(
+    urls: list[str], timeout: float = 10.0, attempts: int = 2, pause: float = 1.0, *, request: SmokeRequest
+) -> tuple[bool, str]:
+    """POST the engine's smoke request to each URL: HTTP 200 with generated text passes.
 
+    ``request`` is :meth:`Runtime.smoke_request` of the resource's engine (TGI's
+    ``/generate``, vLLM's ``/v1/completions`` with the served model name): a request in
+    another engine's dialect would fail a healthy canary (vLLM has no ``/generate``) or
+    pass a wrong one. Plain HTTP, so the message carries the engine's own status and body.
+    """
+    data = json.dumps(dict(request.payload)).encode()
+    what = f"POST {request.path}"
     for url in urls:
         error = ""
         for attempt in range(attempts):
             if attempt:
                 time.sleep(pause)
+            req = urllib.request.Request(
+                url.rstrip("/") + request.path, data=data, headers={"Content-Type": "application/json"}, method="POST"
+            )
             try:
-                text = InferenceClient(base_url=url, timeout=timeout).text_generation(SMOKE_PROMPT, max_new_tokens=8)
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    text = request.reply_text(json.loads(resp.read()))
+            except urllib.error.HTTPError as exc:
+                try:
+                    detail = exc.read()[:300].decode(errors="replace").strip()
+                except OSError:
+                    detail = ""
+                error = f"HTTP {exc.code} {exc.reason}" + (f": {detail}" if detail else "")
+                continue
             except Exception as exc:  # noqa: BLE001 - any failure is the canary's failure, reported verbatim
-                code = getattr(getattr(exc, "response", None), "status_code", None)
-                error = (f"HTTP {code}: " if code else "") + f"{type(exc).__name__}: {exc}".strip()
+                cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                error = f"{type(cause).__name__}: {cause}".strip()
                 continue
             error = "" if text.strip() else "HTTP 200 but no generated text"
             if not error:
                 break
         if error:
-            return False, f"{url} failed a text_generation smoke test: {error}"[:900]
-    return True, f"{len(urls)} canary replica(s) answered a text_generation request"
+            return False, f"{url} failed the smoke test ({what}): {error}"[:900]
+    return True, f"{len(urls)} canary replica(s) answered {what}"
 
 
 def make_registry(url: str, endpoint_url: str | None = None, region: str | None = None) -> Registry:
@@ -277,7 +305,8 @@ class VersionWatcher:
         step = decide(inp)
         if step.smoke_urls:
             log.info("smoke-testing the canary of %s/%s at %s", key[0], key[1], ", ".join(step.smoke_urls))
-            outcome = await run(SMOKE, self.smoke, step.smoke_urls)
+            request = runtime_for(spec).smoke_request(spec, SMOKE_PROMPT)
+            outcome = await run(SMOKE, self.smoke, step.smoke_urls, request=request)
             step = decide(replace(inp, smoke=outcome))
         events = list(step.events)
         live = cond.get(base.get("conditions"), cond.MODEL_SYNCED)

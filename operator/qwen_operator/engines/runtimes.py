@@ -1,7 +1,8 @@
 """Inference-server adapters: TGI (default) and vLLM.
 
 Everything engine-specific lives here: image, command-line flags, environment, port,
-health path and the Prometheus metric names the autoscaler queries. TGI is upstream in
+health path, the Prometheus metric names the autoscaler queries, and the request a canary
+must answer before the pools move to its version (:class:`SmokeRequest`). TGI is upstream in
 maintenance mode (its docs recommend vLLM/SGLang), so the rest of the operator only talks
 to :class:`Runtime`.
 
@@ -13,8 +14,9 @@ Sources: TGI launcher ``--help`` (flags named as in the design brief) and its
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from ..api.spec import QwenDeploymentSpec
 
@@ -32,6 +34,34 @@ class MetricNames:
     slo_latency_histogram: str  # what scaling.p95LatencySeconds is compared with (time to first token)
     requests_counter: str
     failures_counter: str | None  # None: the engine has no failure counter
+
+
+@dataclass(frozen=True)
+class SmokeRequest:
+    """One short, non-streamed generation in the engine's own API: the canary's smoke test.
+
+    Why per engine: TGI answers its native ``POST /generate``, vLLM's OpenAI server has no
+    such route (it answers 404) and only knows the model by its ``--served-model-name``, so
+    a request in the wrong dialect fails a healthy canary. ``reply`` says where the text is.
+    """
+
+    path: str  # POSTed to the pod's base URL
+    payload: Mapping[str, Any] = field(hash=False)
+    reply: Literal["generated_text", "choices"]  # TGI's ``generated_text`` / OpenAI ``choices[0].text``
+
+    def reply_text(self, body: Any) -> str:
+        """The generated text of a JSON answer; ValueError naming the field when it has none."""
+        if self.reply == "generated_text":
+            text = body.get("generated_text") if isinstance(body, dict) else None
+            if not isinstance(text, str):
+                raise ValueError(f"answer to POST {self.path} has no string 'generated_text'")
+            return text
+        choices = body.get("choices") if isinstance(body, dict) else None
+        first = choices[0] if isinstance(choices, list) and choices else None
+        text = first.get("text") if isinstance(first, dict) else None
+        if not isinstance(text, str):
+            raise ValueError(f"answer to POST {self.path} has no string 'choices[0].text'")
+        return text
 
 
 class Runtime(Protocol):
@@ -53,6 +83,8 @@ class Runtime(Protocol):
     def args(self, spec: QwenDeploymentSpec, shards: int, model_path: str) -> list[str]: ...
 
     def env(self, spec: QwenDeploymentSpec, shards: int) -> list[dict[str, Any]]: ...
+
+    def smoke_request(self, spec: QwenDeploymentSpec, prompt: str, max_tokens: int = 8) -> SmokeRequest: ...
 
 
 def _common_env() -> list[dict[str, Any]]:
@@ -109,6 +141,11 @@ class TGI:
     def env(self, spec: QwenDeploymentSpec, shards: int) -> list[dict[str, Any]]:
         return _common_env()
 
+    def smoke_request(self, spec: QwenDeploymentSpec, prompt: str, max_tokens: int = 8) -> SmokeRequest:
+        """TGI's native route (every TGI version has it; its OpenAI routes came later)."""
+        payload = {"inputs": prompt, "parameters": {"max_new_tokens": max_tokens}}
+        return SmokeRequest("/generate", payload, "generated_text")
+
 
 @dataclass(frozen=True)
 class VLLM:
@@ -151,6 +188,12 @@ class VLLM:
 
     def env(self, spec: QwenDeploymentSpec, shards: int) -> list[dict[str, Any]]:
         return [*_common_env(), {"name": "VLLM_NO_USAGE_STATS", "value": "1"}, {"name": "DO_NOT_TRACK", "value": "1"}]
+
+    def smoke_request(self, spec: QwenDeploymentSpec, prompt: str, max_tokens: int = 8) -> SmokeRequest:
+        """OpenAI ``/v1/completions`` naming the model as :meth:`args` serves it (``--served-model-name``):
+        vLLM answers 404 for any other model name, which is a canary failure worth seeing."""
+        payload = {"model": spec.model.name, "prompt": prompt, "max_tokens": max_tokens}
+        return SmokeRequest("/v1/completions", payload, "choices")
 
 
 RUNTIMES: dict[str, Runtime] = {"tgi": TGI(), "vllm": VLLM()}
