@@ -123,7 +123,7 @@ class Picker:
         self._ring: list[tuple[int, str]] | None = None  # (hash, endpoint name), sorted; None = rebuild
         self._ring_keys: list[int] = []
         self._rr = seed  # round-robin among exact ties
-        self._picks = 0  # picks that returned an endpoint
+        self._picks = 0  # picks that returned an endpoint while a canary could take one
         self._canary_picks = 0
 
     # --- membership ----------------------------------------------------------------------
@@ -206,14 +206,16 @@ class Picker:
         concurrency bound (or there is none): the caller holds the request. It does not
         count the request in flight: call :meth:`acquire` once it is sent."""
         want_canary = False
+        canaries: list[Endpoint] = []
         if self.canary_percent > 0:
+            # only picks a canary could have taken count: a canary that appears (or frees up)
+            # after N picks gets its share from then on, never a catch-up burst of N x percent
+            canaries = self._eligible(True, exclude)
             due = self.canary_percent * (self._picks + 1) / 100.0
-            want_canary = self._canary_picks + 1 <= due + 1e-9
+            want_canary = bool(canaries) and self._canary_picks + 1 <= due + 1e-9
         chosen: Endpoint | None = None
         if want_canary:
-            canaries = self._eligible(True, exclude)
-            if canaries:
-                chosen = self._weighted(self._size_fit(canaries, prompt_tokens))
+            chosen = self._weighted(self._size_fit(canaries, prompt_tokens))
         if chosen is not None:
             self._canary_picks += 1
         else:
@@ -225,7 +227,8 @@ class Picker:
                 chosen = self._sticky(key, fit)
             if chosen is None:
                 chosen = self._weighted(fit)
-        self._picks += 1
+        if canaries:
+            self._picks += 1
         return chosen
 
     def _eligible(self, canary: bool, exclude: Collection[str]) -> list[Endpoint]:
