@@ -302,12 +302,11 @@ def decide(
             if lowest < floor.replicas:
                 why += f" (clamped to maxReplicas {targets.max_replicas})"
             return result(counts, "scale-up", why, history)
-        added = sum(counts.values()) - total_now
-        if added < short:  # no free GPU of an allowed type for the rest: say so, never a silent shortfall
-            why = (
-                f"below minReplicas {targets.min_replicas}: adding {added} of {short} (no free GPU of an allowed type)"
-            )
-            return result(counts, "scale-up" if added else "hold", why, history)
+        placed = sum(counts.values()) - total_now
+        if placed < short:  # no free GPU of an allowed type for the rest: say so, never a silent shortfall
+            why = f"below minReplicas {targets.min_replicas}: adding {placed} of {short}"
+            why += " (no free GPU of an allowed type)"
+            return result(counts, "scale-up" if placed else "hold", why, history)
         return result(counts, "scale-up", f"below minReplicas {targets.min_replicas}: adding {short}", history)
     if total_now > targets.max_replicas:
         counts = place_scale_down(pools, current, -math.inf, total_now - targets.max_replicas, targets.max_replicas)
