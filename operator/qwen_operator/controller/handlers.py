@@ -30,7 +30,7 @@ from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from ..render.workload import OperatorDefaults
 from .executors import KUBE, run
 from .failures import pod_cause
-from .kube import Kube
+from .kube import Kube, StatusConflictError
 from .metrics import RECONCILE_SECONDS, RECONCILES
 from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute, with_watcher_status
 from .routing import is_router
@@ -259,7 +259,16 @@ class Controller:
             self.model_written[key] = written
         out = compute(obs, self.catalog)
         if out.model_status is not None:  # first: a crash after it still finds the canary rolled back
-            await run(KUBE, self.kube.apply_status, key[0], key[1], out.model_status, MODEL_SYNC_MANAGER)
+            try:
+                # only over the status this decision read: a smoke result the version watcher
+                # wrote since wins, and this reconcile decides again from it (kube.py, ownership)
+                precondition = {"resource_version": rv} if rv else {}
+                await run(
+                    KUBE, self.kube.apply_status, key[0], key[1], out.model_status, MODEL_SYNC_MANAGER, **precondition
+                )
+            except StatusConflictError as exc:
+                log.info("canary timeout of %s/%s not recorded: %s; deciding again", key[0], key[1], exc)
+                return Outcome(requeue_after=0.5)  # nothing applied or deleted on a stale decision
             self.model_written[key] = (rv, out.model_status)
         self._filter_expected(out)
         if out.status is not None and self.last_status.get(key) == out.status:

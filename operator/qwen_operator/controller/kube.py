@@ -6,9 +6,30 @@ status, ``qwen-operator-autoscaler`` for ``status.autoscaler`` and ``ScalingActi
 ``status.conditions`` a map list keyed by ``type``, so each manager owns exactly its own
 conditions and nobody does read-modify-write on shared lists.
 
-The official ``kubernetes`` client is synchronous: every call here is meant to run in a
-worker thread (``asyncio.to_thread``) so kopf's event loop never blocks. A ``WriteCounter``
-counts every mutating call, which tests and the steady-state benchmark read.
+Who writes which status field (one field manager each; the API server merges them):
+
+=====================================  =============================  ==========================
+field                                  field manager                  writers
+=====================================  =============================  ==========================
+``status`` (replicas, pools, Ready,    ``qwen-operator``              the reconciler
+Progressing, Degraded, ...)
+``status.autoscaler``,                 ``qwen-operator-autoscaler``   the autoscaler
+``ScalingActive``
+``status.model``, ``ModelSynced``      ``qwen-operator-modelsync``    the version watcher, and
+                                                                      the reconciler for a
+                                                                      canary timeout only
+=====================================  =============================  ==========================
+
+``status.model`` has two writers (a canary timeout is the reconciler's, a smoke-test result
+the watcher's), so both write it with optimistic concurrency: ``apply_status(...,
+resource_version=rv)`` carries the ``resourceVersion`` the decision was made from, and the
+API server refuses the apply (409, raised as :class:`StatusConflictError`) if anything changed
+since. The loser re-reads and decides again instead of overwriting the other's result.
+
+The official ``kubernetes`` client is synchronous: every call here runs in the bounded
+``executors.KUBE`` pool (never the default executor other dependencies use) so kopf's event
+loop never blocks. A ``WriteCounter`` counts every mutating call, which tests and the
+steady-state benchmark read.
 """
 
 from __future__ import annotations
@@ -33,6 +54,10 @@ CUSTOM_KINDS = {
     "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
 }
 APPLY = "application/apply-patch+yaml"
+
+
+class StatusConflictError(Exception):
+    """A status apply's ``resourceVersion`` precondition failed: the resource changed since it was read."""
 
 
 class WriteCounter:
@@ -142,17 +167,32 @@ class Kube:
                 return None
             raise
 
-    def apply_status(self, namespace: str, name: str, status: Mapping[str, Any], manager: str = FIELD_MANAGER) -> None:
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": {"name": name, "namespace": namespace},
-            "status": dict(status),
-        }
+    def apply_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        manager: str = FIELD_MANAGER,
+        resource_version: str | None = None,
+    ) -> None:
+        """Server-side apply ``status`` under ``manager``; with ``resource_version``, only if the
+        resource is still at that version (else :class:`StatusConflictError`, nothing written)."""
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "status": dict(status)}
         WRITES.add(f"status:{manager}")
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, body, field_manager=manager, force=True, _content_type=APPLY
-        )
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body, field_manager=manager, force=True, _content_type=APPLY
+            )
+        except client.ApiException as exc:
+            # force=True settles field-manager conflicts, so a 409 here is the version precondition
+            if exc.status == 409 and resource_version:
+                raise StatusConflictError(
+                    f"{namespace}/{name} changed since resourceVersion {resource_version}: status not written"
+                ) from exc
+            raise
 
     # -- events --------------------------------------------------------------------------
     def event(self, qwd: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

@@ -51,6 +51,7 @@ from ..modelsync.manifest import Manifest, diff
 from ..modelsync.registry import NotFoundError, Registry, RegistryError
 from . import conditions as cond
 from .executors import KUBE, REGISTRY, SMOKE, run
+from .kube import StatusConflictError
 from .reconcile import Observed
 from .rollout import ModelState, Resolution, SyncInput, canary_urls, decide, not_managed, pools_on
 
@@ -171,6 +172,7 @@ class WatchState:
     resolution: Resolution | None = None
     written: dict[str, Any] | None = None  # our last status write
     written_at: float = -math.inf
+    written_rv: str | None = None  # the resourceVersion that write was decided from
 
 
 @dataclass
@@ -321,7 +323,15 @@ class VersionWatcher:
             "model": dict(status.get("model") or {}),
             "conditions": [c for c in status.get("conditions") or [] if c.get("type") == cond.MODEL_SYNCED],
         }
-        if state.written is not None and now - state.written_at < WRITE_TTL and live != state.written:
+        # only while the cache still shows the version our write was made over: any newer one
+        # (ours, or the reconciler's canary timeout) is the truth, never our older write
+        rv = (qwd.get("metadata") or {}).get("resourceVersion")
+        if (
+            state.written is not None
+            and now - state.written_at < WRITE_TTL
+            and live != state.written
+            and rv == state.written_rv
+        ):
             return state.written
         return live
 
@@ -340,8 +350,17 @@ class VersionWatcher:
         desired = {"model": model.to_status(), "conditions": merged}
         if desired == base:
             return
-        await run(KUBE, self.kube.apply_status, key[0], key[1], desired, MANAGER)
-        state.written, state.written_at = desired, time.monotonic()
+        rv = qwd["metadata"].get("resourceVersion")
+        try:
+            # only over the status this decision read: the reconciler may have recorded a canary
+            # timeout meanwhile (e.g. during a smoke test), which must not be overwritten
+            precondition = {"resource_version": rv} if rv else {}
+            await run(KUBE, self.kube.apply_status, key[0], key[1], desired, MANAGER, **precondition)
+        except StatusConflictError as exc:
+            log.info("model sync %s/%s not written: %s; deciding again from the new status", key[0], key[1], exc)
+            state.written = None  # the next tick starts from the live status, not from our last write
+            return
+        state.written, state.written_at, state.written_rv = desired, time.monotonic(), rv
         log.info(
             "model sync %s/%s: %s %s (target %s, current %s)",
             key[0],
