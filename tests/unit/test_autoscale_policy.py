@@ -76,9 +76,25 @@ def test_decision_table(pools: list[PoolState], signals: Signals, kind: str, des
 
 
 def test_above_max_trims_most_expensive_first() -> None:
-    d = decide(0.0, [a10g(6), l40s(4)], Signals(0, 0.5, 5), Targets(max_replicas=8))
+    # under load (the trimmed fleet is still needed) the trim is all that happens
+    d = decide(0.0, [a10g(6), l40s(4)], Signals(40, 1.1, 60), Targets(max_replicas=8))
     assert d.kind == "scale-down"
     assert d.desired == {"A10G": 6, "L40S": 2}
+    assert d.reason.startswith("above maxReplicas 8: trimmed to 8; ")
+
+
+def test_above_max_still_feeds_the_scale_down_window() -> None:
+    """A rollout's borrowed replica can put the fleet one over maxReplicas: the trim must not stop the
+    usual evaluation (the demo held 8 replicas through its whole trough at 'above maxReplicas 8')."""
+    targets = Targets(max_replicas=8, scale_down_delay_seconds=45)
+    hist: History | None = None
+    totals = []
+    for t in range(0, 200, 5):
+        d = decide(float(t), [a10g(1), l40s(8)], Signals(0, 0.05, 1), targets, hist)
+        assert d.history.recommendations, "the window must be fed while above maxReplicas"
+        hist = d.history
+        totals.append(d.total)
+    assert totals[0] <= 8 and min(totals) < 8
 
 
 def test_stabilisation_window_uses_max_of_recent_recommendations() -> None:

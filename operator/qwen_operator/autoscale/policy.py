@@ -282,6 +282,8 @@ def decide(
     ready_cap = sum(p.ready * p.throughput for p in pools)
     total_cap = _capacity(by_name, current)
 
+    trimmed = ""  # set when the fleet was above maxReplicas (e.g. a rollout's borrowed replica at the cap)
+
     def result(
         counts: dict[str, int],
         kind: DecisionKind,
@@ -290,6 +292,9 @@ def decide(
         ratio: float | None = None,
         desired_capacity: float | None = None,
     ) -> Decision:
+        if trimmed:
+            reason = f"{trimmed}; {reason}"
+            kind = "scale-down" if kind == "hold" else kind
         return Decision(counts, sum(counts.values()), kind, reason, hist, ratio, desired_capacity)
 
     # Hard bounds first: they are the user's instructions, whatever the metrics say.
@@ -309,8 +314,14 @@ def decide(
             return result(counts, "scale-up" if placed else "hold", why, history)
         return result(counts, "scale-up", f"below minReplicas {targets.min_replicas}: adding {short}", history)
     if total_now > targets.max_replicas:
+        # trim to the cap, then decide as usual from there: returning here kept every tick at the cap and
+        # never fed the scale-down window (seen in the demo: a roll's borrowed replica at maxReplicas held the
+        # whole fleet through the trough)
         counts = place_scale_down(pools, current, -math.inf, total_now - targets.max_replicas, targets.max_replicas)
-        return result(counts, "scale-down", f"above maxReplicas {targets.max_replicas}", history)
+        trimmed = f"above maxReplicas {targets.max_replicas}: trimmed to {sum(counts.values())}"
+        current = counts
+        total_now = sum(current.values())
+        total_cap = _capacity(by_name, current)
     if sum(p.ready for p in pools) == 0:
         history = History(history.recommendations, history.panic_until, no_ready_at=now)
         held = _held(signals)
