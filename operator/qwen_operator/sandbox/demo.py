@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
@@ -43,6 +43,9 @@ from .binaries import locate
 from .cluster import Sandbox
 from .demo_view import Row, render_row, write_timeline
 from .prometheus import PrometheusServer
+
+if TYPE_CHECKING:
+    from ..sim.fleet_bridge import Sample
 
 #: One L40S (the first choice): the spike spills over to A100-80GB, and the roll borrows a replica.
 DEMO_GPUS = "a10g=4x1,l40s=1,a100-80gb=8"
@@ -261,7 +264,10 @@ class Demo:
                     self.events.append((now, "model v2 published"))
                     v2 = await asyncio.to_thread(self._publish, self.sandbox.dir / "demo", "v2", "last_layers")
                     self.v2 = v2
-                row = await asyncio.to_thread(self._row, now, load.current_phase or "-")
+                # the fleet's state is read here, on the event loop that mutates it; only API/PromQL calls
+                # go to the worker thread
+                sample, routers = self.bridge.sample(), self.bridge.routers_ready()
+                row = await asyncio.to_thread(self._row, now, load.current_phase or "-", sample, routers)
                 self.rows.append(row)
                 print(render_row(row, header=len(self.rows) % 15 == 1), flush=True)
                 await asyncio.sleep(2.0)
@@ -278,10 +284,9 @@ class Demo:
                 self.say(f"errors (first 3): {stats.error_samples[:3]}")
             await bridge.stop()
 
-    def _row(self, t: float, phase: str) -> Row:
+    def _row(self, t: float, phase: str, sample: Sample, routers: int) -> Row:
         obj = self.qwd()
         st = obj.get("status") or {}
-        sample = self.bridge.sample()
         queue = None
         with contextlib.suppress(Exception):
             res = self.prom.query(f'sum(tgi_queue_size{{namespace="{NAMESPACE}"}})')
@@ -297,7 +302,7 @@ class Demo:
             p95=sample.p95_seconds,
             cost=sum(float(p.get("costPerHour") or 0) for p in st.get("pools") or []),
             version=str((st.get("model") or {}).get("currentVersion") or "-"),
-            routers=self.bridge.routers_ready(),
+            routers=routers,
             decision=str((st.get("autoscaler") or {}).get("lastDecision") or ""),
         )
 

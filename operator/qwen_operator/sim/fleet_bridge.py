@@ -362,7 +362,9 @@ class FleetBridge:
         """Successful requests that ended within the last ``p95_window_seconds``."""
         now = time.monotonic() if now is None else now
         start = now - self.p95_window_seconds
-        return [o for o in self.outcomes if o.at >= start and o.status == 200]
+        # copy() is one C call (atomic under the GIL): the demo samples from a worker thread while the
+        # event loop appends outcomes, and iterating the live deque raised "deque mutated during iteration"
+        return [o for o in self.outcomes.copy() if o.at >= start and o.status == 200]
 
     def sample(self) -> Sample:
         now = time.monotonic()
@@ -390,7 +392,7 @@ class FleetBridge:
             routers_started=rb.started if rb is not None else 0,
             router_by_code=rb.requests_by_code() if rb is not None else {},
         )
-        for o in self.outcomes:
+        for o in self.outcomes.copy():
             c.requests += 1
             c.by_status[o.status] = c.by_status.get(o.status, 0) + 1
             if o.status == 200:
