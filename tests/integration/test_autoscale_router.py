@@ -11,11 +11,10 @@ Prometheus target with the labels pod discovery gives a router pod (``namespace`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.error import HTTPError, URLError
@@ -39,6 +38,7 @@ from qwen_operator.sandbox.cluster import Sandbox
 from qwen_operator.sandbox.prometheus import PrometheusServer
 from qwen_operator.sandbox.prometheus import Target as ScrapeTarget
 from qwen_operator.sim.server import ServedTGI, SimulatedTGI, serve
+from qwen_operator.testing.background import BackgroundLoop
 from qwen_operator.testing.operator import OperatorProcess
 from qwen_operator.testing.wait import wait_for
 
@@ -48,26 +48,7 @@ GROUP, VERSION, PLURAL = "serving.qwenops.io", "v1alpha1", "qwendeployments"
 SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "qwen3-14b-chat.yaml"
 
 
-class Loop:
-    """An event loop on a thread: routers and simulated servers live there, the test calls in."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, fn: Callable[[], T]) -> T:
-        async def go() -> T:
-            return fn()
-
-        return self.run(go())
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+Loop = BackgroundLoop  # servers and the router live on it; sync clients call in
 
 
 @pytest.fixture()

@@ -31,6 +31,7 @@ from qwen_operator.router.discovery import DIAL_ANNOTATION
 from qwen_operator.router.proxy import ENDPOINT_HEADER
 from qwen_operator.sandbox.cluster import Sandbox
 from qwen_operator.sandbox.stages import READY_AFTER_ANNOTATION
+from qwen_operator.testing.background import simulated_servers
 from qwen_operator.testing.wait import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -43,25 +44,8 @@ TOLERATE_GPU = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSch
 @pytest.fixture
 def sim_urls() -> Iterator[list[str]]:
     """Three simulated TGI replicas on loopback: two stable, one canary."""
-    procs: list[subprocess.Popen[str]] = []
-    urls = []
-    try:
-        for _ in range(3):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "qwen_operator.sim.server", "--cold-start", "0", "--port", "0"]
-                + ["--time-scale", "50", "--default-max-new-tokens", "2"],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            urls.append("http://127.0.0.1:" + line.split("listening on 127.0.0.1:")[1].split()[0])
+    with simulated_servers(3, max_new_tokens=2) as urls:
         yield urls
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(10)
 
 
 def pod_labels(canary: bool) -> dict[str, str]:

@@ -30,6 +30,7 @@ from qwen_operator.router.discovery import DIAL_ANNOTATION
 from qwen_operator.router.proxy import ENDPOINT_HEADER
 from qwen_operator.sandbox.cluster import Sandbox
 from qwen_operator.sandbox.stages import READY_AFTER_ANNOTATION
+from qwen_operator.testing.background import simulated_servers
 from qwen_operator.testing.wait import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -43,25 +44,8 @@ PRODUCT = {"L40S": "NVIDIA-L40S", "A10G": "NVIDIA-A10G"}
 @pytest.fixture
 def sim_urls() -> Iterator[list[str]]:
     """Three simulated TGI replicas (``python -m qwen_operator.sim.server``) on loopback."""
-    procs: list[subprocess.Popen[str]] = []
-    urls = []
-    try:
-        for _ in range(3):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "qwen_operator.sim.server", "--cold-start", "0", "--port", "0"]
-                + ["--time-scale", "50", "--default-max-new-tokens", "4"],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            urls.append("http://127.0.0.1:" + line.split("listening on 127.0.0.1:")[1].split()[0])
+    with simulated_servers(3, max_new_tokens=4) as urls:
         yield urls
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(10)
 
 
 def server_pod(name: str, gpu: str, dial: str, ready: bool = True, deployment: str = NAME) -> dict[str, Any]:

@@ -11,9 +11,7 @@ per generated token, and their content.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,6 +25,7 @@ from qwen_operator.router.discovery import StaticEndpoints, Target
 from qwen_operator.router.proxy import Router
 from qwen_operator.sim.server import ServedTGI, SimulatedTGI, serve
 from qwen_operator.sim.tgi_payloads import estimate_tokens
+from qwen_operator.testing.background import BackgroundLoop
 from qwen_operator.testing.wait import wait_for
 
 T = TypeVar("T")
@@ -39,26 +38,7 @@ MESSAGES: list[ChatCompletionMessageParam] = [
 HF_MESSAGES: list[dict[str, Any]] = [dict(m) for m in MESSAGES]  # the same, as huggingface_hub types them
 
 
-class Loop:
-    """An event loop on a thread: servers and router live there, the sync clients call in."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, fn: Callable[[], T]) -> T:
-        async def go() -> T:
-            return fn()
-
-        return self.run(go())
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+Loop = BackgroundLoop  # servers and the router live on it; sync clients call in
 
 
 @dataclass

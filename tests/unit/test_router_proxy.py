@@ -36,32 +36,14 @@ from qwen_operator.router.discovery import (
 from qwen_operator.router.picking import PoolCapacity
 from qwen_operator.router.proxy import ENDPOINT_HEADER, Router, RouterConfig
 from qwen_operator.sim.server import ServedTGI, SimulatedTGI, serve
+from qwen_operator.testing.background import BackgroundLoop
 from qwen_operator.testing.wait import wait_for
 
 T = TypeVar("T")
 SCALE = 50.0  # virtual seconds per wall second: short simulated replies
 
 
-class Loop:
-    """An event loop on a thread: servers and router live there, tests call in."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, fn: Callable[[], T]) -> T:
-        async def go() -> T:
-            return fn()
-
-        return self.run(go())
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+Loop = BackgroundLoop  # servers and the router live on it; sync clients call in
 
 
 @pytest.fixture(scope="module")
