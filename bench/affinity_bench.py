@@ -45,8 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from qwen_operator.capacity.model import ReplicaModel
-from qwen_operator.sim.capacity import PoolProfile, smallest_fit
+from qwen_operator.sim.capacity import PoolProfile
 from qwen_operator.sim.fleet import FixedRun, serve_fixed
 from qwen_operator.sim.trace import TraceRow, default_trace_path, load_azure_csv
 from qwen_operator.sim.workloads import (
@@ -56,29 +55,12 @@ from qwen_operator.sim.workloads import (
     build_sessions,
     distinct_prompt_keys,
 )
+from routing_bench import planned_profiles, replica  # the same pool sizing as the routing figures
 
 MODEL, QUANT, SLO = "Qwen/Qwen3-14B", "fp8", 1.2
 FLEETS = (("L40S:2 + A10G:4", {"L40S": 2, "A10G": 4}), ("L40S:4 + A100-80GB:2", {"L40S": 4, "A100-80GB": 2}))
 MODES = ("no cache", "affinity off", "affinity on")
 WARMUP_SECONDS = 300.0  # sessions build up over ~ mean turns x (reading + think) before load is steady
-
-
-def replica(gpu: str) -> ReplicaModel:
-    r = smallest_fit(MODEL, gpu, QUANT)
-    if r is None:
-        raise SystemExit(f"{MODEL} {QUANT} does not fit on {gpu}")
-    return r
-
-
-def planned_profiles(gpus: dict[str, int], prompt: int, output: int) -> dict[str, PoolProfile]:
-    """Each pool weighted by the planner's requests/s within the SLO for a ``prompt``/``output`` request."""
-    out = {}
-    for gpu in gpus:
-        r = replica(gpu)
-        cap = r.slo_capacity(prompt, output, SLO)
-        cost = r.gpu.price_per_gpu_hour * r.shards
-        out[gpu] = PoolProfile(gpu, r.shards, r, cost, cap.rate, cap.concurrency, r.cold_start_seconds)
-    return out
 
 
 @dataclass(frozen=True)
