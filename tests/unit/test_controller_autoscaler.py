@@ -180,3 +180,27 @@ def test_the_predictive_profile_survives_a_restart_through_status() -> None:
     a = kube.status["autoscaler"]
     assert a["desiredReplicas"] == min(6, learned) and a["floorReason"] == f"predicted peak in 4 min: floor {learned}"
     assert a["profile"]["day"] == "2024-01-16" and a["profile"]["peaks"][36] == learned
+
+
+def test_replicas_lent_to_a_roll_are_not_the_pools_own() -> None:
+    """A pool lending a replica to a roll (borrowed surge) is sized without it: the autoscaler's
+    desiredPools must not keep the loan once the roll ends (the demo's A100 kept running in the trough)."""
+    from qwen_operator.controller.autoscaler import pool_states
+    from qwen_operator.controller.rollout import BORROWED_ANNOTATION
+
+    obs = _observed(_qwd(), 3)
+    spec = QwenDeploymentSpec.model_validate(obs.qwd["spec"])
+    (plain,) = pool_states(obs, spec, CATALOG)
+    assert (plain.ready, plain.starting) == (3, 0)
+    obs.deployments[0]["metadata"]["annotations"][BORROWED_ANNOTATION] = "1"
+    (lending,) = pool_states(obs, spec, CATALOG)
+    assert (lending.ready, lending.starting) == (2, 0)
+    # the loan is the newest replica: while it starts, the pool's own replicas are all ready
+    obs.deployments[0]["status"]["readyReplicas"] = 2
+    (starting,) = pool_states(obs, spec, CATALOG)
+    assert (starting.ready, starting.starting) == (2, 0)
+    # and an idle fleet's decision keeps the pool at its own size, not the loan
+    idle = FleetSignals(queue=0.0, in_flight=0.0, p95_seconds=None, request_rate=0.0)
+    obs.qwd["status"] = {"autoscaler": {"desiredReplicas": 2}}
+    kube = _tick(obs, idle, dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC))
+    assert kube.status["autoscaler"]["desiredPools"] == [{"gpuType": "L40S", "replicas": 2}]

@@ -193,6 +193,9 @@ def test_rollout_on_a_full_pool_borrows_the_surge_on_another_gpu_type() -> None:
     )
     deps = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
     assert deps["chat-a10g"]["spec"]["replicas"] == 1  # phase 1: borrow one replica on A10G first
+    # the lender is marked, so the autoscaler does not count the loan as the pool's own capacity
+    assert deps["chat-a10g"]["metadata"]["annotations"]["serving.qwenops.io/borrowed-replicas"] == "1"
+    assert "serving.qwenops.io/borrowed-replicas" not in deps["chat-l40s"]["metadata"]["annotations"]
     assert deps["chat-l40s"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     assert [e.reason for e in out.events if e.reason == "SurgeBorrowed"]
     # phase 2: the borrowed replica is Ready -> the full pool rolls one replica at a time (no deadlock)

@@ -60,7 +60,7 @@ from .executors import KUBE, METRICS, run
 from .inventory import compute_inventory
 from .metrics import DECISIONS, DESIRED, SCALE_EVENTS
 from .reconcile import GPU_TYPE_ANNOTATION, Observed
-from .rollout import canary_name, is_canary
+from .rollout import BORROWED_ANNOTATION, canary_name, is_canary
 
 log = logging.getLogger("qwen_operator.autoscaler")
 MANAGER = "qwen-operator-autoscaler"
@@ -120,17 +120,33 @@ def pool_states(
         if not is_canary(d)  # a canary is extra capacity on trial, never a pool to size
     }
     inventory = compute_inventory(obs.nodes, obs.pods, catalog.gpus)
-    current = {t: int(d.get("spec", {}).get("replicas") or 0) for t, d in live.items() if t}
+    current = {t: _own_replicas(d)[0] for t, d in live.items() if t}
     if estimates is None:
         estimates = pool_estimates(spec, catalog, current)
     out = []
     for cap in estimates:
         dep = live.get(cap.gpu_type)
-        spec_replicas = int((dep or {}).get("spec", {}).get("replicas") or 0)
-        ready = int((dep or {}).get("status", {}).get("readyReplicas") or 0)
+        spec_replicas, ready = _own_replicas(dep or {})
         free = inventory.free_replicas(cap.gpu_type, cap.shards)
         out.append(pool_state(cap, ready, spec_replicas - ready, free))
     return out
+
+
+def _own_replicas(dep: Mapping[str, Any]) -> tuple[int, int]:
+    """(replicas, ready) of a pool Deployment without the replicas it lends to a roll.
+
+    A borrowed surge (``BORROWED_ANNOTATION``) is temporary: counted as the pool's own, the
+    decision would write it into ``desiredPools`` and it would outlive the roll (seen in the
+    demo: an A100 replica borrowed for the v2 roll kept running through the trough). The
+    borrowed replicas are the newest, so they leave the still-starting ones first."""
+    replicas = int(dep.get("spec", {}).get("replicas") or 0)
+    ready = min(replicas, int(dep.get("status", {}).get("readyReplicas") or 0))
+    try:
+        borrowed = int((dep.get("metadata", {}).get("annotations") or {}).get(BORROWED_ANNOTATION) or 0)
+    except ValueError:
+        borrowed = 0
+    own = max(0, replicas - max(0, borrowed))
+    return own, min(ready, own)
 
 
 def observation(now: float, pools: Sequence[PoolState], fleet: FleetSignals, floor: Floor | None = None) -> Observation:

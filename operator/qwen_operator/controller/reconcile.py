@@ -57,6 +57,7 @@ from .createonce import waiting_conditions
 from .drift import describe, drift
 from .inventory import GPUInventory, compute_inventory
 from .rollout import (
+    BORROWED_ANNOTATION,
     GPU_TYPE_ANNOTATION,
     ModelState,
     canary_deadline,
@@ -318,7 +319,10 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
         rendered = [m for m in rendered if not (m["kind"] == "Deployment" and m["metadata"]["name"] in by_name)]
     for m in rendered:
         if m["kind"] == "Deployment" and m["metadata"]["name"] in by_name:
-            m["metadata"].setdefault("annotations", {})[GPU_TYPE_ANNOTATION] = by_name[m["metadata"]["name"]]
+            annotations = m["metadata"].setdefault("annotations", {})
+            annotations[GPU_TYPE_ANNOTATION] = by_name[m["metadata"]["name"]]
+            if borrowed is not None and by_name[m["metadata"]["name"]] == borrowed:
+                annotations[BORROWED_ANNOTATION] = str(len(blocked))
     canary_version = canary_wanted(model, spec.rollout.canary_replicas)
     if canary_version is not None:
         canary = canary_manifest(

@@ -53,6 +53,10 @@ from . import conditions as cond
 LABEL_CANARY = "serving.qwenops.io/canary"
 #: The catalog GPU type a pool (or canary) Deployment runs on.
 GPU_TYPE_ANNOTATION = "serving.qwenops.io/gpu-type"
+#: On a pool Deployment lending replicas to a roll ("borrowed surge"): how many of its replicas are
+#: borrowed. The autoscaler leaves them out of the pool's size (they go when the roll ends), so its
+#: desiredPools never turn a roll's temporary replica into permanent capacity.
+BORROWED_ANNOTATION = "serving.qwenops.io/borrowed-replicas"
 #: ``status.model.canary.message`` of a canary rolled back by ``canaryTimeoutSeconds`` starts so.
 TIMEOUT_MARK = "not Ready within canaryTimeoutSeconds"
 CANARY_FAILED, CANARY_TIMEOUT = "CanaryFailed", "CanaryTimeout"
