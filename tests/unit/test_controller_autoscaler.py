@@ -15,6 +15,7 @@ from qwen_operator.autoscale.prometheus import FleetSignals
 from qwen_operator.catalog import load_catalog
 from qwen_operator.controller.autoscaler import Autoscaler, AutoscalerState, cold_start_seconds, evaluate, prewarm_lead
 from qwen_operator.controller.reconcile import GPU_TYPE_ANNOTATION, Observed
+from qwen_operator.render.names import pool_selector
 
 POOLS = [PoolState("A10G", cost_per_hour=1.006, throughput=1.0, ready=3, starting=0, free=4)]
 TARGETS = Targets(
@@ -204,3 +205,82 @@ def test_replicas_lent_to_a_roll_are_not_the_pools_own() -> None:
     obs.qwd["status"] = {"autoscaler": {"desiredReplicas": 2}}
     kube = _tick(obs, idle, dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC))
     assert kube.status["autoscaler"]["desiredPools"] == [{"gpuType": "L40S", "replicas": 2}]
+
+
+def _pod(name: str, *, ready: bool, created: str, waiting: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "phase": "Running" if ready else "Pending",
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    if waiting:
+        status["containerStatuses"] = [{"name": "server", "state": {"waiting": {"reason": waiting}}}]
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "llm",
+            "creationTimestamp": created,
+            "labels": pool_selector("chat", "L40S"),
+        },
+        "spec": {"nodeName": "l0", "containers": [{"name": "server", "image": "tgi:bad"}]},
+        "status": status,
+    }
+
+
+def _stuck_cluster(waiting: str | None, created: str) -> Observed:
+    qwd = _qwd({"autoscaler": {"desiredReplicas": 2}}, maxReplicas=6)
+    qwd["spec"]["placement"] = {"gpuTypes": ["L40S", "A10G"]}
+    nodes = [
+        {
+            "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": product}},
+            "spec": {},
+            "status": {"allocatable": {"nvidia.com/gpu": "2"}, "conditions": [{"type": "Ready", "status": "True"}]},
+        }
+        for name, product in (("l0", "NVIDIA-L40S"), ("a0", "NVIDIA-A10G"))
+    ]
+    dep = {
+        "metadata": {"name": "chat-l40s", "annotations": {GPU_TYPE_ANNOTATION: "L40S"}},
+        "spec": {"replicas": 2},
+        "status": {"readyReplicas": 1},
+    }
+    pods = [
+        _pod("chat-l40s-aaa-1", ready=True, created="2026-12-02T11:00:00Z"),
+        _pod("chat-l40s-aaa-2", ready=False, created=created, waiting=waiting),
+    ]
+    for p in pods:
+        p["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    return Observed(qwd=qwd, deployments=[dep], nodes=nodes, pods=pods)
+
+
+def test_a_stuck_replica_is_not_capacity_and_the_added_one_goes_to_another_gpu_type() -> None:
+    """#10 item 5: an ImagePullBackOff replica earns no warm-up credit; with load above one replica the
+    decision adds capacity on A10G (the L40S pool is blocked while its replica is stuck), the status
+    says which replica is not counted and why, and an Event says it once."""
+    busy = FleetSignals(queue=12.0, in_flight=40.0, p95_seconds=2.5)
+    kube = _tick(
+        _stuck_cluster("ImagePullBackOff", "2026-12-02T11:59:00Z"), busy, dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
+    )
+    pools = {p["gpuType"]: p["replicas"] for p in kube.status["autoscaler"]["desiredPools"]}
+    assert pools.get("L40S") == 1, pools  # the stuck one is not kept: the Deployment removes it first
+    assert pools.get("A10G", 0) >= 1, pools
+    last = kube.status["autoscaler"]["lastDecision"]
+    assert "not counting stuck replica(s) 1 on L40S (ImagePullBackOff: chat-l40s-aaa-2)" in last, last
+    assert [r for _, r, _ in kube.events if r == "StuckReplicasNotCounted"]
+
+
+def test_warm_up_credit_expires_after_the_modelled_cold_start_times_the_factor() -> None:
+    from qwen_operator.controller import failures
+    from qwen_operator.controller.autoscaler import cold_start_seconds, stuck_replicas
+
+    spec = QwenDeploymentSpec.model_validate(_stuck_cluster(None, "2026-12-02T11:59:00Z").qwd["spec"])
+    credit = cold_start_seconds(spec, CATALOG) * failures.WARM_UP_CREDIT_FACTOR
+    now = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
+    young = now - dt.timedelta(seconds=credit - 5)
+    old = now - dt.timedelta(seconds=credit + 5)
+    assert stuck_replicas(_stuck_cluster(None, young.isoformat()), now, credit) == {}
+    found = stuck_replicas(_stuck_cluster(None, old.isoformat()), now, credit)
+    assert [(s.name, s.cause) for s in found["L40S"]] == [("chat-l40s-aaa-2", "WarmUpExpired")]
+    # a pod still loading within its credit is capacity on the way: an idle tick keeps both replicas
+    idle = FleetSignals(queue=0.0, in_flight=0.0, p95_seconds=None, request_rate=0.0)
+    kube = _tick(_stuck_cluster(None, young.isoformat()), idle, now)
+    assert kube.status["autoscaler"]["desiredPools"] == [{"gpuType": "L40S", "replicas": 2}]
+    assert "stuck" not in kube.status["autoscaler"]["lastDecision"]

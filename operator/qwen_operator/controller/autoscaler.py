@@ -41,7 +41,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,13 +54,14 @@ from ..capacity.model import ReplicaModel
 from ..catalog import Catalog, resolve_gpu_name
 from ..engines.runtimes import runtime_for
 from ..planner.plan import plan, workload_for
-from ..render.names import pool_deployment_name, router_name
+from ..render.names import pool_deployment_name, pool_selector, router_name
 from . import conditions as cond
+from . import failures
 from .executors import KUBE, METRICS, run
 from .inventory import compute_inventory
 from .metrics import DECISIONS, DESIRED, SCALE_EVENTS
 from .reconcile import GPU_TYPE_ANNOTATION, Observed
-from .rollout import BORROWED_ANNOTATION, canary_name, is_canary
+from .rollout import BORROWED_ANNOTATION, LABEL_CANARY, canary_name, is_canary
 
 log = logging.getLogger("qwen_operator.autoscaler")
 MANAGER = "qwen-operator-autoscaler"
@@ -68,6 +69,11 @@ REFRESH_SECONDS = 60.0
 #: Cold start assumed for the predictive lead when the replica model cannot estimate one.
 DEFAULT_COLD_START_SECONDS = 300.0
 INVALID_SCHEDULE = "InvalidSchedule"
+#: Event reason when the decision leaves stuck replicas out of the capacity it counts.
+STUCK_REPLICAS = "StuckReplicasNotCounted"
+#: A pool whose replicas got stuck takes no new replica for this long (added capacity goes to another
+#: GPU type); afterwards it is tried again, so a fixed cause (image, Secret, quota) heals by itself.
+STUCK_BACKOFF_SECONDS = 600.0
 
 #: ``fetch(namespace, pool Deployment names, engine metric names, router Deployment name or None)``.
 Fetch = Callable[[str, list[str], Any, str | None], FleetSignals]
@@ -80,6 +86,8 @@ class AutoscalerState:
     last_write_at: float = 0.0
     last_scale_time: str | None = None
     profile: prewarm.Profile | None = None  # None: not read back from status yet
+    stuck_until: dict[str, float] = field(default_factory=dict)  # GPU type -> monotonic time it takes no new replica
+    credit: tuple[int, float] | None = None  # (generation, warm-up credit seconds)
 
 
 def pool_estimates(spec: QwenDeploymentSpec, catalog: Catalog, current: Mapping[str, int]) -> list[PoolEstimate]:
@@ -107,13 +115,22 @@ def pool_estimates(spec: QwenDeploymentSpec, catalog: Catalog, current: Mapping[
 
 
 def pool_states(
-    obs: Observed, spec: QwenDeploymentSpec, catalog: Catalog, estimates: Sequence[PoolEstimate] | None = None
+    obs: Observed,
+    spec: QwenDeploymentSpec,
+    catalog: Catalog,
+    estimates: Sequence[PoolEstimate] | None = None,
+    stuck: Mapping[str, int] | None = None,
+    blocked: Collection[str] = (),
 ) -> list[PoolState]:
     """Ready/starting/free replicas per allowed GPU type, read from the cluster (pure).
 
     Ready = the pool Deployment's ``status.readyReplicas``, starting = its ``spec.replicas``
-    minus those, free = replicas that still fit on free ``nvidia.com/gpu`` of that type.
-    ``estimates`` default to :func:`pool_estimates` (the parity test passes the simulator's)."""
+    minus those and minus its ``stuck`` replicas (see :func:`stuck_replicas`: they are not
+    capacity, so the decision sizes the pool without them and the Deployment controller removes
+    them first), free = replicas that still fit on free ``nvidia.com/gpu`` of that type (none on
+    a ``blocked`` pool: one whose replicas were stuck recently gets no new ones, so added
+    capacity goes to another GPU type). ``estimates`` default to :func:`pool_estimates` (the
+    parity test passes the simulator's)."""
     live = {
         (d["metadata"].get("annotations") or {}).get(GPU_TYPE_ANNOTATION): d
         for d in obs.deployments
@@ -127,8 +144,45 @@ def pool_states(
     for cap in estimates:
         dep = live.get(cap.gpu_type)
         spec_replicas, ready = _own_replicas(dep or {})
-        free = inventory.free_replicas(cap.gpu_type, cap.shards)
-        out.append(pool_state(cap, ready, spec_replicas - ready, free))
+        starting = max(0, spec_replicas - ready - (stuck or {}).get(cap.gpu_type, 0))
+        free = 0 if cap.gpu_type in blocked else inventory.free_replicas(cap.gpu_type, cap.shards)
+        out.append(pool_state(cap, ready, starting, free))
+    return out
+
+
+def stuck_replicas(obs: Observed, now: dt.datetime, credit_seconds: float) -> dict[str, list[failures.Stuck]]:
+    """Not-Ready replicas of each pool that are no longer capacity on the way, by GPU type (pure):
+    a kubelet/scheduler verdict (ImagePullBackOff, CrashLoopBackOff, CreateContainerConfigError,
+    Unschedulable) or warm-up credit expired (``credit_seconds`` after creation). A pool Deployment
+    the Deployment controller reports failing (ReplicaFailure, ProgressDeadlineExceeded) has
+    every replica it cannot create counted too. Canary pods are never pool capacity anyway."""
+    meta = obs.qwd.get("metadata") or {}
+    name, namespace = str(meta.get("name")), str(meta.get("namespace"))
+    out: dict[str, list[failures.Stuck]] = {}
+    for dep in obs.deployments:
+        gpu_type = (dep.get("metadata", {}).get("annotations") or {}).get(GPU_TYPE_ANNOTATION)
+        if not gpu_type or is_canary(dep):
+            continue
+        selector = pool_selector(name, gpu_type)
+        found: list[failures.Stuck] = []
+        pods = 0
+        for pod in obs.pods:
+            pmeta = pod.get("metadata") or {}
+            labels = pmeta.get("labels") or {}
+            if pmeta.get("namespace") != namespace or any(labels.get(k) != v for k, v in selector.items()):
+                continue
+            if labels.get(LABEL_CANARY) == "true" or pmeta.get("deletionTimestamp"):
+                continue
+            pods += 1
+            cause = failures.warm_up_cause(pod, now, credit_seconds)
+            if cause is not None:
+                found.append(cause)
+        failing = failures.deployment_cause(dep)
+        if failing is not None and failing.cause == failures.REPLICA_FAILURE:
+            missing = int(dep.get("spec", {}).get("replicas") or 0) - pods  # pods the ReplicaSet cannot create
+            found.extend([failing] * max(0, missing))
+        if found:
+            out[gpu_type] = found
     return out
 
 
@@ -377,7 +431,16 @@ class Autoscaler:
         state = self.states.setdefault(key, AutoscalerState())
         live = (obs.qwd.get("status") or {}).get("autoscaler") or {}
         previous = live.get("desiredReplicas")
-        pools = pool_states(obs, spec, self.catalog)
+        now = time.monotonic()
+        wall = self.clock()
+        generation = int(obs.qwd.get("metadata", {}).get("generation") or 0)
+        if state.credit is None or state.credit[0] != generation:
+            state.credit = (generation, cold_start_seconds(spec, self.catalog) * failures.WARM_UP_CREDIT_FACTOR)
+        stuck = stuck_replicas(obs, wall, state.credit[1])
+        for gpu_type in stuck:
+            state.stuck_until[gpu_type] = now + STUCK_BACKOFF_SECONDS
+        blocked = {t for t, until in state.stuck_until.items() if until > now}
+        pools = pool_states(obs, spec, self.catalog, stuck={t: len(v) for t, v in stuck.items()}, blocked=blocked)
         if self.fetch is None:
             fleet = FleetSignals(
                 error="No Prometheus URL is configured (operator config prometheus.url or --prometheus-url)."
@@ -388,9 +451,7 @@ class Autoscaler:
             prefixes += [canary_name(key[1], p.gpu_type) for p in pools]
             router = router_name(key[1]) if spec.routing.enabled else None
             fleet = await run(METRICS, self.fetch, key[0], prefixes, runtime_for(spec).metrics, router)
-        now = time.monotonic()
         held = previous if previous is not None else sum(p.replicas for p in pools) or spec.desired_replicas(None)
-        wall = self.clock()
         predictive = spec.scaling.predictive.enabled
         if not predictive:
             state.profile = None
@@ -407,6 +468,7 @@ class Autoscaler:
         if desired is None:
             desired = spec.desired_replicas(None)
         pools_wanted = desired_pools(decision, live)
+        note = _stuck_note(stuck, blocked)
         # against what runs when nothing was recorded yet: a floor may scale on the very first tick
         changed = desired != held
         if changed and decision is not None and decision.kind != "scale-down" and desired < held:
@@ -424,7 +486,7 @@ class Autoscaler:
                 "queueDepth": _waiting(fleet),
                 "p95Seconds": None if fleet.p95_seconds is None else round(fleet.p95_seconds, 2),
                 "lastScaleTime": state.last_scale_time or live.get("lastScaleTime"),
-                "lastDecision": (decision.reason if decision else condition.message)[:1000],
+                "lastDecision": (note + (decision.reason if decision else condition.message))[:1000],
                 "floor": floor.replicas if floor else None,
                 "floorReason": floor.reason[:256] if floor else None,
                 "profile": state.profile.to_status() if state.profile is not None else None,
@@ -444,6 +506,7 @@ class Autoscaler:
             condition.reason,
             decision.kind if decision else "hold",
             floor.reason if floor else None,
+            note,
         )
         last = state.last_written or {}
         due = now - state.last_write_at >= REFRESH_SECONDS
@@ -458,7 +521,25 @@ class Autoscaler:
             elif last.get("material") and last["material"][1] != material[1]:
                 kind = "Warning" if condition.status is False else "Normal"
                 await run(KUBE, self.kube.event, obs.qwd, kind, condition.reason, condition.message)
+            if stuck and (not last.get("material") or last["material"][-1] != note):
+                await run(KUBE, self.kube.event, obs.qwd, "Warning", STUCK_REPLICAS, note.rstrip("; "))
         return float(spec.scaling.interval_seconds)
+
+
+def _stuck_note(stuck: Mapping[str, Sequence[failures.Stuck]], blocked: Collection[str]) -> str:
+    """The lastDecision prefix saying which replicas the decision does not count, and why."""
+    if not stuck and not blocked:
+        return ""
+    parts = []
+    for gpu_type, found in sorted(stuck.items()):
+        causes = ", ".join(sorted({s.cause for s in found}))
+        named = ", ".join(sorted({s.name for s in found})[: failures.MAX_NAMED])
+        parts.append(f"{len(found)} on {gpu_type} ({causes}: {named})")
+    text = f"not counting stuck replica(s) {'; '.join(parts)}" if parts else ""
+    waiting = sorted(set(blocked) - set(stuck))
+    if waiting:
+        text += ("; " if text else "") + f"no new replicas on {', '.join(waiting)} for now (recently stuck)"
+    return text + "; "
 
 
 def _numbers(status: Mapping[str, Any]) -> dict[str, Any]:

@@ -93,6 +93,41 @@ def pod_cause(pod: Mapping[str, Any], now: dt.datetime) -> Stuck | None:
     return None
 
 
+#: A replica still not Ready after this many times the modelled cold start no longer earns warm-up
+#: credit (the autoscaler stops counting it as capacity). 3x leaves room for a slow registry or a
+#: cold node cache (the model's cold start already includes a full pull) while bounding how long a
+#: pod that hangs without a kubelet verdict (e.g. an engine stuck loading) can freeze scaling.
+WARM_UP_CREDIT_FACTOR = 3.0
+WARM_UP_EXPIRED = "WarmUpExpired"
+
+
+def is_ready(pod: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def warm_up_cause(pod: Mapping[str, Any], now: dt.datetime, credit_seconds: float) -> Stuck | None:
+    """Why a not-Ready ``pod`` no longer counts as capacity that is coming, or None.
+
+    A kubelet or scheduler verdict (:func:`pod_cause`) first; else a pod not Ready
+    ``credit_seconds`` after it was created (the warm-up credit expired)."""
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp") or is_ready(pod):
+        return None
+    cause = pod_cause(pod, now)
+    if cause is not None:
+        return cause
+    created = _time(meta.get("creationTimestamp"))
+    if created is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return None
+    age = (now - created).total_seconds()
+    if age < credit_seconds:
+        return None
+    return Stuck("Pod", str(meta.get("name")), WARM_UP_EXPIRED, f"not Ready {age:.0f}s after creation")
+
+
 def deployment_cause(dep: Mapping[str, Any]) -> Stuck | None:
     """A pool Deployment the Deployment controller reports as failing, or None."""
     name = str((dep.get("metadata") or {}).get("name"))
