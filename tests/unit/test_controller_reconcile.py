@@ -410,3 +410,35 @@ def test_one_at_a_time_roll_keeps_the_borrowed_replica_until_the_new_pod_is_read
     )
     applied = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
     assert applied["chat-l40s"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_only_a_resource_short_of_gpus_waits_for_freed_ones() -> None:
+    """#10 item 7: a pod exit re-runs the resources whose decision freed GPUs could change, not all."""
+    placed = converge(Observed(qwd=qwd(replicas=2), nodes=NODES))
+    assert compute(placed, CATALOG, now="T").wants_gpus is False
+    short = Observed(qwd=qwd(replicas=9, placement={"gpuTypes": ["L40S"]}), nodes=NODES)  # 1 L40S GPU for 9
+    out = compute(short, CATALOG, now="T")
+    assert out.plan is not None and out.plan.unplaced > 0
+    assert out.wants_gpus is True
+
+
+def test_a_pod_exit_triggers_its_owner_and_the_resources_waiting_for_gpus_only() -> None:
+    import asyncio
+
+    from qwen_operator.controller.handlers import Controller
+
+    ctl = Controller(kube=None, catalog=CATALOG)  # type: ignore[arg-type]  # this path makes no API call
+    keys = [("llm", n) for n in ("owner", "waiting", "settled")]
+    for k in keys:
+        ctl.triggers[k] = asyncio.Event()
+    ctl.wants_gpus = {("llm", "waiting")}
+    pod = {
+        "metadata": {"namespace": "llm", "name": "owner-l40s-1", "labels": {"serving.qwenops.io/deployment": "owner"}},
+        "spec": {"nodeName": "l0"},
+        "status": {"phase": "Running"},
+    }
+    ctl.on_pod("ADDED", pod)
+    for k in keys:
+        ctl.triggers[k].clear()
+    ctl.on_pod("DELETED", pod)
+    assert {k[1] for k in keys if ctl.triggers[k].is_set()} == {"owner", "waiting"}

@@ -77,6 +77,8 @@ class Controller:
     # a canary timeout recorded in status.model: (resourceVersion it was computed from, what was written)
     model_written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
     reconciles: int = 0
+    # resources whose last decision could change when GPUs are freed (Outcome.wants_gpus)
+    wants_gpus: set[Key] = field(default_factory=set)
     started_at: float = field(default_factory=time.monotonic)
     autoscaler: Any = None  # controller.autoscaler.Autoscaler, set by the CLI when wiring
     versions: Any = None  # controller.versions.VersionWatcher, set by the CLI when wiring
@@ -96,6 +98,7 @@ class Controller:
         if event_type == "DELETED":
             self.qwds.pop(key, None)
             self.last_status.pop(key, None)
+            self.wants_gpus.discard(key)
             task = self.tasks.pop(key, None)
             self.triggers.pop(key, None)
             if task is not None:
@@ -152,7 +155,12 @@ class Controller:
             self.poke_versions((key[0], owner))
         if event_type == "DELETED" or body.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             if self.pods.pop(key, None) is not None:
-                self.trigger_all()  # GPUs were freed: unplaced replicas may fit now
+                # GPUs were freed: only resources waiting for GPUs (and the pod's owner) can decide
+                # differently, so only they reconcile now (a pod exit used to re-run every resource)
+                for waiting in list(self.wants_gpus):
+                    self.trigger(waiting)
+                if owner:
+                    self.trigger((key[0], owner))
             return
         before = self.pods.get(key)
         # our own pods are kept while still unscheduled too: an Unschedulable one is reported in Degraded
@@ -258,6 +266,10 @@ class Controller:
             obs = with_watcher_status(obs, written[1])
             self.model_written[key] = written
         out = compute(obs, self.catalog)
+        if out.wants_gpus:
+            self.wants_gpus.add(key)
+        else:
+            self.wants_gpus.discard(key)
         if out.model_status is not None:  # first: a crash after it still finds the canary rolled back
             try:
                 # only over the status this decision read: a smoke result the version watcher

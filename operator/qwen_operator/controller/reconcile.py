@@ -50,7 +50,7 @@ from ..render.names import (
     pool_selector,
     selector_string,
 )
-from ..render.workload import NO_SURGE_ROLLING_UPDATE, OperatorDefaults, RenderContext
+from ..render.workload import NO_SURGE_ROLLING_UPDATE, OperatorDefaults, RenderContext, cache_path_problem
 from . import conditions as cond
 from . import failures
 from .createonce import waiting_conditions
@@ -74,6 +74,7 @@ from .rollout import (
 from .routing import is_router, pool_capacity, router_not_ready, stale_objects
 
 HASH_ANNOTATION = "serving.qwenops.io/applied-hash"
+CACHE_PATH_NOT_ALLOWED = "CachePathNotAllowed"
 __all__ = ["GPU_TYPE_ANNOTATION", "HASH_ANNOTATION", "Event", "Observed", "Outcome", "compute", "with_watcher_status"]
 
 
@@ -99,6 +100,10 @@ class Outcome:
     # applies that revert drift (hash unchanged, live fields differ): (kind, name) -> the live
     # resourceVersion the drift was seen at, so a reconcile racing its own watch event skips them
     drifted: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    # whether GPUs freed elsewhere could change this decision: replicas left unplaced, a roll
+    # waiting for surge room or borrowing it, or the autoscaler's pools spilled over. A pod
+    # exit re-runs only such resources (and the pod's owner); the periodic resync covers the rest
+    wants_gpus: bool = True
 
     @property
     def writes(self) -> int:
@@ -251,6 +256,16 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
             ],
             {},
         )
+    cache_problem = cache_path_problem(spec, obs.defaults)  # the admin's allowlist: no pods outside it
+    if cache_problem is not None:
+        return finish(
+            [
+                cond.Condition(cond.DEGRADED, True, CACHE_PATH_NOT_ALLOWED, cache_problem),
+                cond.Condition(cond.READY, False, CACHE_PATH_NOT_ALLOWED, cache_problem),
+                cond.Condition(cond.PROGRESSING, False, CACHE_PATH_NOT_ALLOWED, "Waiting for an allowed cache path."),
+            ],
+            {},
+        )
 
     pool_deps = [d for d in obs.deployments if not is_canary(d) and not is_router(d)]
     live_by_type = {_gpu_type(d): d for d in pool_deps}
@@ -262,6 +277,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     desired = spec.desired_replicas(autoscaler.get("desiredReplicas"))
     free = {t: inventory.free_per_node.get(t, []) for t in catalog.gpus}
     the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=current)
+    spilled = False
     if spec.scaling.enabled and autoscaler.get("desiredPools"):
         # the autoscaler placed its decision per pool (autoscale.loop): start from those counts as far
         # as free GPUs allow now, and let the planner spill over only what no longer fits
@@ -269,6 +285,9 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
         shards = {c.gpu_type: c.shards for c in the_plan.candidates if c.fits}
         start, free = pool_targets(wanted, current, free, shards)
         the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=start)
+        spilled = {t: n for t, n in wanted.items() if n} != {
+            p.gpu_type: p.replicas for p in the_plan.pools if p.replicas
+        }
     out.plan = the_plan
     model = ModelState.from_status(live_status)
     timeout = spec.rollout.canary_timeout_seconds
@@ -296,6 +315,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
         the_plan, live_by_type, target_version, spec.rollout.max_surge, inventory, catalog, old_pods
     )
     out.plan = the_plan
+    out.wants_gpus = bool(the_plan.unplaced) or bool(blocked) or spilled
     no_surge = blocked if borrowed and borrow_ready else []
     if blocked:
         out.events.extend(_surge_events(blocked, borrowed, live_by_type, target_version))
