@@ -38,7 +38,7 @@ FULL: dict[str, Any] = {
     "podAnnotations": {"sidecar.istio.io/inject": "false", "team": "ml"},
     "prometheus": {"url": "http://prometheus.monitoring:9090"},
     "registry": {"endpointURL": "http://minio.storage:9000", "region": "eu-west-1", "credentialsSecret": "reg-creds"},
-    "nodeCache": {"path": "/mnt/nvme/models"},
+    "nodeCache": {"path": "/mnt/nvme/models", "allowedPaths": ["/var/lib/qwen-operator/models"]},
     "modelSync": {"intervalSeconds": 7},
 }
 DEFAULTS = controller_config(parse_config(FULL)).defaults
@@ -88,6 +88,7 @@ def test_every_key_is_parsed_into_what_reads_it() -> None:
         registry_region="eu-west-1",
         credentials_secret="reg-creds",
         node_cache_path="/mnt/nvme/models",
+        allowed_cache_paths=("/var/lib/qwen-operator/models",),
     )
     assert cfg.prometheus.url == "http://prometheus.monitoring:9090"
     assert cfg.model_sync.interval_seconds == 7
@@ -180,13 +181,13 @@ def test_the_chart_rejects_what_the_operator_rejects() -> None:
 # -- nodeCache.path ------------------------------------------------------------------------
 def test_node_cache_path_is_the_hostpath_when_the_spec_sets_none() -> None:
     assert make_spec().model.cache.path is None
-    assert host_path(pod_spec(make_spec())) == DEFAULT_CACHE_PATH
-    assert host_path(pod_spec(make_spec(), DEFAULTS)) == "/mnt/nvme/models"
+    assert host_path(pod_spec(make_spec())) == DEFAULT_CACHE_PATH + "/llm"  # per namespace
+    assert host_path(pod_spec(make_spec(), DEFAULTS)) == "/mnt/nvme/models/llm"
 
 
 def test_spec_cache_path_wins_over_node_cache_path() -> None:
     spec = make_spec(cache={"path": "/var/lib/qwen-operator/models"})  # explicit, even if equal to the default
-    assert host_path(pod_spec(spec, DEFAULTS)) == "/var/lib/qwen-operator/models"
+    assert host_path(pod_spec(spec, DEFAULTS)) == "/var/lib/qwen-operator/models/llm"
 
 
 def test_node_cache_path_does_not_touch_a_pvc_cache() -> None:
@@ -260,7 +261,7 @@ def test_the_reconciler_renders_with_the_config_defaults() -> None:
     (dep,) = [m for m in out.apply if m["kind"] == "Deployment" and m["metadata"]["name"] != "chat-router"]
     template_ = dep["spec"]["template"]
     pod = template_["spec"]
-    assert host_path(pod) == "/mnt/nvme/models"
+    assert host_path(pod) == "/mnt/nvme/models/llm"
     assert pull(pod)["image"] == "registry.example/qwen-operator:9.9.9"
     assert pull(pod)["envFrom"] == [{"secretRef": {"name": "reg-creds"}}]
     assert env(pull(pod))["AWS_ENDPOINT_URL"] == "http://minio.storage:9000"
@@ -268,7 +269,7 @@ def test_the_reconciler_renders_with_the_config_defaults() -> None:
     # the same resource without the config renders the built-in defaults: a config change rolls the pods
     plain = compute(Observed(qwd=qwd, nodes=[node]), load_catalog(None))
     (plain_dep,) = [m for m in plain.apply if m["kind"] == "Deployment" and m["metadata"]["name"] != "chat-router"]
-    assert host_path(plain_dep["spec"]["template"]["spec"]) == DEFAULT_CACHE_PATH
+    assert host_path(plain_dep["spec"]["template"]["spec"]) == DEFAULT_CACHE_PATH + "/llm"
 
 
 # -- the version watcher's registry client -------------------------------------------------

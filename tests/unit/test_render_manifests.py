@@ -85,7 +85,11 @@ def test_probes_volumes_and_security() -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # model load + warm-up budget
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["shm"]["emptyDir"]["medium"] == "Memory"
-    assert volumes["model-cache"]["hostPath"] == {"path": "/var/lib/qwen-operator/models", "type": "DirectoryOrCreate"}
+    # one directory per namespace: a tenant never reads another namespace's models
+    assert volumes["model-cache"]["hostPath"] == {
+        "path": "/var/lib/qwen-operator/models/llm",
+        "type": "DirectoryOrCreate",
+    }
     mounts = {m["name"]: m for m in tgi["volumeMounts"]}
     assert mounts["model-cache"] == {"name": "model-cache", "mountPath": "/models", "readOnly": True}
     assert mounts["shm"]["mountPath"] == "/dev/shm"
@@ -114,7 +118,10 @@ def test_model_pull_init_container_contract() -> None:
         "llm.chat",
     ]
     assert pull["envFrom"] == [{"secretRef": {"name": "creds"}}]
-    assert pull["volumeMounts"] == [{"name": "model-cache", "mountPath": "/models"}]  # read-write
+    assert pull["volumeMounts"] == [  # the cache read-write; /tmp for a read-only root filesystem
+        {"name": "model-cache", "mountPath": "/models"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
 
 
 def test_resolved_version_and_custom_image_win() -> None:

@@ -30,12 +30,27 @@ the policy then holds, and the controller reports ``ScalingActive=False``. The c
 synchronous; call :meth:`PrometheusSource.fetch` from a worker thread (the controller uses its
 bounded ``executors.METRICS`` pool). Each request is bounded by ``timeout`` and never retried
 after a read timeout, and the first failed query ends the fetch.
+
+Prometheus as users run it (:class:`Connection`, from the operator config ``prometheus.*``):
+TLS is verified by default (the system trust store, or ``tls.caFile``), with an explicit
+``tls.insecureSkipVerify`` opt-out and an optional client certificate; a bearer token or
+basic auth password is read from a file (a mounted Secret, re-read on every request so a
+rotated token is picked up) or from the environment; custom headers (e.g. a Mimir / Cortex
+``X-Scope-OrgID``) go with every request. Credentials never leave this module in text: every
+URL shown is :func:`redact_url` (no userinfo, no query values) and every error message is
+scrubbed of the secrets in use before it reaches a condition, status, Event or log line.
 """
 
 from __future__ import annotations
 
+import base64
 import math
+import os
+import re
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..engines.runtimes import MetricNames
@@ -130,18 +145,225 @@ def _scalar(result: list[dict[str, Any]]) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else value
 
 
+#: Environment variables read when the config names no file (``operator.extraEnv`` from a Secret).
+TOKEN_ENV = "QWEN_OPERATOR_PROMETHEUS_TOKEN"
+PASSWORD_ENV = "QWEN_OPERATOR_PROMETHEUS_PASSWORD"
+REDACTED = "xxxxx"
+#: header names whose values are treated as secrets (scrubbed from messages like credentials)
+_SECRET_HEADER_WORDS = ("auth", "token", "key", "secret", "cookie", "password", "session")
+
+
+class SettingsError(ValueError):
+    """The Prometheus connection settings are inconsistent (the message names the keys, never a value)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown: userinfo replaced (``https://xxxxx@host/``), every query value
+    replaced, no fragment. Prometheus users put credentials in both places."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparseable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = (f"{REDACTED}@" if "@" in parts.netloc else "") + host + (f":{port}" if port else "")
+    query = "&".join(f"{k}={REDACTED}" for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach Prometheus: the operator config ``prometheus.*`` (see packaging/values.py).
+
+    Secrets are referenced, never held in the config: ``bearer_token_file`` / ``password_file``
+    (read on every request), else ``$QWEN_OPERATOR_PROMETHEUS_TOKEN`` / ``..._PASSWORD``. A
+    ``user:password@`` in ``url`` is basic auth too (stripped from the URL before any request)."""
+
+    url: str
+    ca_file: str | None = None  # PEM bundle to verify the server with (default: the system trust store)
+    cert_file: str | None = None  # client certificate (mutual TLS) ...
+    key_file: str | None = None  # ... and its key
+    insecure_skip_verify: bool = False  # explicit opt-out of server certificate verification
+    bearer_token_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    environ: Mapping[str, str] | None = field(default=None, repr=False, compare=False)  # None: os.environ
+
+    def _env(self, name: str) -> str | None:
+        return ((os.environ if self.environ is None else self.environ).get(name) or "").strip() or None
+
+    def _userinfo(self) -> tuple[str | None, str | None]:
+        parts = urllib.parse.urlsplit(self.url)
+        user = urllib.parse.unquote(parts.username) if parts.username else None
+        password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+        return user, password
+
+    @property
+    def base_url(self) -> str:
+        """``url`` without userinfo: what requests go to."""
+        parts = urllib.parse.urlsplit(self.url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+    def auth_kind(self) -> str | None:
+        """``bearer``, ``basic`` or None; raises :class:`SettingsError` when more than one is set."""
+        url_user, url_password = self._userinfo()
+        bearer = bool(self.bearer_token_file or self._env(TOKEN_ENV))
+        basic_password = bool(self.password_file or self._env(PASSWORD_ENV))
+        if url_user and (self.username or basic_password):
+            raise SettingsError("prometheus.url carries user:password and prometheus.basicAuth is set: choose one")
+        if bearer and (url_user or self.username or basic_password):
+            raise SettingsError(
+                "prometheus: a bearer token (prometheus.bearerTokenFile or $"
+                + TOKEN_ENV
+                + ") and basic auth (prometheus.basicAuth or user:password in prometheus.url) are both set: "
+                "choose one (both use the Authorization header)"
+            )
+        if self.username and not basic_password:
+            raise SettingsError(
+                "prometheus.basicAuth.username is set without a password "
+                f"(prometheus.basicAuth.passwordFile or ${PASSWORD_ENV})"
+            )
+        if bool(self.cert_file) != bool(self.key_file):
+            raise SettingsError("prometheus.tls.certFile and prometheus.tls.keyFile go together")
+        if self.insecure_skip_verify and self.ca_file:
+            raise SettingsError("prometheus.tls.caFile and prometheus.tls.insecureSkipVerify: choose one")
+        if urllib.parse.urlsplit(self.url).query:
+            raise SettingsError(
+                "prometheus.url: a query string is not supported (put a token in prometheus.bearerTokenFile "
+                "or prometheus.headers)"
+            )
+        if bearer:
+            return "bearer"
+        if url_user or self.username:
+            return "basic"
+        return None
+
+    def describe(self) -> str:
+        """One log-safe line: where, how TLS is checked, which credential kind from where (no values)."""
+        scheme = urllib.parse.urlsplit(self.url).scheme
+        if scheme != "https":
+            tls = "plain HTTP"
+        elif self.insecure_skip_verify:
+            tls = "TLS NOT verified (insecureSkipVerify)"
+        else:
+            tls = f"TLS verified with {self.ca_file}" if self.ca_file else "TLS verified with the system trust store"
+        if self.cert_file:
+            tls += ", client certificate " + self.cert_file
+        kind = self.auth_kind()
+        if kind == "bearer":
+            auth = f"bearer token from {self.bearer_token_file or '$' + TOKEN_ENV}"
+        elif kind == "basic":
+            url_user, _ = self._userinfo()
+            auth = "basic auth from " + (
+                "the URL's userinfo" if url_user else (self.password_file or "$" + PASSWORD_ENV)
+            )
+        else:
+            auth = "no credentials"
+        headers = f", headers {', '.join(k for k, _ in self.headers)}" if self.headers else ""
+        return f"{self.display_url} ({tls}; {auth}{headers})"
+
+    def _read(self, path: str | None, env: str) -> str | None:
+        if path:
+            try:
+                return Path(path).read_text().strip() or None
+            except OSError as exc:
+                # the path is config, not a secret; the error names the file only
+                raise OSError(f"cannot read {path}: {exc.strerror}") from None
+        return self._env(env)
+
+    def credentials(self) -> tuple[str | None, tuple[str, str] | None]:
+        """(bearer token, (user, password)) as of now: files are re-read on every call."""
+        kind = self.auth_kind()
+        if kind == "bearer":
+            token = self._read(self.bearer_token_file, TOKEN_ENV)
+            if token is None:
+                raise OSError(f"the bearer token ({self.bearer_token_file or '$' + TOKEN_ENV}) is empty")
+            return token, None
+        if kind == "basic":
+            url_user, url_password = self._userinfo()
+            if url_user:
+                return None, (url_user, url_password or "")
+            return None, (self.username or "", self._read(self.password_file, PASSWORD_ENV) or "")
+        return None, None
+
+    def secrets(self) -> Iterator[str]:
+        """Every secret value in use, in the forms it could appear in a message."""
+        _, url_password = self._userinfo()
+        raw_userinfo = urllib.parse.urlsplit(self.url).netloc.rpartition("@")[0]
+        values = [url_password, raw_userinfo.partition(":")[2] if raw_userinfo else None]
+        try:
+            token, basic = self.credentials()
+        except (OSError, SettingsError):
+            token, basic = None, None
+        values.append(token)
+        if basic is not None:
+            values.append(basic[1])
+            values.append(base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode())
+        values += [v for k, v in self.headers if any(w in k.lower() for w in _SECRET_HEADER_WORDS)]
+        for v in values:
+            if v and len(v) >= 3:
+                yield v
+                yield urllib.parse.quote(v, safe="")
+
+    def scrub(self, text: str) -> str:
+        for secret in sorted(set(self.secrets()), key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
+
+
+class _Auth:
+    """``requests`` auth that reads the credential on every request (rotated tokens keep working)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def __call__(self, request: Any) -> Any:
+        token, basic = self.connection.credentials()
+        if token is not None:
+            request.headers["Authorization"] = f"Bearer {token}"
+        elif basic is not None:
+            encoded = base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+            request.headers["Authorization"] = f"Basic {encoded}"
+        return request
+
+
 class PrometheusSource:
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    connection: Connection | None = None
+
+    def __init__(self, url: str | Connection, timeout: float = 5.0) -> None:
+        import requests
         from prometheus_api_client import PrometheusConnect
         from urllib3.util.retry import Retry
 
-        self.url = url
+        connection = url if isinstance(url, Connection) else Connection(url)
+        connection.auth_kind()  # inconsistent settings fail here, at start
+        self.connection = connection
+        self.url = connection.display_url  # shown in messages: never the credentials
         self.timeout = timeout
         # ``timeout`` bounds each request (connect and read); the client's default Retry would
         # repeat a read timeout 3 times with backoff, holding a worker thread for ~20 s per query
         # on a hung Prometheus. One fast reconnect only: a tick that cannot read just holds.
         retry = Retry(total=1, connect=1, read=0, status=0, other=0, backoff_factor=0)
-        self._prom = PrometheusConnect(url=url, disable_ssl=True, timeout=int(math.ceil(timeout)), retry=retry)
+        session = requests.Session()
+        session.verify = False if connection.insecure_skip_verify else (connection.ca_file or True)
+        if connection.cert_file:
+            session.cert = (connection.cert_file, connection.key_file or "")
+        self._prom = PrometheusConnect(
+            url=connection.base_url,
+            headers=dict(connection.headers) or None,
+            auth=_Auth(connection),  # requests takes any callable as auth
+            session=session,
+            timeout=int(math.ceil(timeout)),
+            retry=retry,
+        )
 
     def _query(self, promql: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._prom.custom_query(promql, params={"timeout": duration(self.timeout)})
@@ -173,7 +395,10 @@ class PrometheusSource:
                     r_p95 = _scalar(self._query(rq["p95"]))
                     r_rate = _scalar(self._query(rq["rate"]))
         except Exception as exc:  # noqa: BLE001 - any failure means "no signal": hold
-            return FleetSignals(error=f"Prometheus at {self.url} could not be queried: {_short(exc)}")
+            detail = _short(exc)
+            if self.connection is not None:
+                detail = self.connection.scrub(detail)
+            return FleetSignals(error=f"Prometheus at {self.url} could not be queried: {detail}")
         per_pod = {}
         for row in per_pod_raw:
             v = float(row["value"][1])
@@ -193,5 +418,6 @@ class PrometheusSource:
 
 
 def _short(exc: Exception) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    # urllib3 names the whole query URL before the cause (e.g. the TLS verification failure): drop the query
+    text = re.sub(r"(with url: [^?\s]*)\?\S*", r"\1", f"{type(exc).__name__}: {exc}")
     return text if len(text) < 300 else text[:297] + "..."

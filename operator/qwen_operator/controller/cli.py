@@ -19,6 +19,7 @@ from ..cli import UserError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ..autoscale.prometheus import Connection as PrometheusConnection
     from ..modelsync.registry import Registry
     from ..packaging.values import OperatorConfig
     from .handlers import Controller, ControllerConfig
@@ -175,7 +176,8 @@ def _known_keys(model: Any, path: tuple[Any, ...]) -> list[str]:
 
 def controller_config(cfg: OperatorConfig, resync_seconds: float | None = None) -> ControllerConfig:
     """What the reconciler takes from the config: ``resyncSeconds`` (the flag wins), ``operatorImage``,
-    ``podAnnotations``, and ``registry.*`` / ``nodeCache.path`` as defaults for unset spec fields."""
+    ``podAnnotations``, and ``registry.*`` / ``nodeCache.path`` as defaults for unset spec fields, and
+    ``nodeCache.allowedPaths``: the cache directories a resource may name besides ``nodeCache.path``."""
     from ..render.workload import OperatorDefaults
     from .handlers import ControllerConfig
 
@@ -188,6 +190,7 @@ def controller_config(cfg: OperatorConfig, resync_seconds: float | None = None) 
             registry_region=cfg.registry.region or None,
             credentials_secret=cfg.registry.credentials_secret or None,
             node_cache_path=cfg.node_cache.path,
+            allowed_cache_paths=tuple(cfg.node_cache.allowed_paths),
         ),
     )
 
@@ -215,6 +218,8 @@ def _run(args: argparse.Namespace) -> int:
         catalog = load_catalog({"catalog": raw.get("catalog") or {}})
     except CatalogError as exc:
         raise UserError(f"operator config: {exc}") from None
+    if args.prometheus_url or cfg.prometheus.url:
+        prometheus_connection(cfg, args.prometheus_url)  # inconsistent auth / TLS settings stop here
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = str(args.kubeconfig)
     try:
@@ -375,7 +380,10 @@ def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any)
     if prom_url:
         from ..autoscale.prometheus import PrometheusSource
 
-        fetch = PrometheusSource(prom_url).fetch
+        connection = prometheus_connection(cfg, prom_url)
+        fetch = PrometheusSource(connection).fetch
+        logging.getLogger("qwen_operator").info("autoscaling reads Prometheus at %s", connection.describe())
+        prom_url = connection.display_url  # the autoscaler keeps it for messages: no credentials
     controller.autoscaler = Autoscaler(controller.kube, catalog, fetch, controller.observed_or_none, prom_url)
     controller.versions = VersionWatcher(
         controller.kube,
@@ -422,6 +430,30 @@ def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any)
 
     register(registry, controller)
     return registry, controller
+
+
+def prometheus_connection(cfg: OperatorConfig, url: str | None = None) -> PrometheusConnection:
+    """The autoscaler's Prometheus connection from ``prometheus.*`` (``url``: the --prometheus-url flag, which
+    wins over ``prometheus.url``); inconsistent settings are a one-line error naming the keys, never a value."""
+    from ..autoscale.prometheus import Connection, SettingsError
+
+    p = cfg.prometheus
+    connection = Connection(
+        url=url or p.url,
+        ca_file=p.tls.ca_file or None,
+        cert_file=p.tls.cert_file or None,
+        key_file=p.tls.key_file or None,
+        insecure_skip_verify=p.tls.insecure_skip_verify,
+        bearer_token_file=p.bearer_token_file or None,
+        username=p.basic_auth.username or None,
+        password_file=p.basic_auth.password_file or None,
+        headers=tuple(sorted(p.headers.items())),
+    )
+    try:
+        connection.auth_kind()
+    except SettingsError as exc:
+        raise UserError(str(exc)) from None
+    return connection
 
 
 def registry_factory(cfg: OperatorConfig) -> Callable[[str], Registry]:

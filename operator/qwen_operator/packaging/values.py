@@ -220,13 +220,61 @@ class Catalog(_Values):
     """Models by catalog name, e.g. Qwen/Qwen3-14B."""
 
 
+ABSOLUTE_PATH_OR_EMPTY = r"^(/[^\s]*)?$"
+# an HTTP header name (RFC 9110 token)
+HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+
+class PrometheusTLS(_Values):
+    """How the operator checks Prometheus's TLS certificate (https URLs). Verified by default."""
+
+    ca_file: str = Field(default="", pattern=ABSOLUTE_PATH_OR_EMPTY, max_length=512)
+    """PEM CA bundle the server certificate is verified with (e.g.
+    /var/run/secrets/qwen-operator/prometheus/ca.crt from prometheusSecret); empty: the image's system trust
+    store."""
+    cert_file: str = Field(default="", pattern=ABSOLUTE_PATH_OR_EMPTY, max_length=512)
+    """Client certificate (PEM) for mutual TLS; needs keyFile."""
+    key_file: str = Field(default="", pattern=ABSOLUTE_PATH_OR_EMPTY, max_length=512)
+    """Client certificate key (PEM) for mutual TLS; needs certFile."""
+    insecure_skip_verify: bool = False
+    """Do not verify the server certificate at all (anyone on the path can read the credentials and forge
+    metrics). An explicit opt-out for test clusters; never combined with caFile."""
+
+
+class PrometheusBasicAuth(_Values):
+    """HTTP basic auth towards Prometheus (or a proxy in front of it). Exclusive with bearerTokenFile."""
+
+    username: str = Field(default="", max_length=256)
+    """User name (not a secret)."""
+    password_file: str = Field(default="", pattern=ABSOLUTE_PATH_OR_EMPTY, max_length=512)
+    """File holding the password, re-read on every request (e.g.
+    /var/run/secrets/qwen-operator/prometheus/password from prometheusSecret); empty:
+    $QWEN_OPERATOR_PROMETHEUS_PASSWORD (operator.extraEnv from a Secret)."""
+
+
 class PrometheusConfig(_Values):
-    """Where queue depth and latency metrics are read from."""
+    """Where queue depth and latency metrics are read from, and how to authenticate. Credentials are only ever
+    referenced (files from a mounted Secret, or environment variables), never written here; they never appear
+    in conditions, status, Events or logs (URLs are shown without userinfo and query values)."""
 
     url: str = Field(default="", pattern=r"^(https?://[^\s]+)?$")
     """Prometheus base URL the autoscaler queries for queue depth and the latency SLO histogram (TGI:
     tgi_queue_size, tgi_request_queue_duration); the --prometheus-url flag wins. Empty: autoscaling holds
-    replicas, it never scales on missing metrics."""
+    replicas, it never scales on missing metrics. A user:password@ in it is basic auth (prefer
+    basicAuth.passwordFile: a ConfigMap is not a Secret); a query string is refused."""
+    tls: PrometheusTLS = Field(default_factory=PrometheusTLS)
+    bearer_token_file: str = Field(default="", pattern=ABSOLUTE_PATH_OR_EMPTY, max_length=512)
+    """File holding a bearer token sent as Authorization: Bearer, re-read on every request so a rotated token
+    (e.g. a projected ServiceAccount token for kube-rbac-proxy / OpenShift's Thanos querier) keeps working.
+    Empty: $QWEN_OPERATOR_PROMETHEUS_TOKEN if set, else no token."""
+    basic_auth: PrometheusBasicAuth = Field(default_factory=PrometheusBasicAuth)
+    headers: dict[Annotated[str, Field(pattern=HEADER_NAME, max_length=256)], str] = Field(
+        default_factory=dict,
+        json_schema_extra={"additionalProperties": False},
+    )
+    """Extra HTTP headers on every query, e.g. X-Scope-OrgID for a Mimir, Cortex or Thanos tenant. Values
+    are config, not secrets (those of headers named like *auth*, *token*, *key* are still scrubbed from
+    messages); put credentials in bearerTokenFile or basicAuth."""
 
 
 class RegistryDefaults(_Values):
@@ -252,9 +300,15 @@ class NodeCache(_Values):
     """The node-local model cache."""
 
     path: str = Field(default=DEFAULT_CACHE_PATH, pattern=r"^/", max_length=512)
-    """Node directory of the hostPath model cache (the model-pull init container fills it, the server reads it)
-    for QwenDeployments that do not set spec.model.cache.path. Resources created while the CRD still defaulted
-    that field to /var/lib/qwen-operator/models keep it explicitly."""
+    """Node directory of the hostPath model cache (the model-pull init container fills <path>/<namespace>, the
+    server reads it) for QwenDeployments that do not set spec.model.cache.path. Resources created while the CRD
+    still defaulted that field to /var/lib/qwen-operator/models keep it explicitly (allow it in allowedPaths
+    if this path differs)."""
+    allowed_paths: list[Annotated[str, Field(pattern=r"^/[^\s]*$", max_length=512)]] = Field(default_factory=list)
+    """Further node directories a QwenDeployment may name in spec.model.cache.path (path above is always
+    allowed). A resource naming any other directory gets Degraded=True, reason CachePathNotAllowed, and no
+    pods: tenants who may create QwenDeployments cannot mount arbitrary node directories. Each namespace gets
+    its own subdirectory <path>/<namespace>, so no tenant reads another namespace's models."""
 
 
 class ModelSyncConfig(_Values):
@@ -359,6 +413,11 @@ class Values(_Values):
     leader and its standby together: preferred (a soft rule), required, or none. Used only while
     `affinity` is empty."""
     config: OperatorConfig = Field(default_factory=OperatorConfig)
+    prometheus_secret: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$", max_length=253)
+    """Secret in the release namespace mounted read-only into the operator at
+    /var/run/secrets/qwen-operator/prometheus (each key a file): point config.prometheus.bearerTokenFile,
+    basicAuth.passwordFile and tls.caFile / certFile / keyFile at its files. Files are re-read on every
+    query, so a rotated Secret needs no restart. Empty: nothing is mounted."""
     resources: dict[str, Any] = Field(
         default_factory=lambda: {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
     )

@@ -11,16 +11,23 @@ Pod shape, and why:
   startup probe with a 30-minute budget guards readiness and liveness on ``/health``.
 - ``terminationGracePeriodSeconds`` 120 (TGI drains for up to 90 s).
 - Restricted pod security (non-root, no privilege escalation, all capabilities dropped,
-  RuntimeDefault seccomp). A hostPath cache is created root-owned, so with a hostPath the
-  model-pull container alone runs as root (still without capabilities or escalation);
-  hostPath volumes need a namespace at the "privileged" Pod Security level anyway.
+  RuntimeDefault seccomp, read-only root filesystems: HOME, HF_HOME and every engine cache
+  live under the ``/tmp`` emptyDir), and no ServiceAccount token (the servers never call the
+  API). With a PVC cache the pod passes the ``restricted`` Pod Security level. A hostPath
+  cache is created root-owned by the kubelet, so with a hostPath the model-pull container
+  alone runs as root (still without capabilities or escalation); hostPath volumes are
+  forbidden by the ``baseline`` level, so that mode needs a ``privileged`` namespace.
+- Multi-tenancy: the node directory comes from the admin's allowlist (``nodeCache.path`` /
+  ``nodeCache.allowedPaths``, :func:`cache_path_problem`; the reconciler refuses any other
+  with ``CachePathNotAllowed``) and each namespace mounts its own ``<path>/<namespace>``.
 - RollingUpdate with ``maxUnavailable: 0``: capacity never drops during a version roll;
   the model version is a pod template label and annotation, so a new version rolls pods.
 
 Operator-config defaults (:class:`OperatorDefaults`) fill what a resource leaves unset, and
 the resource always wins:
 
-- the hostPath cache directory: ``spec.model.cache.path``, else ``nodeCache.path``;
+- the hostPath cache directory: ``spec.model.cache.path``, else ``nodeCache.path`` (plus
+  ``/<namespace>``);
 - the model-pull ``envFrom`` Secret: ``spec.model.credentialsSecret``, else
   ``registry.credentialsSecret``, else none;
 - ``AWS_ENDPOINT_URL`` (``registry.endpointURL``) and ``AWS_REGION`` / ``AWS_DEFAULT_REGION``
@@ -34,6 +41,7 @@ the resource always wins:
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -75,6 +83,12 @@ class OperatorDefaults:
     registry_region: str | None = None  # registry.region -> AWS_REGION and AWS_DEFAULT_REGION of model-pull
     credentials_secret: str | None = None  # registry.credentialsSecret -> envFrom of model-pull
     node_cache_path: str = DEFAULT_CACHE_PATH  # nodeCache.path -> the hostPath cache directory
+    allowed_cache_paths: tuple[str, ...] = ()  # nodeCache.allowedPaths: what spec.model.cache.path may name too
+
+    def allowed_paths(self) -> tuple[str, ...]:
+        """The cache directories a resource may choose among: ``nodeCache.path`` and ``nodeCache.allowedPaths``."""
+        paths = [_normal(self.node_cache_path), *(_normal(p) for p in self.allowed_cache_paths)]
+        return tuple(dict.fromkeys(paths))
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,33 @@ def cache_path(spec: QwenDeploymentSpec, ctx: RenderContext) -> str:
     return spec.model.cache.path or ctx.defaults.node_cache_path
 
 
+def _normal(path: str) -> str:
+    return path.rstrip("/") or "/"
+
+
+def namespace_cache_dir(spec: QwenDeploymentSpec, ctx: RenderContext) -> str:
+    """The node directory the pods mount: ``<cache path>/<namespace>``, so a tenant never reads (or poisons)
+    another namespace's models on a shared node. A namespace name is a DNS label: never ``..`` or a ``/``."""
+    return f"{_normal(cache_path(spec, ctx)).rstrip('/')}/{ctx.namespace}"
+
+
+def cache_path_problem(spec: QwenDeploymentSpec, defaults: OperatorDefaults) -> str | None:
+    """Why ``spec.model.cache.path`` may not be used (None: allowed). Only the cluster admin's directories
+    (operator config ``nodeCache.path`` / ``nodeCache.allowedPaths``) may be mounted from the node; the
+    admission webhook cannot know them, so the reconciler reports this as a condition."""
+    path = spec.model.cache.path
+    if spec.model.cache.type != "hostPath" or path is None:
+        return None
+    allowed = defaults.allowed_paths()
+    if _normal(path) in allowed and posixpath.normpath(path) == _normal(path):
+        return None
+    return (
+        f"spec.model.cache.path: {path} is not an allowed node cache directory; the operator config allows "
+        f"{', '.join(allowed)} (nodeCache.path, nodeCache.allowedPaths). Unset it to use {allowed[0]}, "
+        "or ask the cluster admin to allow the directory."
+    )
+
+
 def credentials_secret(spec: QwenDeploymentSpec, ctx: RenderContext) -> str | None:
     """The model-pull Secret: ``spec.model.credentialsSecret``, else the operator's ``registry.credentialsSecret``."""
     return spec.model.credentials_secret or ctx.defaults.credentials_secret or None
@@ -170,12 +211,14 @@ def _cache_volume(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any
     cache = spec.model.cache
     if cache.type == "pvc":
         return {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
-    return {"name": "model-cache", "hostPath": {"path": cache_path(spec, ctx), "type": "DirectoryOrCreate"}}
+    return {"name": "model-cache", "hostPath": {"path": namespace_cache_dir(spec, ctx), "type": "DirectoryOrCreate"}}
 
 
 def _restricted(run_as_root: bool = False) -> dict[str, Any]:
+    # every write goes to a volume (the cache, /tmp with HOME and HF_HOME in it, /dev/shm)
     ctx: dict[str, Any] = {
         "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
@@ -200,7 +243,7 @@ def model_pull_container(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[s
             "--name",
             model_key(ctx),
         ],
-        "volumeMounts": [{"name": "model-cache", "mountPath": MODELS_MOUNT}],
+        "volumeMounts": [{"name": "model-cache", "mountPath": MODELS_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}],
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
         "securityContext": _restricted(run_as_root=spec.model.cache.type == "hostPath"),
     }
@@ -289,6 +332,8 @@ def pool_deployment(spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gp
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "enableServiceLinks": False,
+                    # the servers never call the Kubernetes API: no token for a user-chosen image to read
+                    "automountServiceAccountToken": False,
                     "initContainers": [model_pull_container(spec, ctx)],
                     "containers": [server_container(spec, ctx, pool.shards)],
                     "volumes": [
