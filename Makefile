@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup venv tools controlplane prometheus s3server helm generate test lint types imports unit integration e2e crds check-generated demo bench clean
+.PHONY: setup venv tools controlplane prometheus s3server ociregistry helm generate test lint types imports unit integration e2e crds check-generated demo bench clean
 
 ## setup: virtualenv + editable package with test extras + every tool the tests need
 setup: venv tools
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
-tools: controlplane prometheus s3server helm
+tools: controlplane prometheus s3server ociregistry helm
 
 ## helm: the Helm CLI built from the Go module proxy (cached)
 helm: venv
@@ -28,6 +28,10 @@ helm: venv
 ## s3server: the real S3-compatible object store for model-sync tests (Go module proxy, cached)
 s3server: venv
 	$(PY) -m qwen_operator.modelsync.s3server build
+
+## ociregistry: the real OCI registry (CNCF distribution) for oci:// model-sync tests (Go module proxy, cached)
+ociregistry: venv
+	$(PY) -m qwen_operator.modelsync.ociserver build
 
 ## controlplane: kube-apiserver/controller-manager/scheduler, etcd, kwok from the Go module proxy (cached)
 controlplane: venv
