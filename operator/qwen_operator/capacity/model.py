@@ -16,7 +16,25 @@ The model is a roofline per forward pass:
   compute time of ``2 x params x batch`` FLOPs if that is larger (large batches); plus the
   tensor-parallel all-reduces (2 per layer) over PCIe or NVLink and a fixed per-step cost.
 * **KV capacity**: ``memory x MEMORY_UTILISATION - weights/shard - RUNTIME_OVERHEAD``
-  divided by the KV bytes per token per shard (bf16 KV cache, TGI's default).
+  divided by the KV bytes per token per shard (bf16 KV cache, TGI's default; KV heads
+  replicated by vLLM beyond the model's KV heads count in full on every GPU).
+* **mixture of experts** (Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder): memory holds the
+  **total** parameters (every expert resident); FLOPs per token use the **active** ones
+  (attention + router + top-k experts; :attr:`..catalog.models.QwenModel.active_params`);
+  the weight bytes a forward reads are the non-expert weights plus the experts its tokens
+  hit, ``E x (1 - (1 - k/E)^B)`` per layer for ``B`` tokens
+  (:meth:`..catalog.models.QwenModel.expected_experts_hit`, an upper estimate: uniform,
+  independent routing). So a decode step at batch 1 reads like a ~3B dense model for
+  Qwen3-30B-A3B, and approaches the full 30B as the batch grows. Experts are sharded by
+  tensor parallelism (each GPU holds a slice of every expert), as TGI and vLLM do by
+  default. **Expert parallelism** (vLLM ``--enable-expert-parallel``: whole experts spread
+  over the GPUs, all-to-all instead of all-reduce for the MoE layers; TGI has no such
+  option) is not modelled: memory per GPU is the same, but the slowest GPU reads the most
+  experts hit on it, which this model does not estimate. The planner plans tensor
+  parallelism only.
+* **thinking mode**: Qwen3 with reasoning enabled generates a ``<think>`` block before the
+  answer; :func:`typical_output_tokens` adds :data:`TYPICAL_REASONING_TOKENS` to a typical
+  reply for planning.
 * **cold start**: container + CUDA/NCCL start, weights read from the node-local model
   cache at ``NODE_CACHE_READ_BYTES_PER_S``, then TGI's warm-up (a max-size prefill and
   CUDA-graph capture).
@@ -113,6 +131,16 @@ TGI_MAX_BATCH_PREFILL_TOKENS = 4096
 TGI_MAX_WAITING_TOKENS = 20
 TGI_WAITING_SERVED_RATIO = 1.2
 
+#: Thinking tokens a Qwen3 model with reasoning enabled generates before a typical chat answer,
+#: for planning (:func:`typical_output_tokens`). A planning figure, not a measurement: Qwen3's
+#: model card recommends 32,768 output tokens for "most queries" in thinking mode (a cap for hard
+#: math and code, not a typical length); on hard science questions (GPQA) Qwen3-14B's traces
+#: average ~4,600 tokens (Khalafyan 2025, "Better Thinking or a Bigger Model?"); ordinary chat
+#: turns think far less (a few hundred to ~2,500 tokens for code questions in community
+#: measurements of Qwen3-8B). 1,000 sits at the chat end of that range; a deployment that knows
+#: its traffic states ``spec.scaling.typicalOutputTokens`` with thinking included instead.
+TYPICAL_REASONING_TOKENS = 1000
+
 #: The SLO is a P95 (``spec.scaling.p95LatencySeconds``).
 SLO_QUANTILE = 0.95
 #: :meth:`ReplicaModel.slo_capacity` keeps the *mean* requests in flight at or below this
@@ -128,6 +156,23 @@ ADMISSION_HEADROOM = 0.5
 def _fp8_compute(gpu: GPUType, quantization: str) -> bool:
     """FP8 tensor cores are used only on Ada/Hopper; Ampere runs fp8 weights through Marlin in bf16."""
     return quantization == "fp8" and gpu.fp8_native
+
+
+def typical_output_tokens(model: QwenModel, visible_tokens: int, reasoning: bool | None) -> int:
+    """Tokens a typical reply generates: the visible answer plus, when thinking is on and the
+    model has Qwen3's thinking mode, :data:`TYPICAL_REASONING_TOKENS` of reasoning.
+
+    ``reasoning``: ``spec.runtime.reasoning == "enabled"``; None means "not stated": the visible
+    figure is taken as the whole reply (what the planner did before thinking mode was counted).
+    """
+    if reasoning and model.thinking:
+        return visible_tokens + TYPICAL_REASONING_TOKENS
+    return visible_tokens
+
+
+def supports_kv_replication(engine: str) -> bool:
+    """vLLM replicates KV heads when the tensor-parallel degree exceeds them; TGI cannot."""
+    return engine == "vllm"
 
 
 @dataclass(frozen=True)
@@ -147,6 +192,7 @@ class ReplicaModel:
     max_total_tokens: int = 16384
     max_batch_prefill_tokens: int = TGI_MAX_BATCH_PREFILL_TOKENS
     max_batch_size: int | None = None
+    engine: str = "tgi"  # only which tensor-parallel degrees are valid depends on it (KV replication)
 
     @classmethod
     def build(
@@ -157,18 +203,33 @@ class ReplicaModel:
         quantization: str = "none",
         **limits: int | None,
     ) -> ReplicaModel:
-        """Look ``model`` and ``gpu`` up in the default catalogs (aliases accepted)."""
+        """Look ``model`` and ``gpu`` up in the default catalogs (aliases accepted); a TGI replica
+        (:meth:`build_for` names the engine)."""
+        return cls.build_for("tgi", model, gpu, shards, quantization, **limits)
+
+    @classmethod
+    def build_for(
+        cls, engine: str, model: str, gpu: str, shards: int = 1, quantization: str = "none", **limits: int | None
+    ) -> ReplicaModel:
+        """:meth:`build` for ``engine`` (tgi or vllm: only the valid tensor-parallel degrees differ)."""
         m = DEFAULT_MODELS[resolve_model_name(model)]
         g = DEFAULT_GPUS[resolve_gpu_name(gpu)]
-        return cls(m, g, shards, quantization, **limits)  # type: ignore[arg-type]
+        return cls(m, g, shards, quantization, engine=engine, **limits)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
-        if self.shards not in self.model.valid_shards(max_shards=self.gpu.max_gpus_per_node):
+        valid = self.model.valid_shards(self.gpu.max_gpus_per_node, supports_kv_replication(self.engine))
+        if self.shards not in valid:
             raise ValueError(
-                f"shards={self.shards} is not valid for {self.model.name} on {self.gpu.name}: "
-                f"accepted {self.model.valid_shards(self.gpu.max_gpus_per_node)}"
+                f"shards={self.shards} is not valid for {self.model.name} on {self.gpu.name} "
+                f"({self.engine}): accepted {valid}"
             )
         self.model.weight_bytes(self.quantization)  # validates the quantization name
+        # decode-step weight reads, precomputed for decode_weight_seconds (the engine's inner loop)
+        bpp = BYTES_PER_PARAM[self.quantization]
+        experts = self.model.routed_expert_params
+        fixed = ((self._body_params - experts) * bpp + self._lm_head_params * 2.0) / self.shards
+        object.__setattr__(self, "_read_fixed", fixed)
+        object.__setattr__(self, "_read_per_expert", self.model.layers * self.model.expert_params * bpp / self.shards)
         if self.kv_capacity_tokens < self.max_total_tokens:
             raise ValueError(
                 f"{self.model.name} {self.quantization} on {self.shards}x {self.gpu.name}: KV cache holds "
@@ -188,7 +249,7 @@ class ReplicaModel:
 
     @property
     def kv_bytes_per_token_per_gpu(self) -> float:
-        return self.model.kv_bytes_per_token(KV_DTYPE_BYTES) / self.shards
+        return float(self.model.kv_bytes_per_token_per_shard(self.shards, KV_DTYPE_BYTES))
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -203,8 +264,13 @@ class ReplicaModel:
 
     @property
     def _body_params(self) -> float:
-        """Transformer-layer parameters (everything except embedding and LM head)."""
+        """Transformer-layer parameters (everything except embedding and LM head), every expert."""
         return self.model.params - self.model.embedding_params
+
+    @property
+    def _active_body_params(self) -> float:
+        """Transformer-layer parameters one token multiplies by (MoE: the top-k experts only)."""
+        return self.model.active_params - self.model.embedding_params
 
     @property
     def _flops_per_s(self) -> float:
@@ -218,8 +284,24 @@ class ReplicaModel:
 
     @property
     def decode_weight_bytes_per_gpu(self) -> float:
-        """Bytes read per GPU per forward: quantized layers + bf16 LM head (the input embedding is a lookup)."""
-        return (self._body_params * BYTES_PER_PARAM[self.quantization] + self._lm_head_params * 2.0) / self.shards
+        """Bytes read per GPU by a one-token forward: quantized layers + bf16 LM head (the input
+        embedding is a lookup). MoE: the non-expert layers and the top-k experts."""
+        return self.weight_bytes_read_per_gpu(1)
+
+    def weight_bytes_read_per_gpu(self, tokens: float) -> float:
+        """Weight bytes per GPU a forward over ``tokens`` tokens reads: every weight for a dense
+        model; for a MoE model the non-expert weights plus the experts the tokens hit
+        (:meth:`..catalog.models.QwenModel.expected_experts_hit`)."""
+        fixed: float = self._read_fixed  # type: ignore[attr-defined]
+        if not self.model.is_moe:
+            return fixed
+        per_expert: float = self._read_per_expert  # type: ignore[attr-defined]
+        return fixed + per_expert * self.model.expected_experts_hit(tokens)
+
+    def decode_weight_seconds(self, batch: float) -> float:
+        """Weight-read time of a decode step for ``batch`` sequences (the ``m0`` term of
+        :meth:`decode_coefficients`, which for a MoE model grows with the batch)."""
+        return self.weight_bytes_read_per_gpu(batch) / self._bandwidth
 
     def _allreduce_s(self, tokens: float) -> float:
         """Time of the 2 x layers all-reduces of ``tokens`` hidden vectors (bf16) across the shards."""
@@ -248,14 +330,14 @@ class ReplicaModel:
         attn = 2.0 * m.layers * m.attention_heads * m.head_dim
         p_tokens = sum(c for c, _ in prefill)
         prefix = sum(o for _, o in prefill)
-        flops = 2.0 * self._body_params * (p_tokens + decode_batch)
+        flops = 2.0 * self._active_body_params * (p_tokens + decode_batch)
         flops += 2.0 * self._lm_head_params * (decode_batch + len(prefill))  # logits: last token only
         flops += sum(attn * (2.0 * c * o + c * c) for c, o in prefill)  # causal attention of the chunks
         flops += 2.0 * attn * context_tokens  # each decode token attends to its context
         mfu = PREFILL_MFU if p_tokens else DECODE_MFU
         compute = flops / (self._flops_per_s * mfu)
         kv = (context_tokens + prefix) * self.kv_bytes_per_token_per_gpu
-        memory = (self.decode_weight_bytes_per_gpu + kv) / self._bandwidth
+        memory = (self.weight_bytes_read_per_gpu(p_tokens + decode_batch) + kv) / self._bandwidth
         overhead = PREFILL_OVERHEAD_S if p_tokens else DECODE_STEP_OVERHEAD_S
         return (
             max(compute, memory)
@@ -288,7 +370,8 @@ class ReplicaModel:
         """``(m0, m1, c_b, c_ctx, o0, o_b)`` with decode step = max(m0 + m1*ctx, c_b*b + c_ctx*ctx) + o0 + o_b*b.
 
         The same figure as :meth:`decode_step_seconds`, precomputed so the engine's inner
-        loop costs a few multiplications.
+        loop costs a few multiplications. ``m0`` is the weight read at batch 1; for a MoE model
+        it grows with the batch, so the engine takes it from :meth:`decode_weight_seconds`.
         """
         m = self.model
         bw, fl = self._bandwidth, self._flops_per_s * DECODE_MFU
@@ -297,7 +380,7 @@ class ReplicaModel:
         return (
             self.decode_weight_bytes_per_gpu / bw,
             self.kv_bytes_per_token_per_gpu / bw,
-            2.0 * (self._body_params + self._lm_head_params) / fl,
+            2.0 * (self._active_body_params + self._lm_head_params) / fl,
             4.0 * m.layers * m.attention_heads * m.head_dim / fl,
             ar0 + DECODE_STEP_OVERHEAD_S,
             ar_b + PER_SEQUENCE_OVERHEAD_S,
@@ -315,7 +398,7 @@ class ReplicaModel:
 
     def describe(self) -> dict[str, float | int | str]:
         """Headline figures (all simulated) for logs, /info and benchmarks."""
-        return {
+        out: dict[str, float | int | str] = {
             "model": self.model.name,
             "gpu": self.gpu.name,
             "shards": self.shards,
@@ -326,6 +409,10 @@ class ReplicaModel:
             "decode_tokens_per_s_batch1": round(self.tokens_per_second_per_stream(1), 1),
             "cold_start_s": round(self.cold_start_seconds, 1),
         }
+        if self.model.is_moe:
+            out["decode_tokens_per_s_batch32"] = round(self.tokens_per_second_per_stream(32), 1)
+            out["active_params_b"] = round(self.model.active_params / 1e9, 2)
+        return out
 
     # --- capacity within a time-to-first-token SLO (analytic) ----------------------------
     def ttft_seconds(self, prompt_tokens: int, decode_batch: float = 0.0, context_tokens: float = 0.0) -> float:

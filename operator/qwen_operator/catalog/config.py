@@ -12,6 +12,7 @@ Cluster operators add GPU types, change prices and add models without a code cha
         Qwen/Qwen3-4B: {family: qwen3, layers: 36, attentionHeads: 32, kvHeads: 8,
                         headDim: 128, hiddenSize: 2560, vocabSize: 151936, params: 4.02e9,
                         tieWordEmbeddings: true, quantizations: {tgi: [none, fp8]}}
+        Qwen/Qwen3-30B-A3B: {experts: 128, expertsPerToken: 8, moeIntermediateSize: 768}  # MoE keys
 
 Pure: takes the parsed YAML, returns a :class:`Catalog`. Errors name the offending key.
 """
@@ -105,6 +106,11 @@ _MODEL_KEYS = {
     "params": ("params", float),
     "tieWordEmbeddings": ("tie_word_embeddings", bool),
     "maxPositionEmbeddings": ("max_position_embeddings", int),
+    "intermediateSize": ("intermediate_size", int),
+    "experts": ("experts", int),
+    "expertsPerToken": ("experts_per_token", int),
+    "moeIntermediateSize": ("moe_intermediate_size", int),
+    "thinking": ("thinking", bool),
 }
 
 
@@ -136,12 +142,18 @@ def _model(name: str, raw: dict[str, Any], base: QwenModel | None) -> QwenModel:
         merged.update({k: tuple(v) for k, v in q.items()})
         values["quantizations"] = merged
     if base is not None:
-        return replace(base, **values)
+        try:
+            return replace(base, **values)
+        except ValueError as exc:
+            raise CatalogError(f"{where}: {exc}") from None
     required = {"family", "layers", "attentionHeads", "kvHeads", "headDim", "hiddenSize", "vocabSize", "params"}
     missing = required - set(raw)
     if missing:
         raise CatalogError(f"{where}: a new model needs {sorted(missing)}")
-    return QwenModel(name=name, **values)
+    try:
+        return QwenModel(name=name, **values)
+    except ValueError as exc:
+        raise CatalogError(f"{where}: {exc}") from None
 
 
 def load_catalog(config: dict[str, Any] | None) -> Catalog:

@@ -34,6 +34,13 @@ def register(subparsers: Any) -> None:
         "and the pools for a QwenDeployment file.",
     )
     _common(p)
+    p.add_argument(
+        "--reasoning",
+        choices=("spec", "enabled", "disabled"),
+        help="count Qwen3 thinking tokens in the typical reply (enabled: typicalOutputTokens plus "
+        "~1000 thinking tokens, models with a thinking mode only; spec: as spec.runtime.reasoning says); "
+        "default: typicalOutputTokens is the whole reply",
+    )
     p.set_defaults(handler=_plan_cmd)
     r = subparsers.add_parser(
         "render",
@@ -128,7 +135,10 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], QwenDeploymentSp
     problems = validate_spec(spec, catalog)
     for pr in problems:
         print(f"warning: {pr.field}: {pr.message}", file=sys.stderr)
-    return meta, spec, catalog, plan(spec, catalog, replicas=args.replicas, free_gpus=free), problems
+    flag = getattr(args, "reasoning", None)
+    reasoning = None if flag is None else (spec.runtime.reasoning if flag == "spec" else flag) == "enabled"
+    result = plan(spec, catalog, replicas=args.replicas, free_gpus=free, reasoning=reasoning)
+    return meta, spec, catalog, result, problems
 
 
 def _from_cluster(catalog: Catalog, kubeconfig: Path | None) -> dict[str, list[int]]:

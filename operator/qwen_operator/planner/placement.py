@@ -19,12 +19,19 @@ Memory model (per GPU, one replica split over ``shards`` GPUs)::
 - ``utilisation`` (default 0.9): headroom for allocator fragmentation, as vLLM's
   ``gpu_memory_utilization`` default.
 
-Valid degrees divide both the attention and the KV heads (``QwenModel.valid_shards``)
-and are at most the GPUs of one node (``GPUType.max_gpus_per_node``): a replica never
-spans nodes.
+Valid degrees divide both the attention and the KV heads (``QwenModel.valid_shards``; with
+``engine: vllm`` also multiples of the KV heads, which vLLM replicates) and are at most the
+GPUs of one node (``GPUType.max_gpus_per_node``): a replica never spans nodes. A model whose
+weights do not fit one node of a GPU type (Qwen3-235B-A22B in bf16 on L40S) gets a one-line
+reason saying so: replicas across nodes (LeaderWorkerSet) are not planned.
 
-Throughput is decode-bound: each output token reads every weight once, so tokens/s per
-sequence ~ ``bandwidth x shards x tp_efficiency / weight_bytes``. Tensor parallelism pays
+Mixture-of-experts models (Qwen3-30B-A3B, Qwen3-235B-A22B): memory counts **total**
+parameters (every expert is resident: Qwen3-30B-A3B needs the GPUs of a 30B dense model),
+throughput and the SLO estimate count **active** ones (see :mod:`..capacity.model`).
+
+Throughput is decode-bound: each output token reads every weight once (a MoE model: its
+active weights), so tokens/s per sequence ~ ``bandwidth x shards x tp_efficiency /
+decode_bytes`` (``decode_bytes`` = weight bytes for a dense model). Tensor parallelism pays
 an all-reduce per layer: ``tp_efficiency = 0.9 ** log2(shards)`` over NVLink and
 ``0.8 ** log2(shards)`` over PCIe (A10G, L40S). It is a relative figure to rank GPU
 types by $ per unit of throughput, not a benchmark.
@@ -32,7 +39,8 @@ types by $ per unit of throughput, not a benchmark.
 SLO (time to first token). A replica that fits is then asked of the simulator's replica
 model (:class:`qwen_operator.capacity.model.ReplicaModel`, the same model ``qwenctl simulate``
 and the simulated TGI server use) for a typical request (``spec.scaling.typicalPromptTokens``
-in, ``typicalOutputTokens`` out):
+in, ``typicalOutputTokens`` out, plus :data:`..capacity.model.TYPICAL_REASONING_TOKENS` of
+thinking when :attr:`Workload.reasoning` is true for a model with Qwen3's thinking mode):
 
 - ``idle_ttft``: time to first token of one typical prompt on an idle replica (its prefill
   forwards). Above the SLO (``spec.scaling.p95LatencySeconds``) no load can meet it, so the
@@ -60,8 +68,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ..capacity.model import ReplicaModel, SLOCapacity
-from ..catalog import GB, GPUType, QwenModel
+from ..capacity.model import ReplicaModel, SLOCapacity, supports_kv_replication, typical_output_tokens
+from ..catalog import BYTES_PER_PARAM, GB, GPUType, QwenModel
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,11 @@ class Workload:
     max_input_tokens: int = 8192
     slo_seconds: float | None = None  # P95 time to first token; None: no SLO check
     prompt_tokens: int = 512  # a typical request (spec.scaling.typicalPromptTokens) ...
-    output_tokens: int = 128  # ... and its reply (typicalOutputTokens)
+    output_tokens: int = 128  # ... and its visible reply (typicalOutputTokens)
+    engine: str = "tgi"  # spec.runtime.engine: vllm may shard beyond the KV heads (replicates them)
+    #: spec.runtime.reasoning == "enabled": add thinking tokens to the typical reply (models with
+    #: Qwen3's thinking mode only). None: not stated, typicalOutputTokens is the whole reply.
+    reasoning: bool | None = None
 
     @property
     def typical_prompt(self) -> int:
@@ -100,15 +112,29 @@ class Workload:
 
     @property
     def typical_output(self) -> int:
-        return max(1, min(self.output_tokens, self.max_total_tokens - self.typical_prompt))
+        """The typical reply in generated tokens (thinking included when :attr:`reasoning`), clipped."""
+        out = typical_output_tokens(self.model, self.output_tokens, self.reasoning)
+        return max(1, min(out, self.max_total_tokens - self.typical_prompt))
 
     @property
     def weight_bytes(self) -> float:
         return self.model.weight_bytes(self.quantization)
 
-    def kv_reserve_bytes(self, policy: PlacementPolicy) -> float:
+    @property
+    def decode_bytes(self) -> float:
+        """Weight bytes one token's decode reads: all weights of a dense model; for a MoE model
+        all but the experts the router did not pick."""
+        unpicked = self.model.params - self.model.active_params
+        return self.weight_bytes - unpicked * BYTES_PER_PARAM[self.quantization]
+
+    @property
+    def kv_replication(self) -> bool:
+        return supports_kv_replication(self.engine)
+
+    def kv_reserve_bytes(self, policy: PlacementPolicy, shards: int = 1) -> float:
+        """KV cache reserved per GPU of a ``shards``-way replica (all of it for ``shards`` 1)."""
         sequences = max(1, min(policy.min_batch_sequences, self.max_concurrent_requests))
-        return float(self.model.kv_bytes_per_token() * self.max_total_tokens * sequences)
+        return float(self.model.kv_bytes_per_token_per_shard(shards) * self.max_total_tokens * sequences)
 
 
 @dataclass(frozen=True)
@@ -160,8 +186,8 @@ def tp_efficiency(gpu: GPUType, shards: int, policy: PlacementPolicy = DEFAULT_P
 
 
 def relative_throughput(work: Workload, gpu: GPUType, shards: int, policy: PlacementPolicy = DEFAULT_POLICY) -> float:
-    """Decode tokens/s per sequence ~ bandwidth x shards x efficiency / weight bytes."""
-    return gpu.bandwidth_bytes_per_s * shards * tp_efficiency(gpu, shards, policy) / work.weight_bytes
+    """Decode tokens/s per sequence ~ bandwidth x shards x efficiency / decode bytes (MoE: active weights)."""
+    return gpu.bandwidth_bytes_per_s * shards * tp_efficiency(gpu, shards, policy) / work.decode_bytes
 
 
 def _gb(nbytes: float) -> str:
@@ -171,10 +197,10 @@ def _gb(nbytes: float) -> str:
 def _fit(work: Workload, gpu: GPUType, shards: int, policy: PlacementPolicy) -> tuple[bool, float, float, float, int]:
     """(fits, weights/GPU, kv/GPU, usable/GPU, kv token capacity) for one degree."""
     weights = work.weight_bytes / shards
-    kv = work.kv_reserve_bytes(policy) / shards
+    kv = work.kv_reserve_bytes(policy, shards)
     usable = gpu.memory_bytes * policy.utilisation
     free_for_kv = usable - policy.overhead_bytes_per_gpu - weights
-    kv_per_token_per_gpu = work.model.kv_bytes_per_token() / shards
+    kv_per_token_per_gpu = work.model.kv_bytes_per_token_per_shard(shards)
     tokens = max(0, int(free_for_kv / kv_per_token_per_gpu))
     return weights + kv + policy.overhead_bytes_per_gpu <= usable, weights, kv, usable, tokens
 
@@ -182,7 +208,7 @@ def _fit(work: Workload, gpu: GPUType, shards: int, policy: PlacementPolicy) -> 
 def candidate_for(work: Workload, gpu: GPUType, policy: PlacementPolicy = DEFAULT_POLICY) -> Candidate:
     """The smallest valid tensor-parallel degree on ``gpu`` that fits ``work`` (or why none does)."""
     node_limit = gpu.max_gpus_per_node
-    valid = work.model.valid_shards(max_shards=64)
+    valid = work.model.valid_shards(max_shards=64, kv_replication=work.kv_replication)
     if work.tensor_parallel is not None:
         tp = work.tensor_parallel
         if tp not in valid:
@@ -193,7 +219,8 @@ def candidate_for(work: Workload, gpu: GPUType, policy: PlacementPolicy = DEFAUL
                 0.0,
                 0.0,
                 f"tensorParallel {tp} does not divide {work.model.attention_heads} attention heads and "
-                f"{work.model.kv_heads} KV heads (valid: {', '.join(map(str, work.model.valid_shards()))})",
+                f"{work.model.kv_heads} KV heads (valid with {work.engine}: "
+                f"{', '.join(map(str, work.model.valid_shards(kv_replication=work.kv_replication)))})",
             )
         if tp > node_limit:
             return Candidate(gpu.name, False, 0, 0.0, 0.0, f"tensorParallel {tp} exceeds {node_limit} GPUs per node")
@@ -232,6 +259,20 @@ def candidate_for(work: Workload, gpu: GPUType, policy: PlacementPolicy = DEFAUL
     why = f"does not fit: {detail}" if detail else "no valid tensor-parallel degree"
     if work.tensor_parallel is None and largest:
         why += f" (largest valid degree on one node: {largest})"
+        node = node_limit * (gpu.memory_bytes * policy.utilisation - policy.overhead_bytes_per_gpu)
+        if work.weight_bytes > node:
+            why = (
+                f"does not fit on one node: {_gb(work.weight_bytes)} of weights > {_gb(node)} usable on "
+                f"{node_limit}x {gpu.name}; replicas spanning nodes (LeaderWorkerSet) are not supported"
+            )
+        elif not work.kv_replication and largest < node_limit:
+            wider = [n for n in work.model.valid_shards(node_limit, kv_replication=True) if n > largest]
+            fits_wider = [n for n in wider if _fit(work, gpu, n, policy)[0]]
+            if fits_wider:
+                why += (
+                    f"; {fits_wider[0]} shards would fit, but {work.engine} cannot split {work.model.kv_heads} "
+                    f"KV heads {fits_wider[0]} ways (engine vllm replicates them)"
+                )
     return Candidate(gpu.name, False, 0, 0.0, 0.0, why)
 
 
@@ -246,7 +287,7 @@ def slo_capacity(work: Workload, gpu: GPUType, shards: int) -> SLOCapacity | Non
     assert work.slo_seconds is not None
     p, o = work.typical_prompt, work.typical_output
     key: tuple[object, ...] = (repr(work.model), gpu, shards, work.quantization, work.max_concurrent_requests)
-    key += (work.max_input_tokens, work.max_total_tokens, p, o, work.slo_seconds)
+    key += (work.engine, work.max_input_tokens, work.max_total_tokens, p, o, work.slo_seconds)
     if key not in _SLO_CACHE:
         if len(_SLO_CACHE) >= _SLO_CACHE_MAX:
             _SLO_CACHE.clear()
@@ -259,6 +300,7 @@ def slo_capacity(work: Workload, gpu: GPUType, shards: int) -> SLOCapacity | Non
                 max_concurrent_requests=work.max_concurrent_requests,
                 max_input_tokens=work.max_input_tokens,
                 max_total_tokens=work.max_total_tokens,
+                engine=work.engine,
             )
         except ValueError:
             _SLO_CACHE[key] = None

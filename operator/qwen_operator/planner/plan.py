@@ -60,8 +60,12 @@ class Plan:
         return next((c for c in self.candidates if c.gpu_type == gpu_type), None)
 
 
-def workload_for(spec: QwenDeploymentSpec, catalog: Catalog) -> Workload:
-    """The sizing inputs of ``spec`` (raises KeyError when the model is not in the catalog)."""
+def workload_for(spec: QwenDeploymentSpec, catalog: Catalog, reasoning: bool | None = None) -> Workload:
+    """The sizing inputs of ``spec`` (raises KeyError when the model is not in the catalog).
+
+    ``reasoning``: whether thinking tokens count in the typical reply (see :attr:`Workload.reasoning`);
+    pass ``spec.runtime.reasoning == "enabled"`` to count them, None (default) to keep
+    ``typicalOutputTokens`` as the whole reply."""
     model = catalog.models[resolve_model_name(spec.model.name, catalog.models)]
     tp = spec.placement.tensor_parallel
     return Workload(
@@ -74,6 +78,8 @@ def workload_for(spec: QwenDeploymentSpec, catalog: Catalog) -> Workload:
         slo_seconds=spec.scaling.p95_latency_seconds,
         prompt_tokens=spec.scaling.typical_prompt_tokens,
         output_tokens=spec.scaling.typical_output_tokens,
+        engine=spec.runtime.engine,
+        reasoning=reasoning,
     )
 
 
@@ -100,16 +106,19 @@ def plan(
     free_gpus: FreeGPUs | None = None,
     current: Mapping[str, int] | None = None,
     policy: PlacementPolicy = DEFAULT_POLICY,
+    reasoning: bool | None = None,
 ) -> Plan:
     """Plan ``replicas`` (default: :meth:`QwenDeploymentSpec.desired_replicas`) for ``spec``.
 
     ``free_gpus``: GPUs not requested by any pod, per catalog GPU type (None: unlimited,
     as in an offline ``qwenctl plan``). ``current``: replicas per GPU type the deployment
     runs now; existing pools are kept and resized rather than re-planned from scratch.
+    ``reasoning``: count Qwen3 thinking tokens in the typical reply (:func:`workload_for`); the
+    controller passes ``spec.runtime.reasoning == "enabled"``, None keeps today's figures.
     """
     desired = spec.desired_replicas() if replicas is None else max(0, replicas)
     try:
-        work = workload_for(spec, catalog)
+        work = workload_for(spec, catalog, reasoning)
     except KeyError:
         return Plan(
             model=spec.model.name,
@@ -137,12 +146,15 @@ def plan(
                 f"{detail}",
                 **common,  # type: ignore[arg-type]
             )
+        where = "no allowed GPU type"
+        if found and all("does not fit on one node" in c.reason for c in found):
+            where += " on a single node (replicas spanning nodes are not supported)"
         return Plan(
             candidates=found,
             unplaced=desired,
             reason_code=NO_GPU_TYPE_FITS,
             reason=f"{work.model.name} ({quant}, {work.weight_bytes / 1e9:.1f} GB of weights, "
-            f"maxTotalTokens {work.max_total_tokens}) fits no allowed GPU type: {detail}",
+            f"maxTotalTokens {work.max_total_tokens}) fits {where}: {detail}",
             **common,  # type: ignore[arg-type]
         )
     pools, unplaced, why = resize(found, current or {}, desired, free_gpus)

@@ -41,6 +41,7 @@ the resource always wins:
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -109,6 +110,7 @@ class RenderContext:
     defaults: OperatorDefaults = field(default_factory=OperatorDefaults)  # operator config registry, nodeCache
 
 
+@functools.cache  # package metadata is read from disk: ~1 ms a call, on every reconcile otherwise
 def operator_version() -> str:
     try:
         return version("qwen-operator")

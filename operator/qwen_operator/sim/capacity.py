@@ -94,11 +94,13 @@ def calibrate_pool(
     return PoolProfile(**{**base.__dict__, "rate_at_slo": lo, "concurrency_at_slo": conc_lo})
 
 
-def smallest_fit(model: str, gpu: str, quantization: str, **limits: int) -> ReplicaModel | None:
-    """The replica with the fewest shards of ``gpu`` that holds ``model`` (None if none fits)."""
+def smallest_fit(model: str, gpu: str, quantization: str, engine: str = "tgi", **limits: int) -> ReplicaModel | None:
+    """The replica with the fewest shards of ``gpu`` that holds ``model`` (None if none fits).
+
+    ``engine``: vllm may also shard beyond the model's KV heads (it replicates them); TGI cannot."""
     for shards in (1, 2, 4, 8):
         try:
-            return ReplicaModel.build(model, gpu, shards, quantization, **limits)
+            return ReplicaModel.build_for(engine, model, gpu, shards, quantization, **limits)
         except ValueError:
             continue
     return None

@@ -358,7 +358,7 @@ class ReplicaEngine:
         k = max(1, min(k, int(_CHUNK_GROWTH * self._ctx / b) + 1))
         m0, m1, c_b, c_ctx, o0, o_b = self._coef
         ctx = self._ctx + b * (k - 1) / 2.0
-        step = max(m0 + m1 * ctx, c_b * b + c_ctx * ctx) + o0 + o_b * b
+        step = max(self.model.decode_weight_seconds(b) + m1 * ctx, c_b * b + c_ctx * ctx) + o0 + o_b * b
         if to_time < _INF:
             k = max(1, min(k, math.ceil((to_time - self._t) / step)))
         return ("decode", step, k)

@@ -90,6 +90,7 @@ class SimConfig:
     prewarm_lead_seconds: float | None = None  # pre-warm variants; None: slowest cold start + one tick
     lookback_days: int = 7  # qwen+predictive: spec.scaling.predictive.lookbackDays
     routing: str = "router"  # router | least-outstanding | service (sim/fleet.py ROUTINGS)
+    engine: str = "tgi"  # which tensor-parallel degrees a replica may use (vllm replicates KV heads)
 
 
 @dataclass
@@ -125,9 +126,11 @@ def build_profiles(rows: list[TraceRow], cfg: SimConfig) -> tuple[dict[str, Pool
     profiles: dict[str, PoolProfile] = {}
     notes: list[str] = []
     for gpu, count in cfg.gpus.items():
-        replica = smallest_fit(cfg.model, gpu, cfg.quantization)
+        replica = smallest_fit(cfg.model, gpu, cfg.quantization, cfg.engine)
         if replica is None:
-            notes.append(f"{gpu}: {cfg.model} {cfg.quantization} does not fit on up to 8 GPUs; pool unused")
+            notes.append(
+                f"{gpu}: {cfg.model} {cfg.quantization} does not fit one node (up to 8 GPUs, {cfg.engine}); pool unused"
+            )
             continue
         prof = calibrate_pool(replica, rows, cfg.slo_seconds, cfg.latency_metric, cfg.seed)
         if prof.rate_at_slo <= 0:
