@@ -136,7 +136,7 @@ def pool_states(
         for d in obs.deployments
         if not is_canary(d)  # a canary is extra capacity on trial, never a pool to size
     }
-    inventory = compute_inventory(obs.nodes, obs.pods, catalog.gpus)
+    inventory = obs.inventory if obs.inventory is not None else compute_inventory(obs.nodes, obs.pods, catalog.gpus)
     current = {t: _own_replicas(d)[0] for t, d in live.items() if t}
     if estimates is None:
         estimates = pool_estimates(spec, catalog, current)

@@ -26,10 +26,11 @@ import kopf
 
 from ..api import GROUP, PLURAL, VERSION
 from ..catalog import Catalog
-from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
+from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY, label_value
 from ..render.workload import OperatorDefaults
 from .executors import KUBE, run
 from .failures import pod_cause
+from .inventory import LiveInventory
 from .kube import Kube, StatusConflictError
 from .metrics import RECONCILE_SECONDS, RECONCILES
 from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute, with_watcher_status
@@ -79,6 +80,32 @@ class Controller:
     reconciles: int = 0
     # resources whose last decision could change when GPUs are freed (Outcome.wants_gpus)
     wants_gpus: set[Key] = field(default_factory=set)
+    # every GPU pod's and node's contribution to free GPUs, updated per event (not per reconcile)
+    live_inventory: LiveInventory | None = None
+    # the pods of each QwenDeployment (namespace, deployment label) -> pod key -> pod
+    pods_by_owner: dict[Key, dict[Key, dict[str, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.live_inventory is None:
+            self.live_inventory = LiveInventory(self.catalog.gpus)
+
+    def _store_pod(self, key: Key, owner: str | None, body: Mapping[str, Any] | None) -> None:
+        """Keep ``self.pods``, the per-owner index and the live inventory in step (None: gone)."""
+        assert self.live_inventory is not None
+        self.live_inventory.pod(key, body)
+        bucket = self.pods_by_owner.get((key[0], owner)) if owner else None
+        if body is None:
+            self.pods.pop(key, None)
+            if bucket is not None:
+                bucket.pop(key, None)
+                if not bucket:
+                    del self.pods_by_owner[(key[0], str(owner))]
+            return
+        stored = copy.deepcopy(dict(body))
+        self.pods[key] = stored
+        if owner:
+            self.pods_by_owner.setdefault((key[0], owner), {})[key] = stored
+
     started_at: float = field(default_factory=time.monotonic)
     autoscaler: Any = None  # controller.autoscaler.Autoscaler, set by the CLI when wiring
     versions: Any = None  # controller.versions.VersionWatcher, set by the CLI when wiring
@@ -145,6 +172,8 @@ class Controller:
             self.nodes.pop(name, None)
         else:
             self.nodes[name] = copy.deepcopy(dict(body))
+        assert self.live_inventory is not None
+        self.live_inventory.node(name, self.nodes.get(name))
         if before is None or event_type == "DELETED" or _capacity_view(before) != _capacity_view(self.nodes[name]):
             self.trigger_all()  # GPUs appeared or vanished: pools may spill back or over
 
@@ -154,7 +183,8 @@ class Controller:
         if owner:  # readiness and endpoints of its pods drive canary tests and rollout completion
             self.poke_versions((key[0], owner))
         if event_type == "DELETED" or body.get("status", {}).get("phase") in ("Succeeded", "Failed"):
-            if self.pods.pop(key, None) is not None:
+            if key in self.pods:
+                self._store_pod(key, owner, None)
                 # GPUs were freed: only resources waiting for GPUs (and the pod's owner) can decide
                 # differently, so only they reconcile now (a pod exit used to re-run every resource)
                 for waiting in list(self.wants_gpus):
@@ -165,9 +195,9 @@ class Controller:
         before = self.pods.get(key)
         # our own pods are kept while still unscheduled too: an Unschedulable one is reported in Degraded
         if key not in self.pods and (body.get("spec", {}).get("nodeName") or owner):
-            self.pods[key] = copy.deepcopy(dict(body))
+            self._store_pod(key, owner, body)
         elif key in self.pods:
-            self.pods[key] = copy.deepcopy(dict(body))
+            self._store_pod(key, owner, body)
         elif not body.get("spec", {}).get("nodeName"):
             return
         if owner and _stuck_cause(before) != _stuck_cause(body):
@@ -218,7 +248,9 @@ class Controller:
             deployments=[o for o in owned if o["kind"] == "Deployment" and not is_router(o)],
             others=[o for o in owned if o["kind"] != "Deployment" or is_router(o)],
             nodes=list(self.nodes.values()),
-            pods=list(self.pods.values()),
+            # this resource's pods only: free GPUs come from the live inventory, not a recount of every pod
+            pods=list(self.pods_by_owner.get((key[0], label_value(key[1])), {}).values()),
+            inventory=self.live_inventory.inventory() if self.live_inventory is not None else None,
             service_monitor_crd=self.config.service_monitor_crd,
             gateway_api_crds=self.config.gateway_api_crds,
             operator_image=self.config.operator_image,

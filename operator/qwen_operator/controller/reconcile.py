@@ -129,6 +129,9 @@ class Observed:
     operator_image: str | None = None
     pod_annotations: tuple[tuple[str, str], ...] = ()
     defaults: OperatorDefaults = field(default_factory=OperatorDefaults)  # operator config registry, nodeCache
+    # free GPUs kept up to date by the controller's caches (LiveInventory); then ``pods`` may hold only
+    # this resource's own pods. None: counted here from ``nodes`` and ``pods`` (every GPU pod)
+    inventory: GPUInventory | None = None
 
 
 def with_watcher_status(obs: Observed, written: Mapping[str, Any]) -> Observed:
@@ -272,7 +275,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     current = {t: _replicas(d) for t, d in live_by_type.items()}
     # every pod's GPUs count as used, ours included: the planner keeps `current` pools and
     # only adds replicas where GPUs are actually free (else a scale-up would double-book them)
-    inventory = compute_inventory(obs.nodes, obs.pods, catalog.gpus)
+    inventory = obs.inventory if obs.inventory is not None else compute_inventory(obs.nodes, obs.pods, catalog.gpus)
     autoscaler = live_status.get("autoscaler") or {}
     desired = spec.desired_replicas(autoscaler.get("desiredReplicas"))
     free = {t: inventory.free_per_node.get(t, []) for t in catalog.gpus}
