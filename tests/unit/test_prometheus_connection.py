@@ -6,21 +6,14 @@ tests/integration/test_prometheus_auth.py."""
 
 from __future__ import annotations
 
-import datetime as dt
 import http.server
-import ipaddress
 import json
-import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from qwen_operator.autoscale.prometheus import (
     PASSWORD_ENV,
@@ -33,6 +26,7 @@ from qwen_operator.autoscale.prometheus import (
 from qwen_operator.cli import UserError
 from qwen_operator.controller.cli import parse_config, prometheus_connection
 from qwen_operator.engines.runtimes import TGI
+from qwen_operator.testing.prometheus import make_tls
 
 SECRET = "pl4nted-S3cret-7f3a"
 
@@ -149,54 +143,16 @@ class Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _certificate(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it: (ca.crt, server.crt, server.key)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = tmp_path / "ca.crt", tmp_path / "server.crt", tmp_path / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
-
-
 @pytest.fixture()
 def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    ca, cert, key = _certificate(tmp_path)
+    tls = make_tls(tmp_path / "tls")
     Recorder.seen, Recorder.status = [], 200
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.socket = tls.server_context().wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"https://127.0.0.1:{server.server_address[1]}", ca
+        yield f"https://127.0.0.1:{server.server_address[1]}", tls.ca
     finally:
         server.shutdown()
         server.server_close()

@@ -50,6 +50,7 @@ class PrometheusServer:
 
     def __init__(self, directory: Path | None = None, scrape_interval: str = "2s", job: str = "tgi") -> None:
         self.dir = directory or Path(tempfile.mkdtemp(prefix="qwen-prom-"))
+        self.extra_args: list[str] = []  # e.g. --web.config.file (TLS, basic auth: qwen_operator.testing.prometheus)
         self.scrape_interval = scrape_interval
         self.job = job
         self.port = 0
@@ -94,6 +95,7 @@ class PrometheusServer:
                 "--web.enable-lifecycle",
                 "--storage.tsdb.retention.time=1d",
                 "--log.level=warn",
+                *self.extra_args,
             ],
             self.dir / "prometheus.log",
         )
