@@ -85,6 +85,9 @@ INVALID = [
     ("empty gpu types", spec(placement={"gpuTypes": []}), "gpuTypes"),
     ("zero queue target", spec(scaling={"targetQueueDepth": 0}), "targetQueueDepth"),
     ("missing registry", {"model": {"name": "Qwen/Qwen3-14B"}}, "registry"),
+    ("unknown tool parser", spec(runtime={"engine": "vllm", "toolCalling": {"parser": "llama3_json"}}), "parser"),
+    ("tool parser with tgi", spec(runtime={"toolCalling": {"parser": "hermes"}}), "toolCalling.parser"),
+    ("bad reasoning enum", spec(runtime={"reasoning": "off"}), "reasoning"),
 ]
 
 
@@ -141,3 +144,27 @@ def test_status_reads_camel_case_and_ignores_unknown_keys() -> None:
     )
     assert st.pools[0].ready_replicas == 1
     assert st.conditions[0].reason == "PoolsStarting"
+
+
+def test_registry_schemes_include_oci() -> None:
+    for url in ("s3://models/qwen3-14b", "oci://registry.example.com/models/qwen3-14b", "hf://Qwen/Qwen3-14B"):
+        spec = QwenDeploymentSpec.model_validate({"model": {"name": "Qwen/Qwen3-14B", "registry": url}})
+        assert spec.model.registry == url
+
+
+def test_tool_calling_defaults_and_vllm_parser() -> None:
+    plain = QwenDeploymentSpec.model_validate({"model": {"name": "Qwen/Qwen3-14B", "registry": "s3://a"}})
+    assert (plain.runtime.tool_calling.enabled, plain.runtime.tool_calling.parser) == (False, None)
+    assert plain.runtime.reasoning == "enabled"
+    got = QwenDeploymentSpec.model_validate(
+        {
+            "model": {"name": "Qwen/Qwen3-14B", "registry": "s3://a"},
+            "runtime": {
+                "engine": "vllm",
+                "reasoning": "disabled",
+                "toolCalling": {"enabled": True, "parser": "hermes"},
+            },
+        }
+    )
+    assert (got.runtime.tool_calling.enabled, got.runtime.tool_calling.parser) == (True, "hermes")
+    assert got.model_dump(by_alias=True)["runtime"]["toolCalling"] == {"enabled": True, "parser": "hermes"}

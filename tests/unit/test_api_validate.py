@@ -68,7 +68,8 @@ def test_context_longer_than_model_window() -> None:
     assert fields(spec) == {"spec.runtime.maxTotalTokens": "ContextTooLong"}
 
 
-def test_reasoning_disabled_is_reported_not_silently_ignored() -> None:
-    assert fields(make(runtime={"reasoning": "disabled"})) == {
-        "spec.runtime.reasoning": "ReasoningToggleNotImplemented"
-    }
+def test_reasoning_disabled_is_servable_on_every_catalog_model() -> None:
+    # no stub condition any more: the engines render a non-thinking chat template (engines.runtimes)
+    for model in ("Qwen/Qwen3-14B", "Qwen/Qwen2.5-7B-Instruct"):
+        assert fields(make(model, runtime={"reasoning": "disabled"})) == {}
+        assert fields(make(model, runtime={"reasoning": "disabled", "engine": "vllm"})) == {}

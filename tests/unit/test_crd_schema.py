@@ -99,6 +99,7 @@ def test_cel_rules_and_bounds() -> None:
     assert any("qwen3" in r and "awq" in r for r in rules[".spec"])
     assert any("'auto'" in r for r in rules[".spec.placement.tensorParallel"])
     assert any("claimName" in r for r in rules[".spec.model.cache"])
+    assert any("toolCalling.parser" in r and "'vllm'" in r for r in rules[".spec.runtime"])
     assert any("metadata.name" in r for r in rules[""])
     # CEL cost estimates need bounded strings and lists everywhere under spec
     for path, node in walk(schema()["properties"]["spec"], ".spec"):
@@ -124,6 +125,10 @@ def test_defaults_and_enums() -> None:
     assert "pattern" in spec["runtime"]["properties"]["shmSize"]
     assert schema()["required"] == ["spec"]
     assert spec["model"]["required"] == ["name", "registry"]
+    assert spec["runtime"]["properties"]["reasoning"]["enum"] == ["enabled", "disabled"]
+    tools = spec["runtime"]["properties"]["toolCalling"]["properties"]
+    assert tools["parser"]["enum"] == ["hermes", "qwen3_coder"] and tools["enabled"]["default"] is False
+    assert spec["model"]["properties"]["registry"]["pattern"] == r"^(s3|oci|hf)://[^\s]+$"
 
 
 def test_status_has_condition_shape_and_list_maps() -> None:

@@ -88,8 +88,9 @@ class ModelSpec(BaseModel):
 
     name: str = Field(max_length=128, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
     """Model catalog entry, e.g. Qwen/Qwen3-14B (architecture, parameters and heads come from the catalog)."""
-    registry: str = Field(max_length=512, pattern=r"^(s3|hf)://[^\s]+$")
-    """Private model registry holding the weights: s3://bucket/prefix (layer-diff) or hf://org/repo."""
+    registry: str = Field(max_length=512, pattern=r"^(s3|oci|hf)://[^\s]+$")
+    """Private model registry holding the weights: s3://bucket/prefix, oci://registry/repo (chunked
+    layer-diff) or hf://org/repo."""
     version: str = Field(default="stable", max_length=128, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
     """A tag to track (e.g. stable) or a pinned version / digest; a change rolls the pods."""
     quantization: Quantization = "none"
@@ -111,6 +112,26 @@ class ResourceRequests(BaseModel):
     """Memory request and limit per replica (e.g. 64Gi); weights pass through host memory while loading."""
 
 
+#: vLLM ``--tool-call-parser`` values for Qwen models (vLLM's tool-calling docs: Qwen2.5/Qwen3 emit
+#: Hermes-style ``<tool_call>`` JSON, parser ``hermes``; the Qwen3-Coder recipe uses ``qwen3_coder``,
+#: in vLLM since v0.10.0). TGI has none: it constrains a tool call with its JSON grammar instead.
+ToolCallParser = Literal["hermes", "qwen3_coder"]
+
+
+class ToolCallingSpec(BaseModel):
+    """Function calling through the OpenAI chat API (``tools`` / ``tool_choice`` in, ``tool_calls`` out)."""
+
+    model_config = _config()
+
+    enabled: bool = False
+    """Serve tool calls with tool_choice auto. vllm: renders --enable-auto-tool-choice --tool-call-parser
+    (without it vLLM answers tool_choice auto with HTTP 400; named and required choices work either way).
+    tgi: TGI answers tools natively through its JSON grammar whatever this says (no flag exists)."""
+    parser: ToolCallParser | None = None
+    """vLLM tool-call parser: hermes (Qwen3, Qwen2.5, QwQ) or qwen3_coder (Qwen3-Coder); unset: qwen3_coder for
+    a Qwen3-Coder model, else hermes. Not allowed with engine tgi (it has no parser)."""
+
+
 _RUNTIME_RULES = (
     Rule(
         cel="!has(self.maxInputTokens) || !has(self.maxTotalTokens) || self.maxInputTokens < self.maxTotalTokens",
@@ -118,6 +139,14 @@ _RUNTIME_RULES = (
         check=lambda r: r.max_input_tokens < r.max_total_tokens,
         field_path=".maxInputTokens",
         reason="FieldValueInvalid",
+    ),
+    Rule(
+        cel="!has(self.toolCalling) || !has(self.toolCalling.parser) || (has(self.engine) && self.engine == 'vllm')",
+        message="toolCalling.parser names a vLLM tool-call parser; TGI has none (it answers tools through its"
+        " JSON grammar): remove the parser or set engine vllm",
+        check=lambda r: r.tool_calling.parser is None or r.engine == "vllm",
+        field_path=".toolCalling.parser",
+        reason="FieldValueForbidden",
     ),
 )
 
@@ -139,7 +168,13 @@ class RuntimeSpec(_Checked):
     max_total_tokens: int = Field(default=16384, ge=2, le=1048576)
     """Longest prompt plus generated tokens (TGI --max-total-tokens, vLLM --max-model-len); sizes the KV cache."""
     reasoning: Literal["enabled", "disabled"] = "enabled"
-    """Qwen3 thinking mode by default: enabled, or disabled (clients can still switch per request)."""
+    """Qwen3 thinking mode by default: enabled (the model's own chat template: it thinks before answering), or
+    disabled (the pods get a non-thinking chat template written by the operator: tgi --tokenizer-config-path,
+    vllm --chat-template).
+    Clients still switch per request: /think or /no_think in a message, and with vllm
+    chat_template_kwargs {"enable_thinking": true|false}. No effect on models without a thinking mode."""
+    tool_calling: ToolCallingSpec = Field(default_factory=ToolCallingSpec)
+    """Function calling (tools) in the chat API."""
     shm_size: Quantity = "1Gi"
     """Size of the in-memory /dev/shm volume (NCCL uses it between tensor-parallel shards)."""
     resources: ResourceRequests = Field(default_factory=ResourceRequests)

@@ -70,15 +70,6 @@ def validate_spec(spec: QwenDeploymentSpec, catalog: Catalog) -> list[Problem]:
                 "InvalidTensorParallel",
             )
         )
-    if spec.runtime.reasoning == "disabled" and model.family == "qwen3":
-        problems.append(
-            Problem(
-                "spec.runtime.reasoning",
-                "reasoning: disabled is not implemented yet (it needs a non-thinking chat template mounted into the"
-                " server); leave it enabled and have clients send /no_think",
-                "ReasoningToggleNotImplemented",
-            )
-        )
     if spec.runtime.max_total_tokens > model.max_position_embeddings:
         problems.append(
             Problem(
