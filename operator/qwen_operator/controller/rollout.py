@@ -37,6 +37,7 @@ from typing import Any
 
 from ..api.spec import QwenDeploymentSpec
 from ..catalog import Catalog, resolve_gpu_name
+from ..engines.runtimes import model_has_thinking
 from ..planner.plan import Plan
 from ..planner.pools import Pool
 from ..render.names import (
@@ -208,7 +209,7 @@ def canary_manifest(
     if pool is None:
         return None
     gpu = catalog.gpus[resolve_gpu_name(pool.gpu_type, catalog.gpus)]
-    dep = pool_deployment(spec, replace(ctx, model_version=version), pool, gpu)
+    dep = pool_deployment(spec, replace(ctx, model_version=version), pool, gpu, model_has_thinking(spec, catalog))
     dep = as_canary(dep, ctx.name, pool.gpu_type, replicas)
     dep["metadata"].setdefault("annotations", {})[GPU_TYPE_ANNOTATION] = pool.gpu_type
     return dep

@@ -10,6 +10,21 @@ Sources: TGI launcher ``--help`` (flags named as in the design brief) and its
 ``/metrics`` (counters without ``_total``); vLLM ``vllm serve --help`` and its
 ``vllm:``-prefixed metrics (``vllm:num_requests_waiting`` gauge,
 ``vllm:e2e_request_latency_seconds`` histogram).
+
+Thinking and tool calling (``spec.runtime.reasoning``, ``spec.runtime.toolCalling``), per engine:
+
+* **TGI** renders Qwen3's own chat template, which thinks (``enable_thinking`` is never passed:
+  TGI's template inputs are messages, bos/eos tokens, add_generation_prompt and tools). With
+  ``reasoning: disabled`` it gets ``--tokenizer-config-path`` pointing at our non-thinking
+  template (:mod:`.chat_template`). Replies carry the ``<think>...</think>`` text in ``content``
+  (TGI has no reasoning parser). Tools need no flag: TGI constrains the reply to a call of one
+  of the offered functions with its JSON grammar (``router/src/infer/tool_grammar.rs``; only
+  ``--disable-grammar-support`` turns that off), so a parser is refused at admission.
+* **vLLM** gets ``--reasoning-parser qwen3`` for a model with the thinking mode (the reasoning
+  goes to ``message.reasoning_content``, v0.10's field name), ``--chat-template`` with our
+  template when disabled (per request ``chat_template_kwargs: {"enable_thinking": true}`` turns
+  it back on), and ``--enable-auto-tool-choice --tool-call-parser`` when tool calling is enabled
+  (vLLM's tool-calling docs: without them ``tool_choice: auto`` is a 400).
 """
 
 from __future__ import annotations
@@ -19,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ..api.spec import QwenDeploymentSpec
+from ..catalog import Catalog, resolve_model_name
+from .chat_template import NO_THINKING_TEMPLATE, TGI_TOKENIZER_CONFIG, VLLM_CHAT_TEMPLATE, tgi_tokenizer_config
 
 SERVER_PORT = 8080  # above 1024: the server runs as non-root without NET_BIND_SERVICE
 
@@ -80,11 +97,43 @@ class Runtime(Protocol):
     @property
     def metrics(self) -> MetricNames: ...
 
-    def args(self, spec: QwenDeploymentSpec, shards: int, model_path: str) -> list[str]: ...
+    def args(self, spec: QwenDeploymentSpec, shards: int, model_path: str, thinking_model: bool = False) -> list[str]:
+        """The server's arguments; ``thinking_model``: the model has Qwen3's hybrid thinking mode (catalog)."""
+        ...
 
     def env(self, spec: QwenDeploymentSpec, shards: int) -> list[dict[str, Any]]: ...
 
+    def chat_files(self, spec: QwenDeploymentSpec, thinking_model: bool = False) -> dict[str, str]:
+        """Files the server reads that the operator writes into the pod (path -> content); empty: none."""
+        ...
+
     def smoke_request(self, spec: QwenDeploymentSpec, prompt: str, max_tokens: int = 8) -> SmokeRequest: ...
+
+
+def model_has_thinking(spec: QwenDeploymentSpec, catalog: Catalog) -> bool:
+    """Whether the catalog says ``spec.model.name`` has Qwen3's hybrid thinking mode (False when unknown)."""
+    try:
+        return catalog.models[resolve_model_name(spec.model.name, catalog.models)].thinking
+    except KeyError:
+        return False
+
+
+def thinking_off(spec: QwenDeploymentSpec, thinking_model: bool) -> bool:
+    """The deployment asks a model that has a thinking mode not to think by default."""
+    return thinking_model and spec.runtime.reasoning == "disabled"
+
+
+#: A Qwen3-Coder model name (its tool calls are XML, vLLM parser ``qwen3_coder``).
+_CODER = ("coder",)
+
+
+def tool_call_parser(spec: QwenDeploymentSpec) -> str:
+    """vLLM ``--tool-call-parser``: ``spec.runtime.toolCalling.parser``, else the one for the model
+    (vLLM's Qwen3-Coder recipe: ``qwen3_coder``; Qwen3 / Qwen2.5 / QwQ: ``hermes``)."""
+    parser = spec.runtime.tool_calling.parser
+    if parser is not None:
+        return parser
+    return "qwen3_coder" if any(word in spec.model.name.lower() for word in _CODER) else "hermes"
 
 
 def _common_env() -> list[dict[str, Any]]:
@@ -116,7 +165,7 @@ class TGI:
         failures_counter="tgi_request_failure",
     )
 
-    def args(self, spec: QwenDeploymentSpec, shards: int, model_path: str) -> list[str]:
+    def args(self, spec: QwenDeploymentSpec, shards: int, model_path: str, thinking_model: bool = False) -> list[str]:
         rt = spec.runtime
         out = [
             "--model-id",
@@ -136,10 +185,15 @@ class TGI:
         ]
         if spec.model.quantization != "none":
             out += ["--quantize", spec.model.quantization]
+        if thinking_off(spec, thinking_model):
+            out += ["--tokenizer-config-path", TGI_TOKENIZER_CONFIG]
         return out
 
     def env(self, spec: QwenDeploymentSpec, shards: int) -> list[dict[str, Any]]:
         return _common_env()
+
+    def chat_files(self, spec: QwenDeploymentSpec, thinking_model: bool = False) -> dict[str, str]:
+        return {TGI_TOKENIZER_CONFIG: tgi_tokenizer_config()} if thinking_off(spec, thinking_model) else {}
 
     def smoke_request(self, spec: QwenDeploymentSpec, prompt: str, max_tokens: int = 8) -> SmokeRequest:
         """TGI's native route (every TGI version has it; its OpenAI routes came later)."""
@@ -166,7 +220,7 @@ class VLLM:
         failures_counter=None,  # vLLM labels outcomes by finished_reason instead
     )
 
-    def args(self, spec: QwenDeploymentSpec, shards: int, model_path: str) -> list[str]:
+    def args(self, spec: QwenDeploymentSpec, shards: int, model_path: str, thinking_model: bool = False) -> list[str]:
         rt = spec.runtime
         out = [
             "--model",
@@ -184,10 +238,19 @@ class VLLM:
         ]
         if spec.model.quantization != "none":
             out += ["--quantization", spec.model.quantization]
+        if thinking_model:
+            out += ["--reasoning-parser", "qwen3"]
+        if thinking_off(spec, thinking_model):
+            out += ["--chat-template", VLLM_CHAT_TEMPLATE]
+        if rt.tool_calling.enabled:
+            out += ["--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser(spec)]
         return out
 
     def env(self, spec: QwenDeploymentSpec, shards: int) -> list[dict[str, Any]]:
         return [*_common_env(), {"name": "VLLM_NO_USAGE_STATS", "value": "1"}, {"name": "DO_NOT_TRACK", "value": "1"}]
+
+    def chat_files(self, spec: QwenDeploymentSpec, thinking_model: bool = False) -> dict[str, str]:
+        return {VLLM_CHAT_TEMPLATE: NO_THINKING_TEMPLATE} if thinking_off(spec, thinking_model) else {}
 
     def smoke_request(self, spec: QwenDeploymentSpec, prompt: str, max_tokens: int = 8) -> SmokeRequest:
         """OpenAI ``/v1/completions`` naming the model as :meth:`args` serves it (``--served-model-name``):

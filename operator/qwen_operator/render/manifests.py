@@ -16,6 +16,7 @@ from typing import Any
 
 from ..api.spec import QwenDeploymentSpec
 from ..catalog import Catalog, resolve_gpu_name
+from ..engines.runtimes import model_has_thinking
 from ..planner.plan import Plan
 from .gateway import http_route, inference_pool
 from .router import router_objects
@@ -39,5 +40,5 @@ def render(spec: QwenDeploymentSpec, plan: Plan, ctx: RenderContext, catalog: Ca
         if pool.replicas <= 0:
             continue
         gpu = catalog.gpus[resolve_gpu_name(pool.gpu_type, catalog.gpus)]
-        out.append(pool_deployment(spec, ctx, pool, gpu))
+        out.append(pool_deployment(spec, ctx, pool, gpu, model_has_thinking(spec, catalog)))
     return out

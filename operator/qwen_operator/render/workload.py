@@ -258,6 +258,30 @@ def model_pull_container(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[s
     return container
 
 
+def chat_template_container(
+    spec: QwenDeploymentSpec, ctx: RenderContext, thinking_model: bool
+) -> dict[str, Any] | None:
+    """``reasoning: disabled``: writes the engine's non-thinking chat template into the ``/tmp`` emptyDir the
+    server reads it from (``engines.chat_template``). Inline in the pod template, not a ConfigMap: no
+    extra object or RBAC, and a changed template rolls the pods like any other server setting."""
+    files = runtime_for(spec).chat_files(spec, thinking_model)
+    if not files:
+        return None
+    env = [{"name": f"QWEN_CHAT_FILE_{i}", "value": content} for i, content in enumerate(files.values())]
+    steps = [
+        f'mkdir -p "$(dirname {path})" && printf %s "$QWEN_CHAT_FILE_{i}" > {path}' for i, path in enumerate(files)
+    ]
+    return {
+        "name": "chat-template",
+        "image": ctx.operator_image or default_operator_image(),
+        "command": ["sh", "-c", " && ".join(steps)],
+        "env": env,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": _restricted(),
+    }
+
+
 def _probe(path: str, period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -267,7 +291,9 @@ def _probe(path: str, period: int, failures: int, timeout: int = 5) -> dict[str,
     }
 
 
-def server_container(spec: QwenDeploymentSpec, ctx: RenderContext, shards: int) -> dict[str, Any]:
+def server_container(
+    spec: QwenDeploymentSpec, ctx: RenderContext, shards: int, thinking_model: bool = False
+) -> dict[str, Any]:
     rt = runtime_for(spec)
     limits: dict[str, Any] = {GPU_RESOURCE: str(shards)}
     requests: dict[str, Any] = {GPU_RESOURCE: str(shards)}
@@ -277,7 +303,7 @@ def server_container(spec: QwenDeploymentSpec, ctx: RenderContext, shards: int) 
     return {
         "name": rt.name,
         "image": spec.runtime.image or rt.default_image,
-        "args": rt.args(spec, shards, model_path(ctx)),
+        "args": rt.args(spec, shards, model_path(ctx), thinking_model),
         "env": rt.env(spec, shards),
         "ports": [{"name": "http", "containerPort": rt.port, "protocol": "TCP"}],
         "resources": {"requests": requests, "limits": limits},
@@ -293,8 +319,11 @@ def server_container(spec: QwenDeploymentSpec, ctx: RenderContext, shards: int) 
     }
 
 
-def pool_deployment(spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gpu: GPUType) -> dict[str, Any]:
-    """The Deployment of one GPU pool."""
+def pool_deployment(
+    spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gpu: GPUType, thinking_model: bool = False
+) -> dict[str, Any]:
+    """The Deployment of one GPU pool; ``thinking_model``: the catalog model has Qwen3's thinking mode."""
+    chat = chat_template_container(spec, ctx, thinking_model)
     model_version = version_of(spec, ctx)
     labels = {**common_labels(ctx.name), LABEL_POOL: pool_slug(pool.gpu_type)}
     pod_labels = {**labels, LABEL_MODEL_VERSION: label_value(model_version)}
@@ -336,8 +365,8 @@ def pool_deployment(spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gp
                     "enableServiceLinks": False,
                     # the servers never call the Kubernetes API: no token for a user-chosen image to read
                     "automountServiceAccountToken": False,
-                    "initContainers": [model_pull_container(spec, ctx)],
-                    "containers": [server_container(spec, ctx, pool.shards)],
+                    "initContainers": [model_pull_container(spec, ctx), *([chat] if chat else [])],
+                    "containers": [server_container(spec, ctx, pool.shards, thinking_model)],
                     "volumes": [
                         _cache_volume(spec, ctx),
                         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.runtime.shm_size}},
