@@ -269,7 +269,9 @@ class FleetBridge:
             self.log(f"SIMULATED fleet: pod {rep.name} asks for a replica the model rejects: {exc}")
             return
         wall_left = max(0.0, cold_start_left(rep, time.time()) - READY_MARGIN_SECONDS)
-        sim = SimulatedTGI(model, time_scale=self.time_scale, cold_start_seconds=wall_left * self.time_scale)
+        sim = SimulatedTGI(
+            model, time_scale=self.time_scale, cold_start_seconds=wall_left * self.time_scale, chat=rep.chat
+        )
         served = await serve(sim, "127.0.0.1", 0)
         self.replicas[rep.uid] = _Replica(rep, served)
         self.servers_started += 1

@@ -4,7 +4,11 @@ Why it exists: the fleet bridge (:mod:`.fleet_bridge`) starts one simulated serv
 Running server pod, and the server must be the replica *that pod* would run on a GPU: the
 GPU type from its ``nvidia.com/gpu.product`` nodeSelector, the tensor-parallel degree from
 its ``nvidia.com/gpu`` limit, the model from the ``serving.qwenops.io/model`` annotation and
-TGI's limits and quantization from the container's flags (or their upper-case env twins).
+TGI's limits and quantization from the container's flags (or their upper-case env twins), and
+the chat behaviour (:class:`~.chat.ChatOptions`) from the engine's flags: the container name is
+the engine, ``--tokenizer-config-path`` (TGI) / ``--chat-template`` (vLLM) naming the operator's
+non-thinking template means ``reasoning: disabled``, ``--reasoning-parser`` and
+``--enable-auto-tool-choice --tool-call-parser`` are vLLM's own.
 Reading the rendered pod, not the QwenDeployment spec, means the simulation follows what
 the operator actually wrote. Pure (plain dicts in, a frozen dataclass out), so it is unit
 tested without a cluster.
@@ -18,15 +22,19 @@ from datetime import datetime
 from typing import Any
 
 from ..catalog.gpus import gpu_by_product_label
+from ..engines.chat_template import TGI_TOKENIZER_CONFIG, VLLM_CHAT_TEMPLATE
 from ..render.names import ANNOTATION_MODEL, LABEL_POOL
 from ..render.workload import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from ..sandbox.stages import READY_AFTER_ANNOTATION
+from .chat import ChatOptions
 
 #: TGI flags the simulated replica honours, and the ReplicaModel field each one sets.
 _INT_FLAGS = {
     "--max-concurrent-requests": "max_concurrent_requests",
     "--max-input-tokens": "max_input_tokens",
     "--max-total-tokens": "max_total_tokens",
+    "--max-num-seqs": "max_concurrent_requests",  # vLLM
+    "--max-model-len": "max_total_tokens",  # vLLM
 }
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -53,6 +61,7 @@ class PodReplica:
     ready: bool  # the Ready condition is True (and not being deleted): endpoints route to it
     ready_after_seconds: float  # the sandbox's modelled cold start (0 without the annotation)
     started_at: float | None  # status.startTime as a UNIX timestamp
+    chat: ChatOptions = ChatOptions()  # thinking default, reasoning and tool-call parsers from the flags
 
 
 def parse_go_duration(text: str) -> float:
@@ -78,6 +87,22 @@ def _flag(args: list[str], env: dict[str, str], flag: str) -> str | None:
         if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
     return env.get(flag.lstrip("-").replace("-", "_").upper())
+
+
+def chat_options(container: dict[str, Any]) -> ChatOptions:
+    """The chat behaviour the server container's engine and flags configure."""
+    args = [str(a) for a in container.get("args") or []]
+    env = {str(e["name"]): str(e.get("value", "")) for e in container.get("env") or [] if "name" in e}
+    if str(container.get("name")) == "vllm":
+        return ChatOptions(
+            engine="vllm",
+            thinking_default=_flag(args, env, "--chat-template") != VLLM_CHAT_TEMPLATE,
+            reasoning_parser=_flag(args, env, "--reasoning-parser"),
+            tool_call_parser=_flag(args, env, "--tool-call-parser") if "--enable-auto-tool-choice" in args else None,
+        )
+    return ChatOptions(
+        engine="tgi", thinking_default=_flag(args, env, "--tokenizer-config-path") != TGI_TOKENIZER_CONFIG
+    )
 
 
 def _timestamp(text: str | None) -> float | None:
@@ -125,6 +150,7 @@ def pod_replica(pod: dict[str, Any]) -> PodReplica:
         ready=ready and not deleting,
         ready_after_seconds=parse_go_duration(str(annotations.get(READY_AFTER_ANNOTATION, "0"))),
         started_at=_timestamp(status.get("startTime")),
+        chat=chat_options(server),
     )
 
 

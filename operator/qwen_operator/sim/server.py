@@ -12,7 +12,9 @@ second) for compressed demos. Everything it reports is SIMULATED and says so (``
 
 Simplifications (documented, deliberate): prompt length is estimated as ~4 characters per
 token; the reply is filler words, exactly ``max_new_tokens`` long (default
-``default_max_new_tokens``); durations in ``/metrics`` are virtual seconds (equal to wall
+``default_max_new_tokens``), except on the chat route, where thinking and tool calls shape the
+reply as the deployment's flags say (:mod:`.chat`: reasoning tokens are generated tokens and
+cost decode time; ``tools`` get a well-formed tool call); durations in ``/metrics`` are virtual seconds (equal to wall
 seconds at ``time_scale`` 1). Start-up: like TGI, the port refuses connections until the
 modelled cold start is over (``startup="refuse"``: the socket is bound, so the port is
 known, but only listens once ready); ``startup="503"`` listens at once and answers 503.
@@ -37,6 +39,7 @@ from typing import Any
 from aiohttp import web
 
 from ..capacity.model import ReplicaModel
+from .chat import DEFAULT_REASONING_TOKENS, ChatError, ChatOptions, delta, message, plan_reply
 from .engine import OVERLOADED, ReplicaEngine, Request
 from .tgi_metrics import TGIMetrics
 from .tgi_payloads import (
@@ -63,10 +66,12 @@ class SimulatedTGI:
         time_scale: float = 1.0,
         cold_start_seconds: float | None = None,
         default_max_new_tokens: int = 100,
+        chat: ChatOptions | None = None,
     ) -> None:
         self.model = model
         self.time_scale = time_scale
         self.default_max_new_tokens = default_max_new_tokens
+        self.chat = chat or ChatOptions()
         self._t0 = time.monotonic()
         self.engine = ReplicaEngine(model, start_time=0.0)
         self.metrics = TGIMetrics()
@@ -123,8 +128,11 @@ class SimulatedTGI:
                 pass
 
     # --- request life cycle ------------------------------------------------------------
-    def submit(self, prompt_tokens: int, max_new_tokens: int | None) -> Request | web.Response:
-        """Validate and enqueue; an error response (TGI's shape) when refused."""
+    def submit(
+        self, prompt_tokens: int, max_new_tokens: int | None, output_tokens: int | None = None
+    ) -> Request | web.Response:
+        """Validate ``max_new_tokens`` and enqueue a request generating ``output_tokens`` (default: exactly
+        ``max_new_tokens``); an error response (TGI's shape) when refused."""
         self.metrics.request_count += 1
         if not self.ready:
             self.metrics.failure("unhealthy")
@@ -141,7 +149,7 @@ class SimulatedTGI:
             )
         self.sync()
         fut: asyncio.Future[Request] = asyncio.get_running_loop().create_future()
-        req = Request(self.now(), prompt_tokens, new, tag=fut)
+        req = Request(self.now(), prompt_tokens, new if output_tokens is None else output_tokens, tag=fut)
         if not self.engine.submit(req):
             err = "overloaded" if req.status == OVERLOADED else "validation"
             self.metrics.failure(err)
@@ -211,7 +219,12 @@ class SimulatedTGI:
             "sha": None,
             "docker_label": None,
             "simulated": True,
-            "simulation": {**m.describe(), "time_scale": self.time_scale, "startup_delay_s": self.ready_at},
+            "simulation": {
+                **m.describe(),
+                "time_scale": self.time_scale,
+                "startup_delay_s": self.ready_at,
+                "chat": self.chat.describe(),
+            },
         }
 
 
@@ -297,12 +310,33 @@ def build_app(sim: SimulatedTGI) -> web.Application:
         return await generate(request, stream=False)
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        """OpenAI chat: thinking and tool calls as :mod:`.chat` lays the reply out."""
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return sim.invalid("Failed to deserialize the JSON body into the target type: expected an object")
         messages = body.get("messages") or []
         text = "".join(str(m.get("content") or "") for m in messages if isinstance(m, dict))
         prompt = estimate_tokens(text) + 4 * len(messages)  # chat template: ~4 tokens per message
+        tools = body.get("tools")
+        if isinstance(tools, list) and tools:
+            prompt += estimate_tokens(json.dumps(tools)) + 40  # signatures and instructions in the system turn
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-        got = sim.submit(prompt, max_tokens)
+        budget = sim.default_max_new_tokens if max_tokens is None else int(max_tokens)
+        room = sim.model.max_total_tokens - prompt
+        cap = budget if max_tokens is not None else room
+        try:
+            reply = plan_reply(body, sim.chat, sim.model.model.thinking, budget, cap)
+        except ChatError as exc:
+            if sim.chat.engine == "vllm":
+                sim.metrics.request_count += 1
+                sim.metrics.failure("validation")
+                err = {"object": "error", "message": str(exc), "type": "BadRequestError", "param": None}
+                return web.json_response({**err, "code": exc.status}, status=exc.status)
+            return sim.invalid(str(exc))
+        got = sim.submit(prompt, max_tokens, output_tokens=len(reply.tokens))
         if isinstance(got, web.Response):
             return got
         req = got
@@ -311,8 +345,8 @@ def build_app(sim: SimulatedTGI) -> web.Application:
         used = usage(req.prompt_tokens, req.output_tokens)
         if not body.get("stream"):
             await sim.finished(req)
-            message = {"role": "assistant", "content": text_of(req.output_tokens)}
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "length"}
+            choice = {"index": 0, "message": message(reply, sim.chat), "logprobs": None}
+            choice["finish_reason"] = reply.finish_reason
             return web.json_response(
                 {**base, "object": "chat.completion", "choices": [choice], "usage": used}, headers=sim.headers(req)
             )
@@ -322,8 +356,8 @@ def build_app(sim: SimulatedTGI) -> web.Application:
                 last = i == req.output_tokens - 1
                 if last:
                     await sim.finished(req)
-                delta = {"role": "assistant", "content": token(i)["text"]}
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": "length" if last else None}
+                finish = reply.finish_reason if last else None
+                choice = {"index": 0, "delta": delta(reply, i, sim.chat), "logprobs": None, "finish_reason": finish}
                 chunk = {**base, "object": "chat.completion.chunk", "choices": [choice]}
                 if last and (body.get("stream_options") or {}).get("include_usage"):
                     chunk["usage"] = used
@@ -502,7 +536,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cold-start", type=float, default=None, help="virtual seconds (default: the model's)")
     ap.add_argument("--startup", choices=("refuse", "503"), default="refuse")
     ap.add_argument("--default-max-new-tokens", type=int, default=100)
+    ap.add_argument("--engine", choices=("tgi", "vllm"), default="tgi", help="whose chat behaviour to mimic")
+    ap.add_argument("--thinking", choices=("on", "off"), default="on", help="the deployment's default (reasoning)")
+    ap.add_argument("--reasoning-parser", default=None, help="as vLLM's: reasoning in reasoning_content")
+    ap.add_argument("--tool-call-parser", default=None, help="as vLLM's, with --enable-auto-tool-choice")
+    ap.add_argument("--reasoning-tokens", type=int, default=DEFAULT_REASONING_TOKENS)
     args = ap.parse_args(argv)
+    chat = ChatOptions(
+        engine=args.engine,
+        thinking_default=args.thinking == "on",
+        reasoning_parser=args.reasoning_parser,
+        tool_call_parser=args.tool_call_parser,
+        reasoning_tokens=args.reasoning_tokens,
+    )
     replica = ReplicaModel.build(
         args.model,
         args.gpu,
@@ -514,7 +560,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     async def run() -> None:
-        sim = SimulatedTGI(replica, args.time_scale, args.cold_start, args.default_max_new_tokens)
+        sim = SimulatedTGI(replica, args.time_scale, args.cold_start, args.default_max_new_tokens, chat)
         served = await serve(sim, args.host, args.port, args.startup)
         ready_in = sim.seconds_until_ready()
         print(f"listening on {args.host}:{served.port} (SIMULATED TGI; ready in {ready_in:.1f}s)", flush=True)
