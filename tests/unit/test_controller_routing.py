@@ -73,7 +73,14 @@ def converge(obs: Observed, rounds: int = 6) -> Observed:
         if out.status is not None:
             new_qwd["status"] = {**new_qwd.get("status", {}), **out.status}
         pools, others = split(list(live.values()))
-        obs = Observed(qwd=new_qwd, deployments=pools, others=others, nodes=obs.nodes, pods=obs.pods)
+        obs = Observed(
+            qwd=new_qwd,
+            deployments=pools,
+            others=others,
+            nodes=obs.nodes,
+            pods=obs.pods,
+            service_monitor_crd=obs.service_monitor_crd,
+        )
     raise AssertionError("did not converge")
 
 
@@ -146,8 +153,25 @@ def test_stale_objects_never_touches_pool_deployments_or_objects_being_deleted()
     labels = {"app.kubernetes.io/component": "server"}
     pool = {"kind": "Deployment", "metadata": {"name": "chat-a10g", "labels": labels}}
     going = {"kind": "Role", "metadata": {"name": "chat-router", "deletionTimestamp": "T"}}
-    monitor = {"kind": "ServiceMonitor", "metadata": {"name": "chat"}}
-    assert stale_objects([], [pool, going, monitor]) == []
+    assert stale_objects([], [pool, going]) == []
+
+
+def test_switching_routing_off_prunes_the_routers_service_monitor_too() -> None:
+    """With the Prometheus Operator present the router has its own ServiceMonitor; turning routing off
+    must delete it (it used to stay, scraping nothing), while the servers' ServiceMonitor stays."""
+    obs = converge(Observed(qwd=qwd(), nodes=NODES, service_monitor_crd=True))
+    monitors = {o["metadata"]["name"] for o in obs.others if o["kind"] == "ServiceMonitor"}
+    assert monitors == {"chat", "chat-router"}, monitors
+    off = copy.deepcopy(dict(obs.qwd))
+    off["spec"]["routing"] = {"enabled": False}
+    out = compute(
+        Observed(qwd=off, deployments=obs.deployments, others=obs.others, nodes=NODES, service_monitor_crd=True),
+        CATALOG,
+        now="T",
+    )
+    deleted = {(d["kind"], d["metadata"]["name"]) for d in out.delete}
+    assert ("ServiceMonitor", "chat-router") in deleted
+    assert ("ServiceMonitor", "chat") not in deleted
 
 
 def test_pool_capacity_leaves_out_what_is_unknown() -> None:

@@ -409,13 +409,15 @@ def _with_kind(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
 
 def register_routing(registry: kopf.OperatorRegistry, controller: Controller, managed: Mapping[str, str]) -> None:
     """Watches of what the router needs (ServiceAccount, Role, RoleBinding) and, only when their CRDs
-    exist, the Gateway API objects: owned objects must be in the cache to be pruned when
-    ``spec.routing`` stops rendering them, and to be re-applied when changed."""
+    exist, the ServiceMonitors and the Gateway API objects: owned objects must be in the cache to be
+    pruned when ``spec.routing`` stops rendering them, and to be re-applied when changed."""
     watched = [
         ("", "v1", "serviceaccounts", "ServiceAccount"),
         ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
         ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     ]
+    if controller.config.service_monitor_crd:  # e.g. the router's ServiceMonitor goes when routing is turned off
+        watched.append(("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor"))
     if controller.config.gateway_api_crds:
         watched += [
             ("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool"),

@@ -34,7 +34,16 @@ from . import conditions as cond
 #: Kinds the reconciler deletes when they leave the rendered set (pool Deployments have their
 #: own, capacity-preserving removal in reconcile.py and are not pruned here).
 PRUNED_KINDS = frozenset(
-    {"Service", "PodDisruptionBudget", "ServiceAccount", "Role", "RoleBinding", "InferencePool", "HTTPRoute"}
+    {
+        "Service",
+        "PodDisruptionBudget",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "InferencePool",
+        "HTTPRoute",
+        "ServiceMonitor",
+    }
 )
 
 _PREFILL_CACHE: dict[tuple[object, ...], float | None] = {}
