@@ -120,11 +120,12 @@ the rest through owner references.
   resources: ["events"]
   verbs: ["create"]
 {{- if .Values.rbac.serviceMonitors }}
-# A Prometheus Operator ServiceMonitor per QwenDeployment (TGI /metrics for the autoscaler),
-# server-side applied; only when that CRD exists.
+# A Prometheus Operator ServiceMonitor per QwenDeployment (engine /metrics for the autoscaler) and
+# one for its router; server-side applied, watched (drift, pruning), deleted when no longer rendered;
+# only when that CRD exists.
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}
 {{- if .Values.rbac.gatewayAPI }}
 # Gateway API path (spec.routing.gateway.inferencePool): an InferencePool over the server pods,
