@@ -228,8 +228,11 @@ class ReplicaModel:
         bpp = BYTES_PER_PARAM[self.quantization]
         experts = self.model.routed_expert_params
         fixed = ((self._body_params - experts) * bpp + self._lm_head_params * 2.0) / self.shards
+        per_expert = self.model.layers * self.model.expert_params * bpp / self.shards
         object.__setattr__(self, "_read_fixed", fixed)
-        object.__setattr__(self, "_read_per_expert", self.model.layers * self.model.expert_params * bpp / self.shards)
+        object.__setattr__(self, "_read_per_expert", per_expert)
+        object.__setattr__(self, "_read_fixed_s", fixed / self._bandwidth)
+        object.__setattr__(self, "_read_per_expert_s", per_expert / self._bandwidth)
         if self.kv_capacity_tokens < self.max_total_tokens:
             raise ValueError(
                 f"{self.model.name} {self.quantization} on {self.shards}x {self.gpu.name}: KV cache holds "
@@ -301,7 +304,11 @@ class ReplicaModel:
     def decode_weight_seconds(self, batch: float) -> float:
         """Weight-read time of a decode step for ``batch`` sequences (the ``m0`` term of
         :meth:`decode_coefficients`, which for a MoE model grows with the batch)."""
-        return self.weight_bytes_read_per_gpu(batch) / self._bandwidth
+        fixed_s: float = self._read_fixed_s  # type: ignore[attr-defined]
+        if not self.model.experts:
+            return fixed_s
+        per_expert_s: float = self._read_per_expert_s  # type: ignore[attr-defined]
+        return fixed_s + per_expert_s * self.model.expected_experts_hit(batch)
 
     def _allreduce_s(self, tokens: float) -> float:
         """Time of the 2 x layers all-reduces of ``tokens`` hidden vectors (bf16) across the shards."""
