@@ -253,3 +253,35 @@ def test_qwenctl_plan_says_why_235b_does_not_fit(tmp_path: Path, capsys: pytest.
     last = captured.out.strip().splitlines()[-1]
     assert last.startswith("NoGPUTypeFits: Qwen/Qwen3-235B-A22B (bf16, 470.2 GB of weights")
     assert "does not fit on one node" in last
+
+
+def _decode_per_token(replica: ReplicaModel, batch: int, prompt: int = 100, output: int = 201) -> float:
+    from qwen_operator.sim.engine import ReplicaEngine, Request
+
+    eng = ReplicaEngine(replica)
+    reqs = [Request(0.0, prompt, output) for _ in range(batch)]
+    for r in reqs:
+        eng.submit(r)
+    eng.advance(float("inf"))
+    last = max(reqs, key=lambda r: r.first_token)
+    return (last.finish - last.first_token) / (output - 1)
+
+
+def test_engine_decodes_a_moe_batch_at_the_batch_dependent_read() -> None:
+    """The simulated engine's decode steps read the experts the batch hits: a 32-sequence step of
+    Qwen3-30B-A3B costs what the replica model says for 32, far more than the batch-1 read."""
+    moe = ReplicaModel.build("Qwen3-30B-A3B", "L40S", 1, "fp8")
+    one, many = _decode_per_token(moe, 1), _decode_per_token(moe, 32)
+    assert one == pytest.approx(moe.decode_step_seconds(1, 200), rel=0.05)
+    assert many == pytest.approx(moe.decode_step_seconds(32, 32 * 200), rel=0.05)
+    assert many > 3 * one  # a dense model's step barely grows from 1 to 32 sequences while memory-bound
+    dense = ReplicaModel.build("Qwen3-32B", "L40S", 1, "fp8")
+    assert _decode_per_token(dense, 32) < 1.3 * _decode_per_token(dense, 1)
+
+
+@pytest.mark.parametrize(("flag", "reply"), [(None, 128), ("disabled", 128), ("enabled", 1128), ("spec", 1128)])
+def test_qwenctl_plan_reasoning_flag(flag: str | None, reply: int, capsys: pytest.CaptureFixture[str]) -> None:
+    sample = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "qwen3-30b-a3b-moe.yaml"
+    args = ["plan", "-f", str(sample), "--gpus", "l40s=4"] + (["--reasoning", flag] if flag else [])
+    assert main(args) == 0
+    assert f"{reply}-token replies" in capsys.readouterr().out
