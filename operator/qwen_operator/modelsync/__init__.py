@@ -1,6 +1,9 @@
-"""Layer-diff model sync: a private registry on S3 and the node-local pull agent.
+"""Layer-diff model sync: a private registry (S3 or OCI) and the node-local pull agent.
 
-``chunking`` and ``manifest`` are pure (bytes in, chunks and diffs out); ``registry``
-speaks S3 through boto3; ``push`` publishes a directory; ``store`` and ``pull`` keep the
-node cache that TGI reads through ``models/NAME/current``; ``cli`` is ``qwenctl model``.
+``chunking`` and ``manifest`` are pure (bytes in, chunks and diffs out); ``backend`` is
+the registry interface and ``open_registry`` (by URL scheme); ``registry`` speaks S3
+through boto3 and ``oci`` the OCI distribution API (Harbor, Zot, distribution); ``push``
+publishes a directory; ``store`` and ``pull`` keep the node cache that TGI reads through
+``models/NAME/current``; ``cli`` is ``qwenctl model``; ``s3server`` and ``ociserver``
+build and run the real servers the tests and benches use.
 """

@@ -3,6 +3,8 @@
 ``model pull`` is the contract the operator's init container runs on every TGI pod:
 ``qwenctl model pull --registry R --version <digest> --cache /var/cache/qwen --name N``
 leaves ``/var/cache/qwen/models/N/current`` pointing at a complete, verified version.
+``R`` is ``s3://BUCKET/PREFIX`` (AWS_* credentials) or ``oci://HOST[:PORT]/REPOSITORY``
+(OCI_USERNAME/OCI_PASSWORD or OCI_TOKEN, OCI_CA_BUNDLE; see ``modelsync.oci``).
 Expected failures become ``UserError`` (``error: ...``, exit 2), never tracebacks.
 """
 
@@ -14,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from qwen_operator.cli import UserError
+from qwen_operator.modelsync.backend import ModelRegistry, RegistryError, open_registry
 from qwen_operator.modelsync.manifest import diff
 from qwen_operator.modelsync.push import fmt_bytes, push
-from qwen_operator.modelsync.registry import Registry, RegistryError, RegistryURL, make_client
 from qwen_operator.modelsync.store import sanitise_name
 
 
@@ -25,8 +27,13 @@ def register(subparsers: Any) -> None:
     sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--registry", required=True, help="s3://BUCKET/PREFIX (credentials: standard AWS_* variables)")
-        p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+        p.add_argument(
+            "--registry",
+            required=True,
+            help="s3://BUCKET/PREFIX (credentials: standard AWS_* variables) or oci://HOST[:PORT]/REPOSITORY "
+            "(OCI_USERNAME/OCI_PASSWORD or OCI_TOKEN, OCI_CA_BUNDLE, OCI_PLAIN_HTTP)",
+        )
+        p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS); s3:// only")
 
     p = sub.add_parser("push", help="publish DIR as a version, uploading only chunks the registry lacks")
     p.add_argument("dir", type=Path)
@@ -75,15 +82,14 @@ def _rate(value: str) -> float:
         raise argparse.ArgumentTypeError(f"--limit-rate {value!r}: use bytes/s such as 500K, 200M or 1G") from exc
 
 
-def _registry(args: argparse.Namespace, workers: int = 8) -> Registry:
+def _registry(args: argparse.Namespace, workers: int = 8) -> ModelRegistry:
     try:
-        url = RegistryURL.parse(args.registry)
-        return Registry(url, make_client(args.endpoint_url, max_connections=max(10, workers * 2)))
+        return open_registry(args.registry, endpoint_url=args.endpoint_url, workers=workers)
     except RegistryError as exc:
         raise UserError(str(exc)) from exc
 
 
-def _resolve_any(reg: Registry, ref: str) -> str:
+def _resolve_any(reg: ModelRegistry, ref: str) -> str:
     """A version name, digest, or (failing those) a tag."""
     try:
         return reg.resolve(version=ref)
@@ -115,7 +121,7 @@ def _pull(args: argparse.Namespace) -> int:
     if args.keep < 1:
         raise UserError(f"--keep {args.keep}: must be at least 1 (the current version)")
     reg = _registry(args, args.workers)
-    name = args.name or sanitise_name(reg.url.prefix or reg.url.bucket)
+    name = args.name or sanitise_name(reg.name_hint())
     try:
         r = pull(
             reg,

@@ -46,9 +46,9 @@ from functools import partial
 from pathlib import Path
 from typing import TextIO
 
+from qwen_operator.modelsync.backend import DigestMismatchError, ModelRegistry, RegistryError, TransientError
 from qwen_operator.modelsync.manifest import ChunkRef, FileEntry, Manifest, short_id
 from qwen_operator.modelsync.push import Progress, fmt_bytes
-from qwen_operator.modelsync.registry import DigestMismatchError, Registry, RegistryError, TransientError
 from qwen_operator.modelsync.store import (
     HASH_BLOCK,
     RETRIES,
@@ -85,7 +85,7 @@ class PullResult:
 
 
 def pull(
-    registry: Registry,
+    registry: ModelRegistry,
     cache: Path,
     name: str,
     version: str | None = None,
@@ -164,7 +164,7 @@ class _Builder:
     """Builds the files of one manifest that the node lacks into verified blobs."""
 
     def __init__(
-        self, store: Store, registry: Registry, manifest: Manifest, workers: int, limiter: RateLimiter, err: TextIO
+        self, store: Store, registry: ModelRegistry, manifest: Manifest, workers: int, limiter: RateLimiter, err: TextIO
     ) -> None:
         self.store, self.registry, self.manifest = store, registry, manifest
         self.workers, self.limiter, self.err = max(1, workers), limiter, err

@@ -1,9 +1,10 @@
 """Publish a model directory as a registry version, uploading only chunks it lacks.
 
-Chunk the directory (pure), list the registry's blobs once, upload the missing ones in
-parallel (multipart for large chunks), then write the manifest, the immutable version
-pointer and optionally a tag. Blobs go up before the manifest, and the manifest before
-the pointers, so a reader never sees a version whose chunks are not all there.
+Chunk the directory (pure), ask the registry which chunks it lacks (S3: one listing of
+its blobs; OCI: a HEAD per chunk), upload the missing ones in parallel, then write the
+manifest, the immutable version pointer and optionally a tag. Blobs go up before the
+manifest, and the manifest before the pointers, so a reader never sees a version whose
+chunks are not all there.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from qwen_operator.modelsync.backend import ModelRegistry, NotFoundError, RegistryError, check_name
 from qwen_operator.modelsync.chunking import Chunk, FileChunks, chunk_file, model_files
 from qwen_operator.modelsync.manifest import FileEntry, Manifest
-from qwen_operator.modelsync.registry import NotFoundError, Registry, RegistryError, check_name
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def chunk_dir(root: Path, log: Callable[[str], None] = lambda _: None) -> list[F
 
 
 def push(
-    registry: Registry,
+    registry: ModelRegistry,
     root: Path,
     version: str,
     tag: str | None = None,
@@ -102,8 +103,7 @@ def push(
     for fc in files:
         for c in fc.chunks:
             sources.setdefault(c.digest, (root / fc.path, c))
-    present = registry.list_blobs()
-    missing = [d for d in sources if d not in present]
+    missing = registry.missing_blobs(list(sources))
     to_upload = sum(sources[d][1].size for d in missing)
     total = sum(fc.size for fc in files)
     print(

@@ -10,6 +10,7 @@ Layout under ``s3://BUCKET/PREFIX``::
 Everything a reader fetches is verified against its digest, so a bucket that serves
 wrong bytes produces a clear error, never a wrong model. Credentials and endpoint come
 from boto3's standard chain (``AWS_*`` variables, profiles, ``AWS_ENDPOINT_URL``).
+It implements :class:`qwen_operator.modelsync.backend.ModelRegistry`; ``oci`` is the other one.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import hashlib
 import http.client
 import os
 import re
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
@@ -29,6 +29,16 @@ import botocore.exceptions
 import urllib3.exceptions
 from botocore.config import Config
 
+from qwen_operator.modelsync.backend import (
+    NAME_RE,
+    READ_BLOCK,
+    DigestMismatchError,
+    NotFoundError,
+    RegistryError,
+    TransferStats,
+    TransientError,
+    check_name,
+)
 from qwen_operator.modelsync.manifest import DIGEST_RE, Manifest, ManifestError
 
 if TYPE_CHECKING:
@@ -38,26 +48,24 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 MULTIPART_THRESHOLD = 16 * MIB
 PART_SIZE = 8 * MIB
-READ_BLOCK = 1 * MIB  # download block (readinto a reused buffer; 256 KiB measured slower on 16 cores)
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken", "ExpiredToken"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
-
-class RegistryError(Exception):
-    """An expected registry failure, worded for the user."""
-
-
-class NotFoundError(RegistryError):
-    pass
-
-
-class DigestMismatchError(RegistryError):
-    pass
-
-
-class TransientError(RegistryError):
-    """A download broke off mid-stream; retrying from the last byte received may succeed."""
+# the shared errors and helpers live in ``backend`` (no boto3); re-exported for existing callers
+__all__ = [
+    "NAME_RE",
+    "READ_BLOCK",
+    "DigestMismatchError",
+    "NotFoundError",
+    "Registry",
+    "RegistryError",
+    "RegistryURL",
+    "TransferStats",
+    "TransientError",
+    "check_name",
+    "make_client",
+    "translate_errors",
+]
 
 
 @dataclass(frozen=True)
@@ -74,12 +82,6 @@ class RegistryURL:
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-
-
-def check_name(kind: str, name: str) -> str:
-    if not NAME_RE.match(name):
-        raise RegistryError(f"{kind} {name!r} is invalid: use 1-128 of [A-Za-z0-9._-], starting with a letter or digit")
-    return name
 
 
 def make_client(endpoint_url: str | None = None, max_connections: int = 16) -> S3Client:
@@ -123,26 +125,6 @@ def translate_errors(what: str) -> Iterator[None]:
         raise RegistryError(f"{what}: {exc}") from exc
 
 
-@dataclass
-class TransferStats:
-    """Bytes and requests this process exchanged with the registry (thread-safe)."""
-
-    get_requests: int = 0
-    bytes_downloaded: int = 0
-    put_requests: int = 0
-    bytes_uploaded: int = 0
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def add(self, *, gets: int = 0, down: int = 0, puts: int = 0, up: int = 0) -> None:
-        with self._lock:
-            self.get_requests += gets
-            self.bytes_downloaded += down
-            self.put_requests += puts
-            self.bytes_uploaded += up
-
-
 class Registry:
     """Read and write one registry (a bucket prefix)."""
 
@@ -156,6 +138,14 @@ class Registry:
 
     def blob_key(self, digest: str) -> str:
         return self.key("blobs", "sha256", _hex(digest))
+
+    def name_hint(self) -> str:
+        return self.url.prefix or self.url.bucket
+
+    def missing_blobs(self, digests: Iterable[str]) -> list[str]:
+        """One paginated LIST of the prefix's blobs, not a request per digest."""
+        present = self.list_blobs()
+        return [d for d in digests if d not in present]
 
     # --- blobs ---------------------------------------------------------------------
 

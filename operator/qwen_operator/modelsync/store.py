@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from qwen_operator.modelsync.backend import DigestMismatchError
 from qwen_operator.modelsync.manifest import Manifest, ManifestError
-from qwen_operator.modelsync.registry import DigestMismatchError
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 PARTIAL_MAX_AGE_S = 24 * 3600
