@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup venv tools controlplane prometheus s3server ociregistry helm generate test lint types imports unit integration e2e crds check-generated demo bench clean
+.PHONY: setup venv tools controlplane prometheus s3server ociregistry helm generate test lint types imports unit integration e2e crds check-generated demo bench clean image
 
 ## setup: virtualenv + editable package with test extras + every tool the tests need
 setup: venv tools
@@ -45,6 +45,17 @@ prometheus:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  $$SUDO systemctl disable --now prometheus 2>/dev/null || true; \
 	fi
+
+## image: the operator image without a Docker engine: buildah on a base built from Debian packages
+## (installs buildah, mmdebstrap and runc when missing; IMAGE=ref overrides the chart's default tag)
+IMAGE ?=
+image: venv
+	@missing=""; for t in buildah mmdebstrap runc; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends buildah mmdebstrap runc >/dev/null; \
+	fi
+	$(PY) -m qwen_operator.packaging.image build $(if $(IMAGE),--tag $(IMAGE))
 
 ## test: lint, types, import contracts, generated-file checks, unit, integration and e2e tests
 test: setup lint types imports unit integration e2e

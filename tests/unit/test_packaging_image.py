@@ -1,4 +1,4 @@
-"""The operator image recipe and the chart agree: same user, same entry point, same version."""
+"""The operator image recipe and the chart agree (user, entry point, version); the buildah build helpers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import re
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
 import yaml
 
+from qwen_operator.packaging import image
 from qwen_operator.packaging.generate import VALUES_YAML
 from qwen_operator.render import default_operator_image
 
@@ -58,3 +60,69 @@ def test_chart_app_version_is_the_package_version_and_the_default_image() -> Non
     assert chart["appVersion"] == version("qwen-operator")
     values = yaml.safe_load(VALUES_YAML.read_text())
     assert f"{values['image']['repository']}:{chart['appVersion']}" == default_operator_image()
+
+
+def test_both_stages_use_the_base_arg_and_a_virtual_environment() -> None:
+    ins = _instructions()
+    assert [rest.split()[0] for word, rest in ins if word == "FROM"] == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+    # no dependency on where the base keeps python or on a pip-managed system site (Debian's is not)
+    runs = [rest for word, rest in ins if word == "RUN"]
+    assert any("python3 -m venv /opt/build" in r for r in runs)
+    final = next(r for r in runs if "from=build" in r)
+    assert "python3 -m venv /opt/qwen-operator" in final and "--no-index" in final
+    env = next(rest for word, rest in ins if word == "ENV" and "PATH=" in rest)
+    assert "PATH=/opt/qwen-operator/bin:" in env
+
+
+def test_context_digest_covers_exactly_the_dockerignore_allow_list(tmp_path: Path) -> None:
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert allowed | {"Dockerfile", ".dockerignore"} == set(image.CONTEXT_FILES) | set(image.CONTEXT_DIRS)
+
+    for name in image.CONTEXT_FILES:
+        (tmp_path / name).write_text(name)
+    pkg = tmp_path / "operator" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "a.py").write_text("A = 1\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "t.py").write_text("x")
+    before = image.context_digest(tmp_path)
+    (tmp_path / "tests" / "t.py").write_text("y")  # not in the build context
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert image.context_digest(tmp_path) == before
+    (pkg / "a.py").write_text("A = 2\n")
+    assert image.context_digest(tmp_path) != before
+    (pkg / "a.py").write_text("A = 1\n")
+    (tmp_path / "Dockerfile").write_text("FROM other\n")
+    assert image.context_digest(tmp_path) != before
+
+
+def test_base_recipe_names_its_inputs() -> None:
+    assert image.base_recipe() == image.base_recipe()
+    assert image.base_recipe("http://mirror.example/debian") != image.base_recipe()
+    assert image.BASE_TAG.startswith("localhost/")  # never pushed by accident under a real registry name
+
+
+def test_build_without_the_tools_is_one_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert image.main(["build"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["error: missing buildah mmdebstrap: `make image` installs them (Debian packages)"]
+
+
+def test_container_runs_the_image_entry_point_as_the_image_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = {"Entrypoint": ["qwenctl"], "User": "65532:65532"}
+    monkeypatch.setattr(image, "inspect_image", lambda ref: {"OCIv1": {"config": config}} if ref == "img" else None)
+    monkeypatch.setattr(image, "runtime_args", lambda ref: ["--runtime", "/usr/sbin/runc"])
+    ctr = image.Container("img", ["/c:/cache"], {"AWS_REGION": "x"}, name="ctr")
+    cmd = ctr.command(["model", "pull"])
+    assert cmd[:4] == ["buildah", "run", "--runtime", "/usr/sbin/runc"]
+    assert cmd[cmd.index("ctr") :] == ["ctr", "--", "qwenctl", "model", "pull"]
+    assert "--user" not in cmd  # the config's USER applies
+    assert ["--volume", "/c:/cache"] == cmd[cmd.index("--volume") : cmd.index("--volume") + 2]
+    assert ctr.command(["id"], entrypoint=False)[-2:] == ["--", "id"]
+    with pytest.raises(image.ImageError, match="make image"):
+        image.Container("missing").command(["--help"])
