@@ -61,12 +61,14 @@ def validate_spec(spec: QwenDeploymentSpec, catalog: Catalog) -> list[Problem]:
             )
         )
     tp = spec.placement.tensor_parallel
-    if isinstance(tp, int) and tp not in model.valid_shards(max_shards=64):
+    replicate_kv = spec.runtime.engine == "vllm"  # vLLM replicates KV heads beyond their count; TGI cannot
+    if isinstance(tp, int) and tp not in model.valid_shards(max_shards=64, kv_replication=replicate_kv):
+        valid = ", ".join(map(str, model.valid_shards(kv_replication=replicate_kv)))
         problems.append(
             Problem(
                 "spec.placement.tensorParallel",
                 f"tensorParallel {tp} does not divide {model.name}'s {model.attention_heads} attention heads"
-                f" and {model.kv_heads} KV heads; valid: {', '.join(map(str, model.valid_shards()))}",
+                f" and {model.kv_heads} KV heads ({spec.runtime.engine}); valid: {valid}",
                 "InvalidTensorParallel",
             )
         )

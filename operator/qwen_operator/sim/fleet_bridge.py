@@ -263,7 +263,9 @@ class FleetBridge:
 
     async def _start(self, rep: PodReplica) -> None:
         try:
-            model = ReplicaModel.build(rep.model, rep.gpu, rep.shards, rep.quantization, **dict(rep.limits))
+            model = ReplicaModel.build_for(
+                rep.chat.engine, rep.model, rep.gpu, rep.shards, rep.quantization, **dict(rep.limits)
+            )
         except (ValueError, KeyError) as exc:
             self._rejected_pods.add(rep.uid)
             self.log(f"SIMULATED fleet: pod {rep.name} asks for a replica the model rejects: {exc}")
