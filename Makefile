@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup venv tools controlplane prometheus s3server ociregistry helm generate test lint types imports unit integration e2e crds check-generated demo bench clean image
+.PHONY: setup venv tools controlplane prometheus s3server ociregistry helm generate test lint types imports unit integration e2e crds check-generated demo bench clean image imagetools
 
 ## setup: virtualenv + editable package with test extras + every tool the tests need
 setup: venv tools
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
-tools: controlplane prometheus s3server ociregistry helm
+tools: controlplane prometheus s3server ociregistry helm imagetools
 
 ## helm: the Helm CLI built from the Go module proxy (cached)
 helm: venv
@@ -46,15 +46,19 @@ prometheus:
 	  $$SUDO systemctl disable --now prometheus 2>/dev/null || true; \
 	fi
 
-## image: the operator image without a Docker engine: buildah on a base built from Debian packages
-## (installs buildah, mmdebstrap and runc when missing; IMAGE=ref overrides the chart's default tag)
-IMAGE ?=
-image: venv
+## imagetools: buildah, mmdebstrap and runc (Debian packages) for `make image` and tests/integration/test_image.py
+imagetools:
 	@missing=""; for t in buildah mmdebstrap runc; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
-	if [ -n "$$missing" ]; then echo "installing$$missing (Debian packages)"; \
+	if [ -z "$$missing" ]; then echo "buildah, mmdebstrap, runc present"; \
+	else echo "installing$$missing (Debian packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends buildah mmdebstrap runc >/dev/null; \
 	fi
+
+## image: the operator image without a Docker engine: buildah on a base built from Debian packages
+## (IMAGE=ref overrides the chart's default tag; tests/integration/test_image.py rebuilds a stale one itself)
+IMAGE ?=
+image: venv imagetools
 	$(PY) -m qwen_operator.packaging.image build $(if $(IMAGE),--tag $(IMAGE))
 
 ## test: lint, types, import contracts, generated-file checks, unit, integration and e2e tests

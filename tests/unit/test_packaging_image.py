@@ -126,3 +126,18 @@ def test_container_runs_the_image_entry_point_as_the_image_user(monkeypatch: pyt
     assert ctr.command(["id"], entrypoint=False)[-2:] == ["--", "id"]
     with pytest.raises(image.ImageError, match="make image"):
         image.Container("missing").command(["--help"])
+
+
+def test_ensure_image_rebuilds_only_a_stale_image(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    built: list[str] = []
+    monkeypatch.setattr(image, "context_digest", lambda repo=image.REPO: "tree")
+    monkeypatch.setattr(image, "build_base", lambda **kw: "base")
+    monkeypatch.setattr(image, "build_image", lambda tag, base, ca, log: built.append(f"{tag} on {base}"))
+    monkeypatch.setattr(image, "missing_tools", lambda: [])
+    monkeypatch.setattr(image, "image_labels", lambda ref: {image.CONTEXT_LABEL: "tree"})
+    assert image.ensure_image("img") == "img" and built == []
+    monkeypatch.setattr(image, "image_labels", lambda ref: {image.CONTEXT_LABEL: "older"})
+    assert image.ensure_image("img") == "img" and built == ["img on base"]
+    monkeypatch.setattr(image, "missing_tools", lambda: ["mmdebstrap"])
+    with pytest.raises(image.ImageError, match="missing mmdebstrap: `make image` installs them"):
+        image.ensure_image("img")

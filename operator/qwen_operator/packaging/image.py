@@ -78,6 +78,10 @@ class ImageError(RuntimeError):
     """A build or run step failed; the message names the step and the tool's own error."""
 
 
+class ContainersRefusedError(ImageError):
+    """No container runtime works on this host (every runtime's refusal, verbatim)."""
+
+
 def missing_tools() -> list[str]:
     return [t for t in TOOLS if shutil.which(t) is None]
 
@@ -155,7 +159,7 @@ def runtime_args(image: str) -> list[str]:
             _RUNTIME = args
             return args
         refusals.append(f"{' '.join(args) or 'default runtime'}: {proc.stderr.strip().splitlines()[:3]}")
-    raise ImageError("no container runtime works on this host:\n" + "\n".join(refusals))
+    raise ContainersRefusedError("no container runtime works on this host:\n" + "\n".join(refusals))
 
 
 def build_base(
@@ -252,6 +256,19 @@ def build_image(
     info = inspect_image(tag) or {}
     log(f"built {tag} in {time.monotonic() - t0:.0f} s: {info.get('FromImageID', '?')}")
     return str(info.get("FromImageID", ""))
+
+
+def ensure_image(tag: str | None = None, log: Callable[[str], None] = _log) -> str:
+    """``tag`` built from this tree: (re)built, base included when its recipe changed, unless its
+    :data:`CONTEXT_LABEL` already matches :func:`context_digest`. Returns the tag."""
+    tag = tag or default_operator_image()
+    if image_labels(tag).get(CONTEXT_LABEL) == context_digest():
+        return tag
+    missing = missing_tools()
+    if missing:
+        raise ImageError(f"missing {' '.join(missing)}: `{BUILD_COMMAND}` installs them (Debian packages)")
+    build_image(tag, build_base(log=log), default_ca_bundle(), log=log)
+    return tag
 
 
 @dataclass
