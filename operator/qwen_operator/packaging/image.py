@@ -90,7 +90,8 @@ def _run(cmd: Sequence[str], step: str, **kw: Any) -> subprocess.CompletedProces
     proc = subprocess.run(list(cmd), capture_output=True, text=True, **kw)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise ImageError(f"{step} failed ({' '.join(cmd[:3])} ... exit {proc.returncode}):\n{tail}")
+        last = tail.splitlines()[-1] if tail else ""
+        raise ImageError(f"{step} failed (exit {proc.returncode}): {last}\n{tail}")
     return proc
 
 
@@ -239,7 +240,7 @@ def build_image(
         *runtime_args(base),
         "--network",
         "host",
-        "--layers",
+        "--layers=false",  # no intermediate images left behind (pip reruns on any code change anyway)
         "--build-arg",
         f"PYTHON_IMAGE={base}",
         "--label",
@@ -250,12 +251,15 @@ def build_image(
     if ca_bundle is not None:
         cmd += ["--secret", f"id=ca-bundle,src={ca_bundle}"]
     cmd.append(str(context))
+    previous = (inspect_image(tag) or {}).get("FromImageID")
     log(f"buildah bud {tag} on {base} (context {digest})")
     t0 = time.monotonic()
     _run(cmd, "buildah bud")
-    info = inspect_image(tag) or {}
-    log(f"built {tag} in {time.monotonic() - t0:.0f} s: {info.get('FromImageID', '?')}")
-    return str(info.get("FromImageID", ""))
+    image_id = str((inspect_image(tag) or {}).get("FromImageID", ""))
+    log(f"built {tag} in {time.monotonic() - t0:.0f} s: {image_id}")
+    if previous and previous != image_id:  # the image this tag named before, now untagged
+        subprocess.run(["buildah", "rmi", previous], capture_output=True)
+    return image_id
 
 
 def ensure_image(tag: str | None = None, log: Callable[[str], None] = _log) -> str:
@@ -342,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
             rest = args.args[1:] if args.args[:1] == ["--"] else args.args
             return subprocess.run(ctr.command(rest)).returncode
     except (ImageError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        first, _, detail = str(exc).partition("\n")
+        if detail:
+            print(detail, file=sys.stderr)  # the tool's own last lines, then one error line
+        print(f"error: {first}", file=sys.stderr)
         return 1
 
 
