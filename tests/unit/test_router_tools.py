@@ -140,14 +140,15 @@ def test_openai_client_tool_call_and_stream(vllm: Stack) -> None:
 
 def test_huggingface_client_tool_call_and_stream(vllm: Stack, tgi: Stack) -> None:
     for s in (vllm, tgi):
+        # vLLM answers only to its served name (huggingface_hub sends "dummy" without a model: vLLM's 404)
         client = InferenceClient(base_url=s.router.url)
-        out = client.chat_completion(MESSAGES, tools=TOOLS, tool_choice="required")  # type: ignore[arg-type]
+        out = client.chat_completion(MESSAGES, model=MODEL_ID, tools=TOOLS, tool_choice="required")  # type: ignore[arg-type]
         (choice,) = out.choices
         assert choice.finish_reason == "tool_calls"
         (call,) = choice.message.tool_calls or []
         assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] == "simulated"
 
-        stream = list(client.chat_completion(MESSAGES, tools=TOOLS, tool_choice=NAMED, stream=True))  # type: ignore[arg-type]
+        stream = list(client.chat_completion(MESSAGES, model=MODEL_ID, tools=TOOLS, tool_choice=NAMED, stream=True))  # type: ignore[arg-type]
         pieces = [tc for c in stream for tc in c.choices[0].delta.tool_calls or []]
         assert pieces[0].function.name == "book_table"
         assert json.loads("".join(p.function.arguments for p in pieces)) == {"people": 1}

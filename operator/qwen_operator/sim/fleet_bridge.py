@@ -272,7 +272,11 @@ class FleetBridge:
             return
         wall_left = max(0.0, cold_start_left(rep, time.time()) - READY_MARGIN_SECONDS)
         sim = SimulatedTGI(
-            model, time_scale=self.time_scale, cold_start_seconds=wall_left * self.time_scale, chat=rep.chat
+            model,
+            time_scale=self.time_scale,
+            cold_start_seconds=wall_left * self.time_scale,
+            chat=rep.chat,  # the engine too: a vllm pod gets vLLM's API and metrics (sim.vllm_api)
+            served_model_name=rep.served_model_name,
         )
         served = await serve(sim, "127.0.0.1", 0)
         self.replicas[rep.uid] = _Replica(rep, served)

@@ -24,7 +24,7 @@ from typing import Any
 from ..catalog.gpus import gpu_by_product_label
 from ..engines.chat_template import TGI_TOKENIZER_CONFIG, VLLM_CHAT_TEMPLATE
 from ..render.names import ANNOTATION_MODEL, LABEL_POOL
-from ..render.workload import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from ..render.workload import GPU_PRODUCT_LABEL, GPU_RESOURCE, pod_gpu_products
 from ..sandbox.stages import READY_AFTER_ANNOTATION
 from .chat import ChatOptions
 
@@ -33,9 +33,13 @@ _INT_FLAGS = {
     "--max-concurrent-requests": "max_concurrent_requests",
     "--max-input-tokens": "max_input_tokens",
     "--max-total-tokens": "max_total_tokens",
-    "--max-num-seqs": "max_concurrent_requests",  # vLLM
-    "--max-model-len": "max_total_tokens",  # vLLM
 }
+#: vLLM's: ``--max-num-seqs`` caps the running batch (vLLM's scheduler), not admission: requests
+#: beyond it wait in an unbounded queue (vLLM never answers 429), so the replica gets
+#: :data:`VLLM_UNBOUNDED_QUEUE` as its admission limit. ``--max-model-len`` is prompt + reply.
+_VLLM_INT_FLAGS = {"--max-num-seqs": "max_batch_size", "--max-model-len": "max_total_tokens"}
+#: The simulated vLLM replica's admission limit: in effect none (vLLM's waiting queue is unbounded).
+VLLM_UNBOUNDED_QUEUE = 1_000_000
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -56,12 +60,13 @@ class PodReplica:
     gpu: str  # catalog GPU name
     shards: int
     quantization: str
-    limits: tuple[tuple[str, int], ...]  # ReplicaModel keyword limits from the TGI flags
+    limits: tuple[tuple[str, int], ...]  # ReplicaModel keyword limits from the engine's flags
     running: bool  # phase Running and not being deleted: a server process exists
     ready: bool  # the Ready condition is True (and not being deleted): endpoints route to it
     ready_after_seconds: float  # the sandbox's modelled cold start (0 without the annotation)
     started_at: float | None  # status.startTime as a UNIX timestamp
     chat: ChatOptions = ChatOptions()  # thinking default, reasoning and tool-call parsers from the flags
+    served_model_name: str | None = None  # vLLM's --served-model-name (the only name it answers to)
 
 
 def parse_go_duration(text: str) -> float:
@@ -120,7 +125,7 @@ def pod_replica(pod: dict[str, Any]) -> PodReplica:
     server = next((c for c in containers if GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {})), None)
     if server is None:
         raise PodSpecError(f"pod {name}: no container has a {GPU_RESOURCE} limit")
-    product = (spec.get("nodeSelector") or {}).get(GPU_PRODUCT_LABEL)
+    product = next(iter(pod_gpu_products(spec)), None)  # nodeSelector, or the node expression of a multi-label type
     gpu = gpu_by_product_label(product) if product else None
     if gpu is None:
         raise PodSpecError(f"pod {name}: nodeSelector {GPU_PRODUCT_LABEL}={product!r} is not a catalog GPU")
@@ -129,11 +134,16 @@ def pod_replica(pod: dict[str, Any]) -> PodReplica:
         raise PodSpecError(f"pod {name}: annotation {ANNOTATION_MODEL} is missing")
     args = [str(a) for a in server.get("args") or []]
     env = {str(e["name"]): str(e.get("value", "")) for e in server.get("env") or [] if "name" in e}
-    limits = []
-    for flag, field_name in _INT_FLAGS.items():
+    chat = chat_options(server)
+    vllm = chat.engine == "vllm"
+    limits = [("max_concurrent_requests", VLLM_UNBOUNDED_QUEUE)] if vllm else []
+    for flag, field_name in (_VLLM_INT_FLAGS if vllm else _INT_FLAGS).items():
         value = _flag(args, env, flag)
         if value is not None:
             limits.append((field_name, int(value)))
+    model_len = _flag(args, env, "--max-model-len") if vllm else None
+    if model_len is not None:  # vLLM has no prompt limit of its own: a prompt leaves room for one token
+        limits.append(("max_input_tokens", int(model_len) - 1))
     deleting = meta.get("deletionTimestamp") is not None
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     return PodReplica(
@@ -144,13 +154,14 @@ def pod_replica(pod: dict[str, Any]) -> PodReplica:
         model=str(model),
         gpu=gpu.name,
         shards=int(server["resources"]["limits"][GPU_RESOURCE]),
-        quantization=_flag(args, env, "--quantize") or "none",
+        quantization=_flag(args, env, "--quantization" if vllm else "--quantize") or "none",
         limits=tuple(limits),
         running=status.get("phase") == "Running" and not deleting,
         ready=ready and not deleting,
         ready_after_seconds=parse_go_duration(str(annotations.get(READY_AFTER_ANNOTATION, "0"))),
         started_at=_timestamp(status.get("startTime")),
-        chat=chat_options(server),
+        chat=chat,
+        served_model_name=(_flag(args, env, "--served-model-name") or _flag(args, env, "--model")) if vllm else None,
     )
 
 

@@ -19,6 +19,11 @@ seconds at ``time_scale`` 1). Start-up: like TGI, the port refuses connections u
 modelled cold start is over (``startup="refuse"``: the socket is bound, so the port is
 known, but only listens once ready); ``startup="503"`` listens at once and answers 503.
 
+**vLLM**: a replica whose chat options say ``engine="vllm"`` (a vLLM pod, read back by
+:mod:`.pod_replica`) serves vLLM's OpenAI server instead (:mod:`.vllm_api`: ``/v1/completions``,
+``/v1/chat/completions``, ``/v1/models``, ``/health``, ``/version``, ``/metrics`` with vLLM's
+metric names from :mod:`.vllm_metrics`; no ``/generate``), from the same engine and clock.
+
 Run: ``python -m qwen_operator.sim.server --model Qwen/Qwen3-14B --gpu A10G --shards 1
 --quantization fp8 --port 0`` (prints ``listening on 127.0.0.1:PORT``).
 """
@@ -32,6 +37,7 @@ import json
 import math
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +59,8 @@ from .tgi_payloads import (
     token,
     usage,
 )
+from .vllm_metrics import VLLMMetrics
+from .vllm_payloads import vllm_context_error, vllm_error
 
 _POLL_WALL_S = 0.005
 
@@ -67,6 +75,7 @@ class SimulatedTGI:
         cold_start_seconds: float | None = None,
         default_max_new_tokens: int = 100,
         chat: ChatOptions | None = None,
+        served_model_name: str | None = None,
     ) -> None:
         self.model = model
         self.time_scale = time_scale
@@ -75,6 +84,10 @@ class SimulatedTGI:
         self._t0 = time.monotonic()
         self.engine = ReplicaEngine(model, start_time=0.0)
         self.metrics = TGIMetrics()
+        #: vLLM: the one name it answers to (``--served-model-name``, else the model)
+        self.served_model_name = served_model_name or model.model.name
+        self.vllm_metrics = VLLMMetrics(self.served_model_name, model.max_total_tokens)
+        self._live: dict[Request, str] = {}  # vLLM: accepted, unfinished -> its finish reason
         cold = model.cold_start_seconds if cold_start_seconds is None else cold_start_seconds
         self.ready_at = cold  # virtual seconds after start
         self._wakeup = asyncio.Event()
@@ -96,12 +109,17 @@ class SimulatedTGI:
 
     def sync(self) -> None:
         """Advance the engine to now and settle finished requests."""
-        finished = self.engine.advance(self.now())
+        now = self.now()
+        finished = self.engine.advance(now)
         # TGI observes the queue wait when a request enters a batch, not when it ends: a
         # long queue shows in the SLO signal while the requests are still waiting for tokens
+        # (vLLM observes the time to first token once the first token exists)
         still_waiting: list[Request] = []
+        vllm = self.vllm
         for req in self._unbatched:
-            if not math.isnan(req.start):
+            if vllm and req.first_token <= now:  # NaN compares False: not prefilled yet
+                self.vllm_metrics.first_token(req)
+            elif not vllm and not math.isnan(req.start):
                 self.metrics.queue_duration.observe(req.queue_time)
             else:
                 still_waiting.append(req)
@@ -110,6 +128,8 @@ class SimulatedTGI:
             fut = req.tag
             self.metrics.request_success += 1
             self.metrics.duration.observe(req.duration)
+            if vllm:
+                self.vllm_metrics.finished(req, self._live.pop(req, "length"))
             if isinstance(fut, asyncio.Future):
                 self._pending.discard(fut)
                 if not fut.done():
@@ -128,19 +148,33 @@ class SimulatedTGI:
                 pass
 
     # --- request life cycle ------------------------------------------------------------
+    @property
+    def vllm(self) -> bool:
+        """This replica plays vLLM (its API, errors and metrics), not TGI."""
+        return self.chat.engine == "vllm"
+
     def submit(
-        self, prompt_tokens: int, max_new_tokens: int | None, output_tokens: int | None = None
+        self,
+        prompt_tokens: int,
+        max_new_tokens: int | None,
+        output_tokens: int | None = None,
+        finish_reason: str = "length",
     ) -> Request | web.Response:
         """Validate ``max_new_tokens`` and enqueue a request generating ``output_tokens`` (default: exactly
-        ``max_new_tokens``); an error response (TGI's shape) when refused."""
+        ``max_new_tokens``); an error response (the engine's shape) when refused. ``finish_reason``:
+        vLLM's for ``request_success_total`` (``stop`` for a completed tool call, else ``length``)."""
         self.metrics.request_count += 1
         if not self.ready:
             self.metrics.failure("unhealthy")
+            if self.vllm:
+                return vllm_error(503, "Model is loading (simulated cold start)", "ServiceUnavailableError")
             return error(503, "Model is loading (simulated cold start)", "unhealthy")
         new = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         m = self.model
         if new < 1 or prompt_tokens > m.max_input_tokens or prompt_tokens + new > m.max_total_tokens:
             self.metrics.failure("validation")
+            if self.vllm:
+                return vllm_context_error(prompt_tokens, new, m.max_total_tokens)
             return error(
                 422,
                 f"Input validation error: `inputs` tokens ({prompt_tokens}) + `max_new_tokens` ({new}) must be "
@@ -153,11 +187,17 @@ class SimulatedTGI:
         if not self.engine.submit(req):
             err = "overloaded" if req.status == OVERLOADED else "validation"
             self.metrics.failure(err)
+            if self.vllm:  # vLLM queues without bound; only a replica built with a finite limit gets here
+                if err == "overloaded":
+                    return vllm_error(503, "The server is overloaded (simulated admission limit)", "ServiceUnavailable")
+                return vllm_context_error(prompt_tokens, new, m.max_total_tokens)
             if err == "overloaded":
                 return error(429, "Model is overloaded", "overloaded")
             return error(422, "Input validation error", "validation")
         self._pending.add(fut)
         self._unbatched.append(req)
+        if self.vllm:
+            self._live[req] = finish_reason
         self._wakeup.set()
         return req
 
@@ -186,6 +226,9 @@ class SimulatedTGI:
                 await asyncio.sleep(_POLL_WALL_S)
 
     def headers(self, req: Request) -> dict[str, str]:
+        """Response headers: TGI's timing headers; vLLM sends none of them."""
+        if self.vllm:
+            return {"x-simulated": "true"}
         return {
             "x-simulated": "true",
             "x-compute-type": "simulated",
@@ -196,10 +239,26 @@ class SimulatedTGI:
         }
 
     def invalid(self, message: str) -> web.Response:
-        """A request refused before it reaches the engine (counted, as TGI counts it)."""
+        """A request refused before it reaches the engine (counted, as TGI counts it; vLLM: its 400)."""
         self.metrics.request_count += 1
         self.metrics.failure("validation")
+        if self.vllm:
+            return vllm_error(400, message, "BadRequestError")
         return error(422, message, "validation")
+
+    def wrong_model(self, body: dict[str, Any]) -> web.Response | None:
+        """vLLM's 404 for a ``model`` other than its served name (None: the name is right or absent)."""
+        name = body.get("model")
+        if name is None or name == self.served_model_name:
+            return None
+        self.metrics.request_count += 1
+        self.metrics.failure("validation")
+        return vllm_error(404, f"The model `{name}` does not exist.", "NotFoundError")
+
+    def generating(self) -> list[int]:
+        """vLLM: tokens produced so far by each accepted, unfinished request."""
+        now = self.now()
+        return [self.engine.generated_tokens(req, now) for req in self._live]
 
     def info(self) -> dict[str, Any]:
         m = self.model
@@ -317,6 +376,8 @@ def build_app(sim: SimulatedTGI) -> web.Application:
             body = None
         if not isinstance(body, dict):
             return sim.invalid("Failed to deserialize the JSON body into the target type: expected an object")
+        if sim.vllm and (wrong := sim.wrong_model(body)) is not None:
+            return wrong
         messages = body.get("messages") or []
         text = "".join(str(m.get("content") or "") for m in messages if isinstance(m, dict))
         prompt = estimate_tokens(text) + 4 * len(messages)  # chat template: ~4 tokens per message
@@ -330,19 +391,22 @@ def build_app(sim: SimulatedTGI) -> web.Application:
         try:
             reply = plan_reply(body, sim.chat, sim.model.model.thinking, budget, cap)
         except ChatError as exc:
-            if sim.chat.engine == "vllm":
+            if sim.vllm:
                 sim.metrics.request_count += 1
                 sim.metrics.failure("validation")
-                err = {"object": "error", "message": str(exc), "type": "BadRequestError", "param": None}
-                return web.json_response({**err, "code": exc.status}, status=exc.status)
+                return vllm_error(exc.status, str(exc), "BadRequestError")
             return sim.invalid(str(exc))
-        got = sim.submit(prompt, max_tokens, output_tokens=len(reply.tokens))
+        reason = "stop" if reply.finish_reason == "tool_calls" else "length"  # vLLM's FinishReason
+        got = sim.submit(prompt, max_tokens, output_tokens=len(reply.tokens), finish_reason=reason)
         if isinstance(got, web.Response):
             return got
         req = got
         base = {"id": "", "created": int(time.time()), "model": sim.model.model.name}
         base["system_fingerprint"] = f"{TGI_VERSION}-simulated"
+        if sim.vllm:  # vLLM: a request id, the served name, no fingerprint
+            base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": base["created"], "model": sim.served_model_name}
         used = usage(req.prompt_tokens, req.output_tokens)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if not body.get("stream"):
             await sim.finished(req)
             choice = {"index": 0, "message": message(reply, sim.chat), "logprobs": None}
@@ -359,9 +423,11 @@ def build_app(sim: SimulatedTGI) -> web.Application:
                 finish = reply.finish_reason if last else None
                 choice = {"index": 0, "delta": delta(reply, i, sim.chat), "logprobs": None, "finish_reason": finish}
                 chunk = {**base, "object": "chat.completion.chunk", "choices": [choice]}
-                if last and (body.get("stream_options") or {}).get("include_usage"):
+                if last and include_usage and not sim.vllm:
                     chunk["usage"] = used
                 yield json.dumps(chunk)
+            if include_usage and sim.vllm:  # vLLM: usage in a chunk of its own, with no choices
+                yield json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": used})
             yield "[DONE]"
 
         return await _sse(request, sim, req, events())
@@ -460,6 +526,13 @@ def build_app(sim: SimulatedTGI) -> web.Application:
                 await sim._driver
 
     app = web.Application()
+    app.on_startup.append(start_driver)
+    app.on_cleanup.append(stop_driver)
+    if sim.vllm:
+        from .vllm_api import add_vllm_routes  # imports this module: bound late
+
+        add_vllm_routes(app, sim, chat)
+        return app
     app.router.add_post("/", generate)
     app.router.add_post("/generate", generate_once)
     app.router.add_post("/generate_stream", generate_stream)
@@ -469,8 +542,6 @@ def build_app(sim: SimulatedTGI) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/info", info)
     app.router.add_get("/metrics", metrics)
-    app.on_startup.append(start_driver)
-    app.on_cleanup.append(stop_driver)
     return app
 
 
@@ -536,7 +607,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cold-start", type=float, default=None, help="virtual seconds (default: the model's)")
     ap.add_argument("--startup", choices=("refuse", "503"), default="refuse")
     ap.add_argument("--default-max-new-tokens", type=int, default=100)
-    ap.add_argument("--engine", choices=("tgi", "vllm"), default="tgi", help="whose chat behaviour to mimic")
+    ap.add_argument("--engine", choices=("tgi", "vllm"), default="tgi", help="whose API, metrics and chat to mimic")
+    ap.add_argument("--served-model-name", default=None, help="vLLM: the model name it answers to")
     ap.add_argument("--thinking", choices=("on", "off"), default="on", help="the deployment's default (reasoning)")
     ap.add_argument("--reasoning-parser", default=None, help="as vLLM's: reasoning in reasoning_content")
     ap.add_argument("--tool-call-parser", default=None, help="as vLLM's, with --enable-auto-tool-choice")
@@ -549,7 +621,8 @@ def main(argv: list[str] | None = None) -> None:
         tool_call_parser=args.tool_call_parser,
         reasoning_tokens=args.reasoning_tokens,
     )
-    replica = ReplicaModel.build(
+    replica = ReplicaModel.build_for(
+        args.engine,
         args.model,
         args.gpu,
         args.shards,
@@ -560,10 +633,13 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     async def run() -> None:
-        sim = SimulatedTGI(replica, args.time_scale, args.cold_start, args.default_max_new_tokens, chat)
+        sim = SimulatedTGI(
+            replica, args.time_scale, args.cold_start, args.default_max_new_tokens, chat, args.served_model_name
+        )
         served = await serve(sim, args.host, args.port, args.startup)
         ready_in = sim.seconds_until_ready()
-        print(f"listening on {args.host}:{served.port} (SIMULATED TGI; ready in {ready_in:.1f}s)", flush=True)
+        engine = "vLLM" if sim.vllm else "TGI"
+        print(f"listening on {args.host}:{served.port} (SIMULATED {engine}; ready in {ready_in:.1f}s)", flush=True)
         try:
             await asyncio.Event().wait()
         finally:
