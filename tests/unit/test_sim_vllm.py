@@ -9,6 +9,7 @@ against the metric names the autoscaler's PromQL uses for vLLM (engines.runtimes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -31,9 +32,11 @@ from qwen_operator.planner import plan
 from qwen_operator.render import RenderContext, render
 from qwen_operator.sim.chat import ChatOptions
 from qwen_operator.sim.engine import Request
+from qwen_operator.sim.loadgen import LoadGenerator, RequestSize
 from qwen_operator.sim.pod_replica import VLLM_UNBOUNDED_QUEUE, pod_replica
 from qwen_operator.sim.server import ServedTGI, SimulatedTGI, serve
 from qwen_operator.sim.tgi_payloads import estimate_tokens
+from qwen_operator.sim.trace import TraceRow
 from qwen_operator.sim.vllm_metrics import REQUEST_BUCKETS, TTFT_BUCKETS
 from qwen_operator.testing.background import BackgroundLoop
 from qwen_operator.testing.wait import wait_for
@@ -371,3 +374,44 @@ def test_the_autoscalers_vllm_queries_name_series_the_server_exports(server: Ser
     promql = " ".join(queries(names, 'namespace="llm",pod=~"chat-.*"').values())
     used = set(re.findall(r"(vllm:[a-z_]+)", promql))
     assert used and used <= exported, used - exported
+
+
+# --- the load generator's vLLM dialect (the closed-loop e2e on engine vllm) -----------------------------
+
+
+def test_load_generator_speaks_openai_streamed_to_vllm_and_times_the_first_token(bg: BackgroundLoop) -> None:
+    sim = SimulatedTGI(replica(), time_scale=SCALE, cold_start_seconds=0.0, chat=VLLM_CHAT, served_model_name=SERVED)
+    srv = Server(bg, sim)
+    rows = [TraceRow(0.0, 200, 10), TraceRow(0.0, 80, 4)]
+
+    async def run() -> LoadGenerator:
+        load = LoadGenerator(srv.url, [], rows, max_requests=4, log=lambda _m: None, dialect="openai", model=SERVED)
+        await load.start()
+        await asyncio.gather(*(load.send_now(RequestSize(120, 6)) for _ in range(4)))
+        await load.wait(drain_seconds=10)
+        return load
+
+    try:
+        load = bg.run(run())
+        assert (load.stats.sent, load.stats.ok, load.stats.errors) == (4, 4, 0), load.stats.error_samples
+        for o in load.outcomes:
+            assert o.queue_seconds is None and o.ttft_seconds is not None  # vLLM sends no x-queue-time
+            assert 0 < o.ttft_seconds <= o.seconds and o.wait_seconds == o.ttft_seconds
+        m = srv.metrics()
+        assert m[labels("vllm:request_success_total", finished_reason="length")] == 4
+        assert m[labels("vllm:generation_tokens_total")] == 4 * 6
+        # the wrong served name is counted as an error, not an answer
+        bad = bg.run(_one_with_model(srv.url, "not-served"))
+        assert bad.stats.errors == 1 and "404" in bad.stats.error_samples[0]
+    finally:
+        bg.run(srv.served.close())
+
+
+async def _one_with_model(url: str, model: str) -> LoadGenerator:
+    load = LoadGenerator(
+        url, [], [TraceRow(0.0, 10, 2)], max_requests=1, log=lambda _m: None, dialect="openai", model=model
+    )
+    await load.start()
+    await load.send_now(RequestSize(10, 2))
+    await load.wait(drain_seconds=5)
+    return load

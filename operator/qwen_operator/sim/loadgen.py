@@ -6,12 +6,15 @@ process, as the ``<name>`` Service would pick one), open-loop Poisson arrivals w
 follows a few phases (e.g. low -> 4x spike -> trough) and request sizes drawn from the real
 Azure LLM trace (:mod:`.trace`), capped so a run of minutes stays cheap on a laptop.
 
-It speaks TGI's ``POST /generate`` with aiohttp rather than through
+It speaks TGI's ``POST /generate`` (``dialect="tgi"``), or, for vLLM (``dialect="openai"``),
+OpenAI's ``POST /v1/completions`` streamed, naming the served model, with aiohttp rather than through
 ``huggingface_hub.AsyncInferenceClient`` because a run is judged per request on what the
 client saw, and the HF client drops response headers: each request's :class:`Outcome`
 keeps its status, client-side time to first byte and wall time, TGI's ``x-queue-time`` and
 ``x-total-time`` (passed through the router unchanged) and the pod that answered (the
-router's ``x-qwen-endpoint``).
+router's ``x-qwen-endpoint``). vLLM sends no timing headers: there the client times the first
+streamed token itself (``Outcome.ttft_seconds``, prefill included, as vLLM's own
+``vllm:time_to_first_token_seconds``).
 
 Every request is accounted for exactly once: ``ok``, ``rejected`` (HTTP 429, TGI's
 ``OverloadedError``) or ``errors`` (anything else, with samples of the messages), so a
@@ -27,6 +30,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import aiohttp
 
@@ -97,13 +101,15 @@ class Outcome:
     queue_seconds: float | None  # TGI's x-queue-time: waiting for the first batch, None when absent
     server_seconds: float | None  # TGI's x-total-time: the request inside the server
     endpoint: str = ""  # the pod that answered (the router's x-qwen-endpoint)
+    ttft_seconds: float | None = None  # streamed answers: until the first token's event, client side
 
     @property
     def wait_seconds(self) -> float | None:
-        """Time to first token minus prefill, as the client waited it: TGI's queue wait plus the
-        time spent outside the server (held in the router, hops); None without TGI's headers."""
+        """The SLO wait as the client saw it. TGI: time to first token minus prefill, its queue wait
+        (``x-queue-time``) plus the time spent outside the server (held in the router, hops). vLLM
+        (no such header): the streamed time to first token, prefill included. None: neither."""
         if self.queue_seconds is None:
-            return None
+            return self.ttft_seconds
         outside = 0.0 if self.server_seconds is None else max(0.0, self.seconds - self.server_seconds)
         return self.queue_seconds + outside
 
@@ -145,10 +151,12 @@ def _header_seconds(headers: Mapping[str, str], name: str) -> float | None:
 #: Where to send the next request: a fixed base URL, or a function choosing one (it raises
 #: ``LookupError`` when nothing can take requests, which is counted as that request's error).
 Target = str | Callable[[], str]
+#: ``tgi``: ``POST /generate``; ``openai``: ``POST /v1/completions`` streamed (vLLM, which has no /generate).
+Dialect = Literal["tgi", "openai"]
 
 
 class LoadGenerator:
-    """Replays ``phases`` against ``target`` with TGI's ``POST /generate``."""
+    """Replays ``phases`` against ``target`` with TGI's ``POST /generate`` (or vLLM's streamed completions)."""
 
     def __init__(
         self,
@@ -162,8 +170,12 @@ class LoadGenerator:
         request_timeout: float = 300.0,
         log: Callable[[str], None] = print,
         on_outcome: Callable[[Outcome], None] | None = None,
+        dialect: Dialect = "tgi",
+        model: str = "",
     ) -> None:
         self.target = target
+        self.dialect = dialect
+        self.model = model  # the OpenAI dialect's ``model``: the server's served model name
         self.phases = list(phases)
         self.sizes = sample_sizes(rows, max_requests, seed, max_prompt_tokens, max_output_tokens)
         self.seed = seed
@@ -254,17 +266,32 @@ class LoadGenerator:
     async def _one(self, size: RequestSize) -> None:
         assert self._session is not None
         began = time.monotonic()
-        status, first_byte, queue_s, server_s, endpoint = 0, None, None, None, ""
+        status, first_byte, queue_s, server_s, endpoint, ttft = 0, None, None, None, "", None
         try:
             base = self.target() if callable(self.target) else self.target
-            payload = {"inputs": prompt_of(size.prompt_tokens), "parameters": {"max_new_tokens": size.output_tokens}}
-            async with self._session.post(base.rstrip("/") + "/generate", json=payload) as resp:
+            prompt = prompt_of(size.prompt_tokens)
+            if self.dialect == "openai":
+                path = "/v1/completions"
+                payload: dict[str, object] = {"model": self.model, "prompt": prompt, "stream": True}
+                payload["max_tokens"] = size.output_tokens
+            else:
+                path = "/generate"
+                payload = {"inputs": prompt, "parameters": {"max_new_tokens": size.output_tokens}}
+            async with self._session.post(base.rstrip("/") + path, json=payload) as resp:
                 first_byte = time.monotonic() - began
                 status = resp.status
                 queue_s = _header_seconds(resp.headers, "x-queue-time")
                 server_s = _header_seconds(resp.headers, "x-total-time")
                 endpoint = resp.headers.get("x-qwen-endpoint", "")
-                text = await resp.text()
+                if status == 200 and "text/event-stream" in resp.headers.get("Content-Type", ""):
+                    events = []
+                    async for line in resp.content:  # SSE lines: the first data event is the first token
+                        if ttft is None and line.startswith(b"data: {"):
+                            ttft = time.monotonic() - began
+                        events.append(line)
+                    text = b"".join(events).decode(errors="replace")
+                else:
+                    text = await resp.text()
             if status == 200:
                 self.stats.ok += 1
             elif status == 429:
@@ -282,7 +309,7 @@ class LoadGenerator:
         finally:
             self.stats.in_flight -= 1
             end = time.monotonic()
-            outcome = Outcome(end, status, end - began, first_byte, queue_s, server_s, endpoint)
+            outcome = Outcome(end, status, end - began, first_byte, queue_s, server_s, endpoint, ttft)
             self.outcomes.append(outcome)
             if status == 200:
                 self.stats.latencies.append((end, end - began))
