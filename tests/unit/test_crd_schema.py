@@ -86,8 +86,15 @@ def test_schema_is_structural() -> None:
         "const",
         "nullable",
     }
+    # pod and anti-affinity terms are passed through as written (the API server checks them on the pods)
+    free_form = {f".spec{p}.affinity.{a}" for p in (".pod", ".routing.pod") for a in ("podAffinity", "podAntiAffinity")}
     for path, node in walk(schema()):
-        assert not forbidden & set(node), f"{path}: {forbidden & set(node)}"
+        allowed = set()
+        if isinstance(node.get("additionalProperties"), dict) and "properties" not in node:
+            allowed.add("additionalProperties")  # a map: its values' schema (labels, nodeSelector)
+        if path in free_form:
+            allowed.add("x-kubernetes-preserve-unknown-fields")
+        assert not (forbidden - allowed) & set(node), f"{path}: {(forbidden - allowed) & set(node)}"
         if "exclusiveMinimum" in node:
             assert node["exclusiveMinimum"] is True and "minimum" in node, path
 

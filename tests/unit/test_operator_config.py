@@ -130,7 +130,10 @@ def test_keys_without_a_value_are_unset(tmp_path: Path) -> None:
         ({"registry": {"endpointUrl": "http://minio:9000"}}, "registry.endpointUrl: unknown key (known: "),
         ({"nodeCache": {"path": "models"}}, "nodeCache.path"),
         ({"modelSync": {"intervalSeconds": 0}}, "modelSync.intervalSeconds"),
-        ({"nodecache": {"path": "/x"}}, "nodecache: unknown key (known: catalog, modelSync, nodeCache"),
+        (
+            {"nodecache": {"path": "/x"}},
+            "nodecache: unknown key (known: catalog, gpuProductLabels, modelSync, nodeCache",
+        ),
     ],
 )
 def test_invalid_values_name_the_key(raw: dict[str, Any], key: str) -> None:

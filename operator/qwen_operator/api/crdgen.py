@@ -6,9 +6,10 @@ with a unified diff when the committed file is stale; no flag prints the YAML.
 pydantic emits JSON Schema 2020-12; the apiserver wants a *structural* OpenAPI v3.0
 schema. :func:`structural` converts: ``$ref``/``allOf`` inlined, ``Optional`` unions
 reduced to their non-null branch, ``const`` to ``enum``, numeric ``exclusiveMinimum`` to
-the v3.0 boolean form, titles and ``additionalProperties: false`` dropped (a structural
-schema prunes unknown fields; strict field validation rejects them), and ``default: {}``
-added to optional nested spec objects so their own defaults apply.
+the v3.0 boolean form, titles and boolean ``additionalProperties`` dropped (a structural
+schema prunes unknown fields; strict field validation rejects them; a map keeps its value
+schema), and ``default: {}`` added to optional nested spec objects that have defaults of
+their own, so those apply.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool) ->
     node = _resolve(node, defs)
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _DROP or key == "$defs":
+        if (key in _DROP and not (key == "additionalProperties" and isinstance(value, dict))) or key == "$defs":
             continue
         if key == "const":
             out["enum"] = [value]
@@ -82,12 +83,15 @@ def structural(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool) ->
                     and name not in required
                     and converted.get("type") == "object"
                     and "default" not in converted
+                    and _has_defaults(converted)
                 ):
                     converted = _ordered({**converted, "default": {}})
                 props[name] = converted
             out["properties"] = props
         elif key == "items":
             out["items"] = structural(value, defs, defaults=defaults)
+        elif key == "additionalProperties" and isinstance(value, dict):  # a map: its value schema
+            out[key] = structural(value, defs, defaults=defaults)
         elif key == "default" and not defaults:
             continue
         elif key == "description":
@@ -97,6 +101,12 @@ def structural(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool) ->
     if out.get("x-kubernetes-int-or-string") and "default" in node and defaults:
         out["default"] = node["default"]
     return _ordered(out)
+
+
+def _has_defaults(node: dict[str, Any]) -> bool:
+    """Whether defaulting an absent object to ``{}`` would fill anything in: some property below it has a
+    default (an object of optional fields, a map or an affinity stays absent instead of ``{}``)."""
+    return any("default" in sub or _has_defaults(sub) for sub in node.get("properties", {}).values())
 
 
 _ORDER = ("description", "type", "format", "enum", "default")

@@ -22,6 +22,10 @@ def _type(schema: dict[str, Any]) -> str:
     if schema.get("x-kubernetes-int-or-string"):
         return "int or string"
     t = schema.get("type", "object")
+    if t == "object" and isinstance(schema.get("additionalProperties"), dict):
+        return f"map[string]{_type(schema['additionalProperties'])}"
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return "object (passed through)"
     if t == "array":
         return f"[]{_type(schema.get('items', {}))}"
     return str(t)

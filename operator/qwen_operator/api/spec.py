@@ -10,10 +10,12 @@ file offline accepts exactly what the apiserver accepts.
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from .types import (
     DNS_SUBDOMAIN_PATTERN,
@@ -327,6 +329,587 @@ class ScalingSpec(_Checked):
     """Learned pre-warm ahead of recurring peaks (off by default)."""
 
 
+# --- pod customisation (spec.pod, spec.pod.pools, spec.routing.pod) ------------------------------------
+# Named like the Kubernetes PodSpec fields they land in (KServe's predictor and KubeAI's Model take the
+# same names: nodeSelector, tolerations, affinity, priorityClassName, imagePullSecrets, serviceAccountName,
+# env; KubeAI's Model has args for extra engine flags). What the operator sets itself is refused by name.
+
+#: Prefix of every label and annotation key the operator owns.
+OWNED_PREFIX = "serving.qwenops.io/"
+#: Labels the operator sets outside its prefix (``render.names.common_labels``; a unit test keeps them equal).
+OWNED_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+)
+#: The node label the operator selects the pool's GPU type with (``render.workload.GPU_PRODUCT_LABEL``).
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+#: Server environment the operator sets (``engines.runtimes``; a unit test keeps them equal).
+OWNED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "HOME", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK")
+#: Engine flags the operator renders from the spec (``engines.runtimes``; a unit test renders every option
+#: and checks each flag is here), with their short spellings. Compared after ``=value`` is cut off and
+#: ``_`` turned into ``-`` (vLLM's parser accepts --max_model_len for --max-model-len).
+OWNED_FLAGS: dict[str, tuple[str, ...]] = {
+    "tgi": (
+        "--model-id",
+        "--num-shard",
+        "--max-concurrent-requests",
+        "--max-input-tokens",
+        "--max-input-length",
+        "--max-total-tokens",
+        "--port",
+        "-p",
+        "--hostname",
+        "--quantize",
+        "--tokenizer-config-path",
+        "--usage-stats",
+        "--sharded",
+    ),
+    "vllm": (
+        "--model",
+        "--served-model-name",
+        "--tensor-parallel-size",
+        "-tp",
+        "--max-model-len",
+        "--max-num-seqs",
+        "--port",
+        "--host",
+        "--quantization",
+        "-q",
+        "--reasoning-parser",
+        "--chat-template",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+    ),
+}
+
+#: Kubernetes qualified name (label / annotation / nodeSelector key); ``[.]`` instead of ``\.`` so the
+#: same text is a valid CEL string literal.
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_QUALIFIED_NAME = re.compile(QUALIFIED_NAME_PATTERN)
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+MAX_MAP_ENTRIES = 64
+
+
+def _unique(field: str, names: list[str], key: str = "name") -> None:
+    """What the list-map's key uniqueness enforces at admission, for offline reads."""
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{field}: each {key} may appear once; repeated: {', '.join(dup)}")
+
+
+def _cel_list(items: tuple[str, ...] | list[str]) -> str:
+    return "[" + ", ".join(f"'{x}'" for x in items) + "]"
+
+
+def flag_name(arg: str) -> str:
+    """``--max_model_len=4096`` -> ``--max-model-len``: the flag an extra argument sets (the CEL rule does the
+    same with split and replace)."""
+    return arg.split("=")[0].replace("_", "-")
+
+
+def owned_flags(engine: str, args: list[str]) -> list[str]:
+    """The arguments in ``args`` that set a flag the operator renders for ``engine``."""
+    return [a for a in args if flag_name(a) in OWNED_FLAGS[engine]]
+
+
+def _cel_owned_args(args: str, engine: str) -> str:
+    """CEL: the elements of list ``args`` that set a flag the operator owns for the engine expression."""
+    owned = f"({engine} == 'vllm' ? {_cel_list(OWNED_FLAGS['vllm'])} : {_cel_list(OWNED_FLAGS['tgi'])})"
+    return f"{args}.filter(a, a.split('=')[0].replace('_', '-') in {owned})"
+
+
+def _label_map(description: str, value_pattern: str | None = LABEL_VALUE_PATTERN, value_max: int = 63) -> Any:
+    value: dict[str, Any] = {"type": "string", "maxLength": value_max}
+    if value_pattern:
+        value["pattern"] = value_pattern
+    return Field(
+        default_factory=dict,
+        description=description,
+        json_schema_extra={"maxProperties": MAX_MAP_ENTRIES, "additionalProperties": value},
+    )
+
+
+def _key_rules(field: str, *, owned: tuple[str, ...] = (), prefix: str | None = None, what: str) -> tuple[Rule, ...]:
+    """A map's keys are qualified names and none is one the operator sets (named in the message)."""
+    attr = re.sub(r"(?<!^)([A-Z])", r"_\1", field).lower()
+    bad_cel = " || ".join(
+        [*([f"k.startsWith('{prefix}')"] if prefix else []), *([f"k in {_cel_list(owned)}"] if owned else [])]
+    )
+
+    def bad(k: str) -> bool:
+        return (prefix is not None and k.startswith(prefix)) or k in owned
+
+    refused = ", ".join([*([f"keys under {prefix}"] if prefix else []), *owned])
+    fmt = (
+        Rule(
+            cel=f"!has(self.{field}) || self.{field}.all(k, k.matches('{QUALIFIED_NAME_PATTERN}'))",
+            message="keys must be qualified names ([prefix/]name, e.g. example.com/team)",
+            message_expression="'keys must be qualified names ([prefix/]name, e.g. example.com/team): '"
+            f" + self.{field}.filter(k, !k.matches('{QUALIFIED_NAME_PATTERN}')).join(', ')",
+            check=lambda o: all(_QUALIFIED_NAME.match(k) for k in getattr(o, attr)),
+            explain=lambda o: (
+                "keys must be qualified names ([prefix/]name, e.g. example.com/team): "
+                + ", ".join(k for k in getattr(o, attr) if not _QUALIFIED_NAME.match(k))
+            ),
+            field_path=f".{field}",
+            reason="FieldValueInvalid",
+        ),
+    )
+    if not bad_cel:
+        return fmt
+    return (
+        *fmt,
+        Rule(
+            cel=f"!has(self.{field}) || !self.{field}.exists(k, {bad_cel})",
+            message=f"keys set by the operator ({what}) are refused: {refused}",
+            message_expression=f"self.{field}.filter(k, {bad_cel}).join(', ')"
+            f" + ': set by the operator ({what}); refused: {refused}'",
+            check=lambda o: not any(bad(k) for k in getattr(o, attr)),
+            explain=lambda o: (
+                ", ".join(k for k in getattr(o, attr) if bad(k)) + f": set by the operator ({what}); refused: {refused}"
+            ),
+            field_path=f".{field}",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+
+_TOLERATION_RULES = (
+    Rule(
+        cel="!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        message="value must be empty when operator is Exists",
+        check=lambda t: t.operator != "Exists" or not t.value,
+        field_path=".value",
+        reason="FieldValueInvalid",
+    ),
+)
+
+
+class Toleration(_Checked):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    model_config = _config(_TOLERATION_RULES)
+    RULES = _TOLERATION_RULES
+
+    key: str | None = Field(default=None, max_length=316)
+    """Taint key to tolerate; empty with operator Exists tolerates every taint."""
+    operator: Literal["Exists", "Equal"] | None = None
+    """Exists or Equal (the Kubernetes default)."""
+    value: str | None = Field(default=None, max_length=63)
+    """Taint value for operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to tolerate; empty: all."""
+    toleration_seconds: int | None = Field(default=None, ge=0)
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class LocalObjectReference(BaseModel):
+    """A Secret in the same namespace, by name."""
+
+    model_config = _config()
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """Name of the Secret."""
+
+
+class KeyReference(BaseModel):
+    """One key of a Secret or ConfigMap in the same namespace."""
+
+    model_config = _config()
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """Name of the Secret or ConfigMap."""
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key whose value becomes the variable."""
+    optional: bool | None = None
+    """Start the pod even when the object or key does not exist."""
+
+
+_ENV_SOURCE_RULES = (
+    Rule(
+        cel="has(self.secretKeyRef) != has(self.configMapKeyRef)",
+        message="valueFrom needs exactly one of secretKeyRef and configMapKeyRef",
+        check=lambda s: (s.secret_key_ref is None) != (s.config_map_key_ref is None),
+        reason="FieldValueInvalid",
+    ),
+)
+
+
+class EnvVarSource(_Checked):
+    """Where a variable's value comes from."""
+
+    model_config = _config(_ENV_SOURCE_RULES)
+    RULES = _ENV_SOURCE_RULES
+
+    secret_key_ref: KeyReference | None = None
+    """A key of a Secret in the same namespace."""
+    config_map_key_ref: KeyReference | None = None
+    """A key of a ConfigMap in the same namespace."""
+
+
+_ENV_RULES = (
+    Rule(
+        cel="!(has(self.value) && has(self.valueFrom))",
+        message="set value or valueFrom, not both",
+        check=lambda e: e.value is None or e.value_from is None,
+        field_path=".valueFrom",
+        reason="FieldValueInvalid",
+    ),
+)
+
+
+class EnvVar(_Checked):
+    """An environment variable of the inference server container."""
+
+    model_config = _config(_ENV_RULES)
+    RULES = _ENV_RULES
+
+    name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)
+    """Variable name (those the operator sets, e.g. HF_HOME, are refused)."""
+    value: str | None = Field(default=None, max_length=32768)
+    """Literal value."""
+    value_from: EnvVarSource | None = None
+    """Value read from a Secret or ConfigMap key (e.g. an API token for a tracing exporter)."""
+
+
+def _env_list(description: str) -> Any:
+    return Field(
+        default_factory=list,
+        max_length=64,
+        description=description,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
+def _env_rules(field: str = "env") -> tuple[Rule, ...]:
+    return (
+        Rule(
+            cel=f"!has(self.{field}) || !self.{field}.exists(e, e.name in {_cel_list(OWNED_ENV)})",
+            message=f"variables set by the operator are refused: {', '.join(OWNED_ENV)}",
+            message_expression=f"self.{field}.filter(e, e.name in {_cel_list(OWNED_ENV)})"
+            f".map(e, e.name).join(', ') + ': set by the operator; refused: {', '.join(OWNED_ENV)}'",
+            check=lambda o: not any(e.name in OWNED_ENV for e in o.env),
+            explain=lambda o: (
+                ", ".join(e.name for e in o.env if e.name in OWNED_ENV)
+                + f": set by the operator; refused: {', '.join(OWNED_ENV)}"
+            ),
+            field_path=f".{field}",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+
+class LabelSelectorRequirement(BaseModel):
+    """One expression of a label selector."""
+
+    model_config = _config()
+
+    key: str = Field(min_length=1, max_length=316)
+    """Label key."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the key's value is matched."""
+    values: list[Annotated[str, Field(max_length=63, description="A label value.")]] = Field(
+        default_factory=list, max_length=64
+    )
+    """Values for In and NotIn."""
+
+
+class LabelSelector(BaseModel):
+    """A label selector (meta/v1 LabelSelector)."""
+
+    model_config = _config()
+
+    match_labels: dict[str, str] = _label_map("Labels a pod must carry.")
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=16)
+    """Expressions a pod must satisfy."""
+
+
+class TopologySpreadConstraint(BaseModel):
+    """How server pods spread over a topology (core/v1 TopologySpreadConstraint)."""
+
+    model_config = _config()
+
+    max_skew: int = Field(ge=1)
+    """Largest allowed difference of matching pods between two topology domains."""
+    topology_key: str = Field(min_length=1, max_length=316)
+    """Node label whose values are the domains, e.g. topology.kubernetes.io/zone."""
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"]
+    """DoNotSchedule (a hard rule) or ScheduleAnyway (a preference)."""
+    label_selector: LabelSelector | None = None
+    """Pods counted per domain; unset: this QwenDeployment's server pods (every pool)."""
+    match_label_keys: list[Annotated[str, Field(max_length=316, description="A label key.")]] = Field(
+        default_factory=list, max_length=8
+    )
+    """Label keys whose values, taken from the incoming pod, narrow the selector (e.g. pod-template-hash)."""
+    min_domains: int | None = Field(default=None, ge=1)
+    """Fewest eligible domains (DoNotSchedule only)."""
+    node_affinity_policy: Literal["Honor", "Ignore"] | None = None
+    """Whether the pod's nodeAffinity / nodeSelector limit the domains counted (Kubernetes default Honor)."""
+    node_taints_policy: Literal["Honor", "Ignore"] | None = None
+    """Whether node taints limit the domains counted (Kubernetes default Ignore)."""
+
+
+_AFFINITY_TERM: JsonDict = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+class NodeSelectorRequirement(BaseModel):
+    """One node label expression."""
+
+    model_config = _config()
+
+    key: str = Field(min_length=1, max_length=316)
+    """Node label key."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    """How the label's value is matched."""
+    values: list[Annotated[str, Field(max_length=63, description="A label value.")]] = Field(
+        default_factory=list, max_length=64
+    )
+    """Values for In / NotIn, one integer for Gt / Lt."""
+
+
+class NodeSelectorTerm(BaseModel):
+    """Node expressions that must all hold (terms of a list are alternatives)."""
+
+    model_config = _config()
+
+    match_expressions: list[NodeSelectorRequirement] = Field(default_factory=list, max_length=16)
+    """Expressions on node labels."""
+    match_fields: list[NodeSelectorRequirement] = Field(default_factory=list, max_length=4)
+    """Expressions on node fields (metadata.name)."""
+
+
+class NodeSelector(BaseModel):
+    """Required node terms (any one of them)."""
+
+    model_config = _config()
+
+    node_selector_terms: list[NodeSelectorTerm] = Field(min_length=1, max_length=8)
+    """Alternatives; a node must match one."""
+
+
+class PreferredSchedulingTerm(BaseModel):
+    """A weighted node preference."""
+
+    model_config = _config()
+
+    weight: int = Field(ge=1, le=100)
+    """Weight added to a node's score when it matches."""
+    preference: NodeSelectorTerm
+    """The node expressions."""
+
+
+class NodeAffinity(BaseModel):
+    """Node affinity (core/v1 NodeAffinity)."""
+
+    model_config = _config()
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = None
+    """Nodes the pods may only run on; the operator adds its GPU product expression to each term."""
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] = Field(
+        default_factory=list, max_length=16
+    )
+    """Nodes the scheduler prefers, e.g. a zone with reserved capacity."""
+
+
+class Affinity(BaseModel):
+    """Scheduling affinity (core/v1 Affinity). nodeAffinity is checked here; podAffinity and podAntiAffinity
+    are passed to the pod as written and checked by the API server when the Deployment is applied. A
+    required nodeAffinity is combined with the operator's GPU type selection (each of your
+    nodeSelectorTerms also gets the GPU product expression)."""
+
+    model_config = _config()
+
+    node_affinity: NodeAffinity | None = None
+    """Node affinity (required and preferred node terms)."""
+    pod_affinity: dict[str, Any] | None = Field(default=None, json_schema_extra=_AFFINITY_TERM)
+    """core/v1 PodAffinity."""
+    pod_anti_affinity: dict[str, Any] | None = Field(default=None, json_schema_extra=_AFFINITY_TERM)
+    """core/v1 PodAntiAffinity."""
+
+
+def _tolerations() -> Any:
+    return Field(default_factory=list, max_length=32)
+
+
+_NODE_SELECTOR_DOC = (
+    "Node labels the pods must match, merged with the operator's GPU selection (nvidia.com/gpu.product, "
+    "which is refused here)."
+)
+_POOL_RULES = (
+    *_key_rules("nodeSelector", owned=(GPU_PRODUCT_LABEL,), what="the pool's GPU type"),
+    *_env_rules(),
+)
+
+
+class PoolPodSpec(_Checked):
+    """Settings for the pods of one GPU pool, over spec.pod (e.g. a taint only the L40S nodes carry)."""
+
+    model_config = _config(_POOL_RULES)
+    RULES = _POOL_RULES
+
+    gpu_type: str = Field(max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+    """The pool: one of spec.placement.gpuTypes."""
+    node_selector: dict[str, str] = _label_map(_NODE_SELECTOR_DOC + " Merged over spec.pod.nodeSelector.")
+    tolerations: list[Toleration] = _tolerations()
+    """Tolerations added to spec.pod's."""
+    env: list[EnvVar] = _env_list("Server environment merged over spec.pod.env (same name: this one).")
+    extra_args: list[Annotated[str, Field(max_length=256, description="One argument.")]] = Field(
+        default_factory=list, max_length=32
+    )
+    """Engine flags appended after spec.pod.extraArgs (flags the operator sets are refused)."""
+
+    @model_validator(mode="after")
+    def _unique_env(self) -> Any:
+        _unique("env", [e.name for e in self.env])
+        return self
+
+
+_SERVER_POD_RULES = (
+    *_key_rules("labels", owned=OWNED_LABELS, prefix=OWNED_PREFIX, what="selectors and bookkeeping"),
+    *_key_rules("annotations", prefix=OWNED_PREFIX, what="model version and bookkeeping"),
+    *_key_rules("nodeSelector", owned=(GPU_PRODUCT_LABEL,), what="the pool's GPU type"),
+    *_env_rules(),
+    Rule(
+        cel="!has(self.terminationGracePeriodSeconds) || !has(self.preStopSleepSeconds)"
+        " || self.preStopSleepSeconds == 0 || self.preStopSleepSeconds < self.terminationGracePeriodSeconds",
+        message="preStopSleepSeconds must be less than terminationGracePeriodSeconds (the sleep counts against"
+        " the grace period; the engine's drain gets the rest)",
+        check=lambda p: (
+            p.termination_grace_period_seconds is None
+            or p.pre_stop_sleep_seconds == 0
+            or p.pre_stop_sleep_seconds < p.termination_grace_period_seconds
+        ),
+        field_path=".preStopSleepSeconds",
+        reason="FieldValueInvalid",
+    ),
+)
+
+
+class ServerPodSpec(_Checked):
+    """What to add to every server pod: scheduling, identity, metadata, environment and engine flags.
+
+    Operator config podDefaults (the cluster admin's) apply under these: maps merge (this resource wins per
+    key), lists add up, priorityClassName here wins."""
+
+    model_config = _config(_SERVER_POD_RULES)
+    RULES = _SERVER_POD_RULES
+
+    labels: dict[str, str] = _label_map(
+        "Labels on the server pods (cost allocation, mesh membership, ...); app.kubernetes.io/name, instance,"
+        " component, managed-by and keys under serving.qwenops.io/ are the operator's and refused."
+    )
+    annotations: dict[str, str] = _label_map(
+        "Annotations on the server pods; keys under serving.qwenops.io/ are the operator's and refused.",
+        value_pattern=None,
+        value_max=8192,
+    )
+    node_selector: dict[str, str] = _label_map(_NODE_SELECTOR_DOC)
+    tolerations: list[Toleration] = _tolerations()
+    """Tolerations added to the operator's (which tolerates the nvidia.com/gpu NoSchedule taint)."""
+    affinity: Affinity | None = None
+    """Node and pod (anti-)affinity, e.g. preferring a zone or spreading replicas off a node."""
+    topology_spread_constraints: list[TopologySpreadConstraint] = Field(default_factory=list, max_length=8)
+    """How replicas spread over zones or nodes; a constraint without labelSelector counts this QwenDeployment's
+    server pods."""
+    priority_class_name: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """PriorityClass of the server pods (e.g. so serving preempts batch jobs on GPU nodes)."""
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
+    """Secrets for pulling the server image and the operator image of the model-pull init container (a private
+    mirror); added to the operator config's podDefaults.imagePullSecrets."""
+    service_account_name: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """ServiceAccount of the server pods, e.g. one annotated for IRSA (eks.amazonaws.com/role-arn) or GKE
+    Workload Identity so the model-pull init container reads the registry without static keys. Unset: the
+    namespace's default account with no API token mounted (automountServiceAccountToken false). Set: the
+    pod leaves automountServiceAccountToken to the ServiceAccount (Kubernetes' default mounts it; the IRSA and
+    Azure webhooks add their own projected token either way). Like a Pod, a QwenDeployment may name any
+    ServiceAccount of its namespace: grant QwenDeployment create only where you would grant Pod create."""
+    env: list[EnvVar] = _env_list(
+        "Extra environment of the inference server container (value, or valueFrom secretKeyRef / configMapKeyRef);"
+        " the operator's variables (HF_HUB_OFFLINE, HF_HOME, HOME, VLLM_NO_USAGE_STATS, DO_NOT_TRACK) are refused."
+    )
+    extra_args: list[Annotated[str, Field(max_length=256, description="One argument.")]] = Field(
+        default_factory=list, max_length=32
+    )
+    """Extra engine flags appended to the server's arguments, e.g. [--max-num-batched-tokens, "8192"] (vllm) or
+    [--max-batch-prefill-tokens=8192] (tgi). Flags the operator sets from the spec (--model-id, --port,
+    --num-shard, --max-concurrent-requests, --max-input-tokens, --max-total-tokens, --quantize; vllm --model,
+    --tensor-parallel-size, --max-model-len, --max-num-seqs, --quantization, ...) are refused: set the spec
+    field instead."""
+    termination_grace_period_seconds: int | None = Field(default=None, ge=0, le=3600)
+    """Seconds a stopping server pod gets (the preStop sleep included); unset: preStopSleepSeconds + 120 (TGI
+    drains in-flight requests for up to 90 s after SIGTERM)."""
+    pre_stop_sleep_seconds: int = Field(default=10, ge=0, le=300)
+    """Seconds a stopping server pod keeps serving before SIGTERM (a preStop sleep, Kubernetes >= 1.30): the
+    router and every kube-proxy stop sending it requests meanwhile, so none lands on a closing port. 0: none."""
+    pools: list[PoolPodSpec] = Field(
+        default_factory=list,
+        max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["gpuType"]},
+    )
+    """Per-pool settings, e.g. [{gpuType: L40S, tolerations: [...], extraArgs: [...]}]; gpuType must be one of
+    spec.placement.gpuTypes."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> Any:
+        _unique("env", [e.name for e in self.env])
+        _unique("pools", [p.gpu_type for p in self.pools], "gpuType")
+        return self
+
+    def for_pool(self, matches: Callable[[str], bool]) -> PoolPodSpec | None:
+        """The pools entry whose gpuType ``matches`` (the caller resolves catalog spellings)."""
+        return next((p for p in self.pools if matches(p.gpu_type)), None)
+
+
+class RouterResources(BaseModel):
+    """CPU and memory of each router pod."""
+
+    model_config = _config()
+
+    cpu: Quantity | None = None
+    """CPU request (no limit: a throttled router delays every request); unset: 250m."""
+    memory: Quantity | None = None
+    """Memory request and limit; unset: 256Mi requested, 1Gi limit."""
+
+
+_ROUTER_POD_RULES = (
+    *_key_rules("labels", owned=OWNED_LABELS, prefix=OWNED_PREFIX, what="selectors and bookkeeping"),
+    *_key_rules("annotations", prefix=OWNED_PREFIX, what="bookkeeping"),
+    *_key_rules("nodeSelector", what=""),
+)
+
+
+class RouterPodSpec(_Checked):
+    """What to add to the router pods (they need no GPU: usually the general node pool)."""
+
+    model_config = _config(_ROUTER_POD_RULES)
+    RULES = _ROUTER_POD_RULES
+
+    labels: dict[str, str] = _label_map("Labels on the router pods (the operator's keys are refused).")
+    annotations: dict[str, str] = _label_map(
+        "Annotations on the router pods (keys under serving.qwenops.io/ are refused).",
+        value_pattern=None,
+        value_max=8192,
+    )
+    node_selector: dict[str, str] = _label_map("Node labels the router pods must match.")
+    tolerations: list[Toleration] = _tolerations()
+    """Tolerations of the router pods."""
+    affinity: Affinity | None = None
+    """Affinity of the router pods; a podAntiAffinity here replaces the operator's (a preferred spread over
+    nodes), nodeAffinity and podAffinity are added."""
+    priority_class_name: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """PriorityClass of the router pods (every request passes through them)."""
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
+    """Secrets for pulling the operator image the router runs; added to podDefaults.imagePullSecrets."""
+    resources: RouterResources = Field(default_factory=RouterResources)
+    """CPU and memory per router pod."""
+
+
 class RolloutSpec(BaseModel):
     """How pods are replaced when the model version or the server configuration changes."""
 
@@ -438,9 +1021,11 @@ class RoutingSpec(BaseModel):
     """Router pods (spread across nodes, a PodDisruptionBudget keeps one up)."""
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     """Gateway API Inference Extension path, instead of or beside the router."""
+    pod: RouterPodSpec = Field(default_factory=RouterPodSpec)
+    """Scheduling, metadata and resources of the router pods."""
 
 
-_SPEC_RULES = (
+_SPEC_RULES: tuple[Rule, ...] = (
     Rule(
         cel="!has(self.scaling) || !has(self.scaling.minReplicas) || self.scaling.minReplicas > 0"
         " || !has(self.routing) || !has(self.routing.enabled) || self.routing.enabled",
@@ -460,6 +1045,64 @@ _SPEC_RULES = (
         ),
         field_path=".model.quantization",
         reason="FieldValueForbidden",
+    ),
+)
+
+
+def _owned_extra_args(s: Any) -> list[str]:
+    return owned_flags(s.runtime.engine, s.pod.extra_args)
+
+
+def _owned_pool_args(s: Any) -> list[str]:
+    return [a for p in s.pod.pools for a in owned_flags(s.runtime.engine, p.extra_args)]
+
+
+def _pool_type_known(s: Any) -> list[str]:
+    return [p.gpu_type for p in s.pod.pools if p.gpu_type not in s.placement.gpu_types]
+
+
+_FLAG_HINT = "set by the operator from the spec (runtime, placement, model); set those fields instead"
+_SPEC_RULES += (
+    Rule(
+        cel="!has(self.pod) || !has(self.pod.extraArgs) || "
+        + _cel_owned_args("self.pod.extraArgs", "self.runtime.engine")
+        + ".size() == 0",
+        message=f"flags {_FLAG_HINT}",
+        message_expression=_cel_owned_args("self.pod.extraArgs", "self.runtime.engine")
+        + f".join(', ') + ': flags {_FLAG_HINT} (engine ' + self.runtime.engine + ')'",
+        check=lambda s: not _owned_extra_args(s),
+        explain=lambda s: f"{', '.join(_owned_extra_args(s))}: flags {_FLAG_HINT} (engine {s.runtime.engine})",
+        field_path=".pod.extraArgs",
+        reason="FieldValueForbidden",
+    ),
+    Rule(
+        cel="!has(self.pod) || !has(self.pod.pools) || self.pod.pools.all(p, !has(p.extraArgs) || "
+        + _cel_owned_args("p.extraArgs", "self.runtime.engine")
+        + ".size() == 0)",
+        message=f"pools[].extraArgs: flags {_FLAG_HINT}",
+        message_expression="'pools[].extraArgs ' + self.pod.pools.map(p, "
+        + _cel_owned_args("p.extraArgs", "self.runtime.engine")
+        + f".join(', ')).filter(x, x != '').join(', ') + ': flags {_FLAG_HINT} (engine ' + self.runtime.engine + ')'",
+        check=lambda s: not _owned_pool_args(s),
+        explain=lambda s: (
+            f"pools[].extraArgs {', '.join(_owned_pool_args(s))}: flags {_FLAG_HINT} (engine {s.runtime.engine})"
+        ),
+        field_path=".pod.pools",
+        reason="FieldValueForbidden",
+    ),
+    Rule(
+        cel="!has(self.pod) || !has(self.pod.pools) || self.pod.pools.all(p, p.gpuType in self.placement.gpuTypes)",
+        message="pools[].gpuType must be one of placement.gpuTypes",
+        message_expression="'pools[].gpuType ' + self.pod.pools.filter(p, !(p.gpuType in self.placement.gpuTypes))"
+        ".map(p, p.gpuType).join(', ') + ': not one of placement.gpuTypes ('"
+        " + self.placement.gpuTypes.join(', ') + ')'",
+        check=lambda s: not _pool_type_known(s),
+        explain=lambda s: (
+            f"pools[].gpuType {', '.join(_pool_type_known(s))}: not one of placement.gpuTypes"
+            f" ({', '.join(s.placement.gpu_types)})"
+        ),
+        field_path=".pod.pools",
+        reason="FieldValueInvalid",
     ),
 )
 
@@ -484,6 +1127,10 @@ class QwenDeploymentSpec(_Checked):
     """Rolling update policy."""
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     """Request routing: the router in front of the pools, and the Gateway API path."""
+    pod: ServerPodSpec = Field(default_factory=ServerPodSpec)
+    """Customisation of the server pods: node selection, tolerations, affinity, spread, priority, pull
+    secrets, ServiceAccount, labels, annotations, environment, extra engine flags, graceful stop; per-pool
+    overrides in pools."""
 
     def desired_replicas(self, autoscaler_desired: int | None = None) -> int:
         """Replicas to run: the autoscaler's figure (clamped) when enabled, else spec.replicas."""

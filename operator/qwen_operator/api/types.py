@@ -79,6 +79,9 @@ class Rule:
 
     ``check`` receives the model instance and returns True when the rule holds.
     ``field_path`` is relative to the object the rule sits on (CEL ``fieldPath``).
+    ``message_expression`` (CEL ``messageExpression``) and ``explain`` (its Python twin) name the
+    offending value, e.g. the refused key; ``message`` stays the fallback the apiserver shows when
+    the expression cannot be evaluated.
     """
 
     cel: str
@@ -86,9 +89,13 @@ class Rule:
     check: Callable[[Any], bool]
     field_path: str | None = None
     reason: str | None = None
+    message_expression: str | None = None
+    explain: Callable[[Any], str] | None = None
 
     def to_schema(self) -> dict[str, str]:
         out = {"rule": self.cel, "message": self.message}
+        if self.message_expression:
+            out["messageExpression"] = self.message_expression
         if self.field_path:
             out["fieldPath"] = self.field_path
         if self.reason:
@@ -101,7 +108,7 @@ def check_rules(instance: Any, rules: tuple[Rule, ...]) -> None:
     for rule in rules:
         if not rule.check(instance):
             where = f"{rule.field_path.lstrip('.')}: " if rule.field_path else ""
-            raise ValueError(f"{where}{rule.message}")
+            raise ValueError(f"{where}{rule.explain(instance) if rule.explain else rule.message}")
 
 
 def rules_schema(rules: tuple[Rule, ...]) -> dict[str, Any]:

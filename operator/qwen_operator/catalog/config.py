@@ -13,6 +13,8 @@ Cluster operators add GPU types, change prices and add models without a code cha
                         headDim: 128, hiddenSize: 2560, vocabSize: 151936, params: 4.02e9,
                         tieWordEmbeddings: true, quantizations: {tgi: [none, fp8]}}
         Qwen/Qwen3-30B-A3B: {experts: 128, expertsPerToken: 8, moeIntermediateSize: 768}  # MoE keys
+    gpuProductLabels:                      # further nvidia.com/gpu.product values per GPU type
+      A100-80GB: [NVIDIA-A100-80GB-PCIe]   # (the built-in catalog already has the A100 PCIe labels)
 
 Pure: takes the parsed YAML, returns a :class:`Catalog`. Errors name the offending key.
 """
@@ -157,7 +159,8 @@ def _model(name: str, raw: dict[str, Any], base: QwenModel | None) -> QwenModel:
 
 
 def load_catalog(config: dict[str, Any] | None) -> Catalog:
-    """Merge the ``catalog`` section of the operator config over the defaults."""
+    """Merge the ``catalog`` section (and the top-level ``gpuProductLabels``) of the operator config over the
+    defaults."""
     cat = Catalog()
     if not config:
         return cat
@@ -174,4 +177,29 @@ def load_catalog(config: dict[str, Any] | None) -> Catalog:
     models = dict(cat.models)
     for name, raw in (section.get("models") or {}).items():
         models[name] = _model(name, raw, models.get(name))
-    return Catalog(gpus=gpus, models=models)
+    return Catalog(gpus=_with_product_labels(gpus, config.get("gpuProductLabels")), models=models)
+
+
+def _with_product_labels(gpus: dict[str, GPUType], aliases: Any) -> dict[str, GPUType]:
+    """Operator config ``gpuProductLabels``: further ``nvidia.com/gpu.product`` values per GPU type, so nodes
+    labelled e.g. ``NVIDIA-A100-80GB-PCIe`` count as ``A100-80GB`` in the inventory and are selected by its
+    pools. A label may belong to one GPU type only (a node is one type)."""
+    out = dict(gpus)
+    for name, labels in (aliases or {}).items():
+        where = f"gpuProductLabels.{name}"
+        if name not in out:
+            raise CatalogError(f"{where}: unknown GPU type; known: {', '.join(sorted(out))}")
+        if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+            raise CatalogError(f"{where}: expected a list of nvidia.com/gpu.product values")
+        gpu = out[name]
+        out[name] = replace(gpu, extra_product_labels=tuple(dict.fromkeys([*gpu.extra_product_labels, *labels])))
+    owner: dict[str, str] = {}
+    for gpu in out.values():
+        for label in gpu.product_labels:
+            if label in owner:
+                raise CatalogError(
+                    f"gpuProductLabels: {label} would mean both {owner[label]} and {gpu.name}; a product label"
+                    " names one GPU type"
+                )
+            owner[label] = gpu.name
+    return out

@@ -13,6 +13,12 @@ Sources:
   about half of the A10's 125 TF).
 - $/GPU-h: AWS on-demand us-east-1 (g5.xlarge 1.006; g6e.xlarge 1.861; p4d.24xlarge
   32.77/8 = 4.096; p4de.24xlarge 40.96/8 = 5.12), as in the project's design brief.
+- product labels: GPU Feature Discovery's ``nvidia.com/gpu.product`` is the ``nvidia-smi`` name with
+  spaces turned into dashes (``NVIDIA A100 80GB PCIe`` -> ``NVIDIA-A100-80GB-PCIe``). The A100 PCIe
+  cards are the same GPU as the SXM4 modules at a lower power limit (80 GB PCIe: 1,935 GB/s instead
+  of 2,039 GB/s) and without an NVLink switch; the catalog counts them as the same type (an admin
+  who wants them apart defines a GPU type of their own for the PCIe label). Operator config
+  ``gpuProductLabels`` adds further labels per type (:func:`~.config.load_catalog`).
 - ``fp8_native``: FP8 tensor cores (Ada / Hopper). On Ampere (A10G, A100) TGI still
   serves fp8 weights through its Marlin weight-only kernels: memory savings are the same,
   compute runs in bf16.
@@ -38,6 +44,13 @@ class GPUType:
     max_gpus_per_node: int = 8
     fp8_native: bool = False
     interconnect: str = "pcie"  # "pcie" or "nvlink": tensor-parallel all-reduce cost
+    # further nvidia.com/gpu.product values of the same type (e.g. the PCIe variant of an SXM4 card)
+    extra_product_labels: tuple[str, ...] = ()
+
+    @property
+    def product_labels(self) -> tuple[str, ...]:
+        """Every ``nvidia.com/gpu.product`` value a node of this type may carry, the primary one first."""
+        return (self.product_label, *(p for p in self.extra_product_labels if p != self.product_label))
 
     @property
     def memory_gb(self) -> float:
@@ -72,6 +85,7 @@ DEFAULT_GPUS: dict[str, GPUType] = {
         GPUType(
             name="A100-40GB",
             product_label="NVIDIA-A100-SXM4-40GB",
+            extra_product_labels=("NVIDIA-A100-PCIE-40GB",),
             memory_bytes=40 * GB,
             bandwidth_bytes_per_s=1555 * GB,
             bf16_flops=312e12,
@@ -82,6 +96,7 @@ DEFAULT_GPUS: dict[str, GPUType] = {
         GPUType(
             name="A100-80GB",
             product_label="NVIDIA-A100-SXM4-80GB",
+            extra_product_labels=("NVIDIA-A100-80GB-PCIe",),
             memory_bytes=80 * GB,
             bandwidth_bytes_per_s=2039 * GB,
             bf16_flops=312e12,
@@ -116,8 +131,8 @@ def resolve_gpu_name(name: str, known: dict[str, GPUType] | None = None) -> str:
 
 
 def gpu_by_product_label(label: str, known: dict[str, GPUType] | None = None) -> GPUType | None:
-    """The catalog entry whose node label value is ``label`` (None if unknown)."""
+    """The catalog entry one of whose node label values is ``label`` (None if unknown)."""
     for gpu in (known if known is not None else DEFAULT_GPUS).values():
-        if gpu.product_label == label:
+        if label in gpu.product_labels:
             return gpu
     return None

@@ -176,9 +176,10 @@ def _known_keys(model: Any, path: tuple[Any, ...]) -> list[str]:
 
 def controller_config(cfg: OperatorConfig, resync_seconds: float | None = None) -> ControllerConfig:
     """What the reconciler takes from the config: ``resyncSeconds`` (the flag wins), ``operatorImage``,
-    ``podAnnotations``, and ``registry.*`` / ``nodeCache.path`` as defaults for unset spec fields, and
-    ``nodeCache.allowedPaths``: the cache directories a resource may name besides ``nodeCache.path``."""
-    from ..render.workload import OperatorDefaults
+    ``podAnnotations``, and ``registry.*`` / ``nodeCache.path`` as defaults for unset spec fields,
+    ``nodeCache.allowedPaths``: the cache directories a resource may name besides ``nodeCache.path``, and
+    ``podDefaults``: what every server and router pod gets."""
+    from ..render.workload import OperatorDefaults, PodDefaults
     from .handlers import ControllerConfig
 
     return ControllerConfig(
@@ -191,6 +192,14 @@ def controller_config(cfg: OperatorConfig, resync_seconds: float | None = None) 
             credentials_secret=cfg.registry.credentials_secret or None,
             node_cache_path=cfg.node_cache.path,
             allowed_cache_paths=tuple(cfg.node_cache.allowed_paths),
+            pods=PodDefaults(
+                image_pull_secrets=tuple(s.name for s in cfg.pod_defaults.image_pull_secrets),
+                tolerations=tuple(cfg.pod_defaults.tolerations),
+                node_selector=tuple(sorted(cfg.pod_defaults.node_selector.items())),
+                priority_class_name=cfg.pod_defaults.priority_class_name or None,
+                labels=tuple(sorted(cfg.pod_defaults.labels.items())),
+                annotations=tuple(sorted(cfg.pod_defaults.annotations.items())),
+            ),
         ),
     )
 
@@ -215,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
     raw = _load_config(args.config)
     cfg = parse_config(raw, f"operator config {args.config or os.environ.get('QWEN_OPERATOR_CONFIG') or ''}".strip())
     try:
-        catalog = load_catalog({"catalog": raw.get("catalog") or {}})
+        catalog = load_catalog({"catalog": raw.get("catalog") or {}, "gpuProductLabels": cfg.gpu_product_labels})
     except CatalogError as exc:
         raise UserError(f"operator config: {exc}") from None
     if args.prometheus_url or cfg.prometheus.url:

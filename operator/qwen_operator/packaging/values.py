@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from ..api.spec import DEFAULT_CACHE_PATH
 from ..api.types import DNS_SUBDOMAIN_PATTERN
@@ -64,7 +65,8 @@ class LocalObjectReference(_Values):
     """A reference to a Secret by name."""
 
     name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
-    """Name of a Secret in the release namespace."""
+    """Name of a Secret: in the release namespace (imagePullSecrets of the operator pod), in each
+    QwenDeployment's namespace (config.podDefaults.imagePullSecrets)."""
 
 
 class Crds(_Values):
@@ -319,6 +321,58 @@ class ModelSyncConfig(_Values):
     within this)."""
 
 
+# the keys the operator sets on server and router pods (api.spec: admission refuses them in spec.pod too)
+_OWNED_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+)
+_OWNED_PREFIX = "serving.qwenops.io/"
+_GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+LabelKey = Annotated[str, Field(pattern=ANNOTATION_KEY, max_length=317)]
+LabelValue = Annotated[str, Field(pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$", max_length=63)]
+_KEY_MAP: JsonDict = {"additionalProperties": False}  # a key off the pattern is an error
+
+
+def _refuse(where: str, keys: Any, *, owned: tuple[str, ...] = (), prefix: str | None = None) -> None:
+    bad = [k for k in keys if k in owned or (prefix is not None and k.startswith(prefix))]
+    if bad:
+        raise ValueError(f"{where}: {', '.join(bad)} set by the operator on every pod; choose other keys")
+
+
+class PodDefaults(_Values):
+    """Added to every model server and router pod the operator renders (a private image mirror, a dedicated
+    node pool, a priority class, cost-allocation labels). A QwenDeployment's spec.pod / spec.routing.pod
+    goes over them: maps merge with the resource winning per key, lists add up, its priorityClassName
+    wins. Keys the operator sets itself (app.kubernetes.io/name, instance, component, managed-by, anything
+    under serving.qwenops.io/, and the nvidia.com/gpu.product node selector) are refused here."""
+
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    """Secrets (in each QwenDeployment's namespace) for pulling the server images and the operator image of
+    the model-pull init container and the router, e.g. a private registry mirroring
+    ghcr.io/qwenops/qwen-operator. Each namespace needs its own copy of the Secret."""
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    """Tolerations (Kubernetes Toleration objects) added to every pod, e.g. for a tainted dedicated node
+    pool; the server pods also tolerate nvidia.com/gpu:NoSchedule."""
+    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, json_schema_extra=_KEY_MAP)
+    """Node labels every pod must match (also the router pods, which need no GPU), merged with each
+    pool's GPU selection."""
+    priority_class_name: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$", max_length=253)
+    """PriorityClass of every pod unless the resource names its own; empty: none."""
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, json_schema_extra=_KEY_MAP)
+    """Labels on every pod (e.g. team or cost-center for cost allocation)."""
+    annotations: dict[LabelKey, str] = Field(default_factory=dict, json_schema_extra=_KEY_MAP)
+    """Annotations on every pod, over podAnnotations (same key: this one)."""
+
+    @model_validator(mode="after")
+    def _operator_keys(self) -> Any:
+        _refuse("podDefaults.labels", self.labels, owned=_OWNED_LABELS, prefix=_OWNED_PREFIX)
+        _refuse("podDefaults.annotations", self.annotations, prefix=_OWNED_PREFIX)
+        _refuse("podDefaults.nodeSelector", self.node_selector, owned=(_GPU_PRODUCT_LABEL,))
+        return self
+
+
 class OperatorConfig(_Values):
     """The operator config file (a ConfigMap mounted at /etc/qwen-operator/config.yaml), read once at start by
     `qwenctl operator run --config`, which validates it against this schema: an unknown key or invalid value
@@ -339,6 +393,15 @@ class OperatorConfig(_Values):
     )
     """Annotations the reconciler adds to the pod template of every model server Deployment (service mesh,
     log shipping, ...); the operator's own serving.qwenops.io annotations win over the same keys."""
+    pod_defaults: PodDefaults = Field(default_factory=PodDefaults)
+    gpu_product_labels: dict[str, list[Annotated[str, Field(min_length=1, max_length=63)]]] = Field(
+        default_factory=dict, alias="gpuProductLabels"
+    )
+    """Further nvidia.com/gpu.product node label values per catalog GPU type, e.g.
+    {A100-80GB: [NVIDIA-A100-80GB-PCIe]}: nodes with them count as that type in placement and the inventory,
+    and its pools select them too. The built-in catalog already knows the A100 PCIe labels
+    (NVIDIA-A100-80GB-PCIe, NVIDIA-A100-PCIE-40GB). GPU Feature Discovery (part of the NVIDIA GPU Operator)
+    sets the label; a node without it is never used."""
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     registry: RegistryDefaults = Field(default_factory=RegistryDefaults)
     node_cache: NodeCache = Field(default_factory=NodeCache)

@@ -29,7 +29,7 @@ def render(spec: QwenDeploymentSpec, plan: Plan, ctx: RenderContext, catalog: Ca
     out = [service(spec, ctx)]
     if spec.routing.enabled:
         out.append(servers_service(spec, ctx))
-    out.append(pod_disruption_budget(spec, ctx))
+    out.append(pod_disruption_budget(spec, ctx, sum(max(0, p.replicas) for p in plan.pools)))
     if ctx.service_monitor:
         out.append(service_monitor(spec, ctx))
     if spec.routing.enabled:

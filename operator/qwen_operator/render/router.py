@@ -27,6 +27,10 @@ Pod shape, and why:
   pool and version, held requests, retries, rejections) through the client Service.
 - Labels carry ``app.kubernetes.io/component: router``: the server selector (component
   ``server``) never selects a router pod, nor the router selector a server pod.
+- ``spec.routing.pod`` and the admin's ``podDefaults`` add labels, annotations, nodeSelector,
+  tolerations, priorityClassName and imagePullSecrets (the same precedence as on the server
+  pods); its affinity adds nodeAffinity / podAffinity, and a podAntiAffinity there replaces the
+  operator's preferred spread; its resources set the CPU request and the memory request and limit.
 """
 
 from __future__ import annotations
@@ -41,7 +45,15 @@ from .names import (
     router_name,
     router_selector,
 )
-from .workload import RenderContext, default_operator_image, metadata
+from .workload import (
+    RenderContext,
+    default_operator_image,
+    k8s,
+    merged_labels,
+    metadata,
+    pull_secrets,
+    tolerations,
+)
 
 ROUTER_PORT = 8080
 ROUTER_COMMAND = ("qwenctl", "router")
@@ -92,15 +104,62 @@ def router_labels(name: str) -> dict[str, str]:
     return common_labels(name, ROUTER_COMPONENT)
 
 
+ROUTER_CPU_REQUEST = "250m"
+ROUTER_MEMORY_REQUEST = "256Mi"
+ROUTER_MEMORY_LIMIT = "1Gi"
+
+
+def router_resources(spec: QwenDeploymentSpec) -> dict[str, Any]:
+    """CPU request (never a limit: a throttled router delays every request), memory request and limit."""
+    res = spec.routing.pod.resources
+    memory_limit = res.memory or ROUTER_MEMORY_LIMIT
+    return {
+        "requests": {"cpu": res.cpu or ROUTER_CPU_REQUEST, "memory": res.memory or ROUTER_MEMORY_REQUEST},
+        "limits": {"memory": memory_limit},
+    }
+
+
+def router_affinity(spec: QwenDeploymentSpec, selector: dict[str, str]) -> dict[str, Any]:
+    """The operator's preferred spread over nodes, with ``spec.routing.pod.affinity`` over it."""
+    out: dict[str, Any] = {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {"topologyKey": HOSTNAME_TOPOLOGY, "labelSelector": {"matchLabels": selector}},
+                }
+            ]
+        }
+    }
+    if spec.routing.pod.affinity is not None:
+        out.update(k8s(spec.routing.pod.affinity))
+    return out
+
+
 def router_deployment(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
     """The router Deployment ``<name>-router``."""
     labels = router_labels(ctx.name)
     selector = router_selector(ctx.name)
     readiness = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 2}
     liveness = {"tcpSocket": {"port": "http"}, "timeoutSeconds": 2}
-    template_meta: dict[str, Any] = {"labels": labels}
-    if ctx.pod_annotations:
-        template_meta["annotations"] = dict(ctx.pod_annotations)
+    pod, admin = spec.routing.pod, ctx.defaults.pods
+    template_meta: dict[str, Any] = {"labels": merged_labels(admin.labels, pod.labels, labels)}
+    annotations = merged_labels(ctx.pod_annotations, admin.annotations, pod.annotations)
+    if annotations:
+        template_meta["annotations"] = annotations
+    scheduling: dict[str, Any] = {}
+    node_selector = merged_labels(admin.node_selector, pod.node_selector)
+    if node_selector:
+        scheduling["nodeSelector"] = node_selector
+    tols = tolerations(admin.tolerations, pod.tolerations)
+    if tols:
+        scheduling["tolerations"] = tols
+    priority = pod.priority_class_name or admin.priority_class_name
+    if priority:
+        scheduling["priorityClassName"] = priority
+    secrets = pull_secrets(admin, [s.name for s in pod.image_pull_secrets])
+    if secrets:
+        scheduling["imagePullSecrets"] = secrets
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -133,19 +192,8 @@ def router_deployment(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str,
                             "labelSelector": {"matchLabels": selector},
                         }
                     ],
-                    "affinity": {
-                        "podAntiAffinity": {
-                            "preferredDuringSchedulingIgnoredDuringExecution": [
-                                {
-                                    "weight": 100,
-                                    "podAffinityTerm": {
-                                        "topologyKey": HOSTNAME_TOPOLOGY,
-                                        "labelSelector": {"matchLabels": selector},
-                                    },
-                                }
-                            ]
-                        }
-                    },
+                    "affinity": router_affinity(spec, selector),
+                    **scheduling,
                     "containers": [
                         {
                             "name": "router",
@@ -156,10 +204,7 @@ def router_deployment(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str,
                             "readinessProbe": {**readiness, "periodSeconds": 2, "failureThreshold": 2},
                             "livenessProbe": {**liveness, "periodSeconds": 10, "failureThreshold": 6},
                             "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
-                            "resources": {
-                                "requests": {"cpu": "250m", "memory": "256Mi"},
-                                "limits": {"memory": "1Gi"},
-                            },
+                            "resources": router_resources(spec),
                             "securityContext": {
                                 "allowPrivilegeEscalation": False,
                                 "readOnlyRootFilesystem": True,

@@ -4,10 +4,15 @@ The client Service ``<name>`` is one endpoint while replicas move between GPU ty
 ``spec.routing.enabled`` (the default) it selects the router pods (port 80 -> 8080) and a
 second Service ``<name>-servers`` selects the server pods of every pool (what the
 ServiceMonitor scrapes; canary pods are reached only through the router's canary rule).
-Without the router, ``<name>`` selects the server pods directly. The PDB lets node drains evict one pod at a time and
-never blocks on pods that are not ready yet (``unhealthyPodEvictionPolicy: AlwaysAllow``:
-a replica still loading its model is no capacity to protect). The ServiceMonitor is only
-rendered when the controller saw the Prometheus Operator CRD in the cluster.
+Without the router, ``<name>`` selects the server pods directly. The PDB (over the server pods
+of every pool) lets node drains evict one pod at a time while the deployment runs two or more
+replicas (``maxUnavailable: 1``); with one replica (or none) it is ``minAvailable: 1``, so a drain
+waits instead of evicting the only replica (an outage of the whole model): scale up first (the
+new replica lands elsewhere), or accept the outage by deleting the pod. Either way it never
+blocks on pods that are not ready yet (``unhealthyPodEvictionPolicy: AlwaysAllow``: a replica
+still loading its model is no capacity to protect, and a crash-looping one never holds a drain).
+The ServiceMonitor is only rendered when the controller saw the Prometheus Operator CRD in the
+cluster.
 """
 
 from __future__ import annotations
@@ -59,13 +64,16 @@ def servers_service(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, A
     }
 
 
-def pod_disruption_budget(spec: QwenDeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
+def pod_disruption_budget(spec: QwenDeploymentSpec, ctx: RenderContext, replicas: int | None = None) -> dict[str, Any]:
+    """``replicas``: the planned server replicas over every pool (None: ``spec.desired_replicas()``)."""
+    total = spec.desired_replicas() if replicas is None else replicas
+    budget: dict[str, int] = {"maxUnavailable": 1} if total > 1 else {"minAvailable": 1}
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": metadata(ctx, service_name(ctx.name), common_labels(ctx.name)),
         "spec": {
-            "maxUnavailable": 1,
+            **budget,
             "selector": {"matchLabels": server_selector(ctx.name)},
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },

@@ -4,12 +4,23 @@ Pod shape, and why:
 - ``model-pull`` init container (operator image, ``qwenctl model pull``) fills the model
   cache and switches ``current`` atomically; the server then reads
   ``/models/models/<namespace>.<name>/current`` read-only with ``HF_HUB_OFFLINE=1``.
-- ``nvidia.com/gpu`` = shards, a nodeSelector on ``nvidia.com/gpu.product`` and a
+- ``nvidia.com/gpu`` = shards, a nodeSelector on ``nvidia.com/gpu.product`` (a required node
+  expression ``In`` every label when the catalog type has several, e.g. A100 SXM4 and PCIe) and a
   toleration for the usual ``nvidia.com/gpu:NoSchedule`` taint.
 - ``/dev/shm`` is a memory emptyDir (NCCL between shards); ``/tmp`` an emptyDir for caches.
 - Probes: the port refuses connections until the model is loaded and warmed up, so a
   startup probe with a 30-minute budget guards readiness and liveness on ``/health``.
-- ``terminationGracePeriodSeconds`` 120 (TGI drains for up to 90 s).
+- Graceful stop: a ``preStop`` sleep (``spec.pod.preStopSleepSeconds``, default 10 s; the built-in
+  sleep action, as on the router pods) keeps a stopping replica serving while its endpoint removal
+  reaches the router and every kube-proxy, then SIGTERM starts the engine's drain;
+  ``terminationGracePeriodSeconds`` is the sleep plus 120 s (TGI drains for up to 90 s) unless
+  ``spec.pod.terminationGracePeriodSeconds`` says otherwise.
+- ``spec.pod`` (:func:`server_pod_spec`): labels, annotations, nodeSelector (merged with the GPU
+  selection), tolerations (added), affinity (the GPU expression added to each required term),
+  topology spread (unset labelSelector: this deployment's server pods), priorityClassName,
+  imagePullSecrets (the engine and the model-pull image), serviceAccountName, server env and extra
+  engine flags; ``spec.pod.pools[]`` adds nodeSelector, tolerations, env and flags for one pool.
+  Admission refused every key, variable and flag the operator sets, so the operator's never lose.
 - Restricted pod security (non-root, no privilege escalation, all capabilities dropped,
   RuntimeDefault seccomp, read-only root filesystems: HOME, HF_HOME and every engine cache
   live under the ``/tmp`` emptyDir), and no ServiceAccount token (the servers never call the
@@ -20,12 +31,17 @@ Pod shape, and why:
 - Multi-tenancy: the node directory comes from the admin's allowlist (``nodeCache.path`` /
   ``nodeCache.allowedPaths``, :func:`cache_path_problem`; the reconciler refuses any other
   with ``CachePathNotAllowed``) and each namespace mounts its own ``<path>/<namespace>``.
+- ServiceAccount: none of the API's (``automountServiceAccountToken: false``) unless
+  ``spec.pod.serviceAccountName`` names one for a workload identity (IRSA, GKE Workload Identity):
+  then the pod leaves the token to that ServiceAccount's own ``automountServiceAccountToken``.
 - RollingUpdate with ``maxUnavailable: 0``: capacity never drops during a version roll;
   the model version is a pod template label and annotation, so a new version rolls pods.
 
 Operator-config defaults (:class:`OperatorDefaults`) fill what a resource leaves unset, and
 the resource always wins:
 
+- ``podDefaults`` (:class:`PodDefaults`): labels, annotations, nodeSelector, tolerations,
+  imagePullSecrets and priorityClassName of every server and router pod, under ``spec.pod``;
 - the hostPath cache directory: ``spec.model.cache.path``, else ``nodeCache.path`` (plus
   ``/<namespace>``);
 - the model-pull ``envFrom`` Secret: ``spec.model.credentialsSecret``, else
@@ -48,8 +64,15 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ..api import API_VERSION, KIND
-from ..api.spec import DEFAULT_CACHE_PATH, QwenDeploymentSpec
-from ..catalog import GPUType
+from ..api.spec import (
+    DEFAULT_CACHE_PATH,
+    Affinity,
+    PoolPodSpec,
+    QwenDeploymentSpec,
+    ServerPodSpec,
+    TopologySpreadConstraint,
+)
+from ..catalog import GPUType, resolve_gpu_name
 from ..engines.runtimes import runtime_for
 from ..planner.pools import Pool
 from .names import (
@@ -62,6 +85,7 @@ from .names import (
     pool_deployment_name,
     pool_selector,
     pool_slug,
+    server_selector,
 )
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -69,7 +93,9 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 MODELS_MOUNT = "/models"
 SERVER_UID = 1000
 STARTUP_BUDGET_SECONDS = 1800
+#: What the engine gets after SIGTERM (TGI drains for up to 90 s); the preStop sleep comes on top.
 TERMINATION_GRACE_SECONDS = 120
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
 
 # how a pool with no GPU for a surge pod rolls: one replica at a time (a borrowed replica covers it)
@@ -77,14 +103,32 @@ NO_SURGE_ROLLING_UPDATE = {"maxSurge": 0, "maxUnavailable": 1}
 
 
 @dataclass(frozen=True)
+class PodDefaults:
+    """Operator config ``podDefaults``: the cluster admin's additions to every server and router pod.
+
+    Under the resource's own ``spec.pod`` / ``spec.routing.pod``: maps (labels, annotations, nodeSelector)
+    merge with the resource winning per key, lists (imagePullSecrets, tolerations) add up, and the
+    resource's priorityClassName wins. The operator's own keys win over both."""
+
+    image_pull_secrets: tuple[str, ...] = ()
+    tolerations: tuple[dict[str, Any], ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = ()
+    priority_class_name: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class OperatorDefaults:
-    """Operator-config defaults for what a QwenDeployment leaves unset (``registry.*``, ``nodeCache.path``)."""
+    """Operator-config defaults for what a QwenDeployment leaves unset (``registry.*``, ``nodeCache.path``,
+    ``podDefaults``)."""
 
     registry_endpoint_url: str | None = None  # registry.endpointURL -> AWS_ENDPOINT_URL of model-pull
     registry_region: str | None = None  # registry.region -> AWS_REGION and AWS_DEFAULT_REGION of model-pull
     credentials_secret: str | None = None  # registry.credentialsSecret -> envFrom of model-pull
     node_cache_path: str = DEFAULT_CACHE_PATH  # nodeCache.path -> the hostPath cache directory
     allowed_cache_paths: tuple[str, ...] = ()  # nodeCache.allowedPaths: what spec.model.cache.path may name too
+    pods: PodDefaults = field(default_factory=PodDefaults)  # podDefaults: every server and router pod
 
     def allowed_paths(self) -> tuple[str, ...]:
         """The cache directories a resource may choose among: ``nodeCache.path`` and ``nodeCache.allowedPaths``."""
@@ -291,8 +335,118 @@ def _probe(path: str, period: int, failures: int, timeout: int = 5) -> dict[str,
     }
 
 
+def k8s(model: Any) -> Any:
+    """An API model as the Kubernetes object it mirrors (camelCase, unset and empty fields left out)."""
+    return model.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
+
+
+def pool_overlay(spec: QwenDeploymentSpec, gpu: GPUType) -> PoolPodSpec | None:
+    """The ``spec.pod.pools`` entry of ``gpu``'s pool (its gpuType in any spelling the catalog accepts)."""
+
+    def matches(name: str) -> bool:
+        try:
+            return resolve_gpu_name(name, {gpu.name: gpu}) == gpu.name
+        except KeyError:
+            return False
+
+    return spec.pod.for_pool(matches)
+
+
+def gpu_selection(gpu: GPUType) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """How a pool's pods find their GPU type: a nodeSelector on the one product label, or (a type with
+    several labels, e.g. A100-80GB SXM4 and PCIe) a required node expression ``In`` all of them."""
+    labels = gpu.product_labels
+    if len(labels) == 1:
+        return {GPU_PRODUCT_LABEL: labels[0]}, None
+    return {}, {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(labels)}
+
+
+def pod_gpu_products(pod_spec: dict[str, Any]) -> list[str]:
+    """The ``nvidia.com/gpu.product`` values a rendered server pod spec selects (see :func:`gpu_selection`)."""
+    product = (pod_spec.get("nodeSelector") or {}).get(GPU_PRODUCT_LABEL)
+    if product:
+        return [str(product)]
+    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for expr in term.get("matchExpressions") or []:
+            if expr.get("key") == GPU_PRODUCT_LABEL and expr.get("operator") == "In":
+                return [str(v) for v in expr.get("values") or []]
+    return []
+
+
+def with_gpu_affinity(affinity: Affinity | None, gpu_expr: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pod's affinity: the resource's, with the GPU product expression added to every required node term
+    (terms are alternatives, so each must carry it)."""
+    out: dict[str, Any] = k8s(affinity) if affinity is not None else {}
+    if gpu_expr is not None:
+        node = out.setdefault("nodeAffinity", {})
+        required = node.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+        terms = required.get("nodeSelectorTerms") or [{}]
+        required["nodeSelectorTerms"] = [
+            {**term, "matchExpressions": [*(term.get("matchExpressions") or []), gpu_expr]} for term in terms
+        ]
+    return out or None
+
+
+def merged_labels(*maps: Any) -> dict[str, str]:
+    """Maps (dicts or key/value tuples) merged left to right: a later one wins per key."""
+    out: dict[str, str] = {}
+    for m in maps:
+        out.update(dict(m))
+    return out
+
+
+def pull_secrets(defaults: PodDefaults, names: list[str]) -> list[dict[str, str]]:
+    """``imagePullSecrets``: the admin's podDefaults, then the resource's, each name once."""
+    return [{"name": n} for n in dict.fromkeys([*defaults.image_pull_secrets, *names])]
+
+
+def tolerations(*lists: Any) -> list[dict[str, Any]]:
+    """Tolerations added up, each distinct one once."""
+    out: list[dict[str, Any]] = []
+    for lst in lists:
+        for tol in lst:
+            item = tol if isinstance(tol, dict) else k8s(tol)
+            if item not in out:
+                out.append(item)
+    return out
+
+
+def spread_constraints(pod: ServerPodSpec, name: str) -> list[dict[str, Any]]:
+    """``topologySpreadConstraints``; one without a labelSelector counts this deployment's server pods."""
+
+    def one(c: TopologySpreadConstraint) -> dict[str, Any]:
+        out: dict[str, Any] = k8s(c)
+        if c.label_selector is None:
+            out["labelSelector"] = {"matchLabels": server_selector(name)}
+        return out
+
+    return [one(c) for c in pod.topology_spread_constraints]
+
+
+def server_env(spec: QwenDeploymentSpec, pool: PoolPodSpec | None) -> list[dict[str, Any]]:
+    """``spec.pod.env`` with the pool's entries over it (same name: the pool's), after the engine's own."""
+    user = {e.name: e for e in spec.pod.env}
+    user.update({e.name: e for e in (pool.env if pool else [])})
+    return [k8s(e) for e in user.values()]
+
+
+def termination_grace_seconds(spec: QwenDeploymentSpec) -> int:
+    """``spec.pod.terminationGracePeriodSeconds``, else the preStop sleep plus the engine's drain budget."""
+    pod = spec.pod
+    if pod.termination_grace_period_seconds is not None:
+        return pod.termination_grace_period_seconds
+    return pod.pre_stop_sleep_seconds + TERMINATION_GRACE_SECONDS
+
+
 def server_container(
-    spec: QwenDeploymentSpec, ctx: RenderContext, shards: int, thinking_model: bool = False
+    spec: QwenDeploymentSpec,
+    ctx: RenderContext,
+    shards: int,
+    thinking_model: bool = False,
+    pool: PoolPodSpec | None = None,
 ) -> dict[str, Any]:
     rt = runtime_for(spec)
     limits: dict[str, Any] = {GPU_RESOURCE: str(shards)}
@@ -300,11 +454,13 @@ def server_container(
     for key, value in (("cpu", spec.runtime.resources.cpu), ("memory", spec.runtime.resources.memory)):
         if value is not None:
             limits[key] = requests[key] = value
-    return {
+    container: dict[str, Any] = {
         "name": rt.name,
         "image": spec.runtime.image or rt.default_image,
-        "args": rt.args(spec, shards, model_path(ctx), thinking_model),
-        "env": rt.env(spec, shards),
+        # the extra flags come last: admission refused every flag the engine adapter renders
+        "args": [*rt.args(spec, shards, model_path(ctx), thinking_model), *spec.pod.extra_args]
+        + (list(pool.extra_args) if pool else []),
+        "env": [*rt.env(spec, shards), *server_env(spec, pool)],
         "ports": [{"name": "http", "containerPort": rt.port, "protocol": "TCP"}],
         "resources": {"requests": requests, "limits": limits},
         "startupProbe": _probe(rt.health_path, 10, STARTUP_BUDGET_SECONDS // 10),
@@ -317,16 +473,76 @@ def server_container(
         ],
         "securityContext": _restricted(),
     }
+    if spec.pod.pre_stop_sleep_seconds:
+        # keep serving while the endpoint removal reaches the router and every kube-proxy; then SIGTERM
+        # starts the engine's drain. The built-in sleep action: the engine image needs no sleep binary.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": spec.pod.pre_stop_sleep_seconds}}}
+    return container
+
+
+def server_pod_spec(
+    spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gpu: GPUType, thinking_model: bool = False
+) -> dict[str, Any]:
+    """The server pod spec of one pool: the operator's shape with ``spec.pod``, its pool entry and the
+    admin's ``podDefaults`` added (see :class:`PodDefaults` for who wins)."""
+    chat = chat_template_container(spec, ctx, thinking_model)
+    pod, admin, overlay = spec.pod, ctx.defaults.pods, pool_overlay(spec, gpu)
+    gpu_selector, gpu_expr = gpu_selection(gpu)
+    out: dict[str, Any] = {
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
+        "nodeSelector": merged_labels(
+            admin.node_selector, pod.node_selector, overlay.node_selector if overlay else {}, gpu_selector
+        ),
+        "tolerations": tolerations(
+            [GPU_TOLERATION], admin.tolerations, pod.tolerations, overlay.tolerations if overlay else []
+        ),
+    }
+    affinity = with_gpu_affinity(pod.affinity, gpu_expr)
+    if affinity:
+        out["affinity"] = affinity
+    spread = spread_constraints(pod, ctx.name)
+    if spread:
+        out["topologySpreadConstraints"] = spread
+    priority = pod.priority_class_name or admin.priority_class_name
+    if priority:
+        out["priorityClassName"] = priority
+    secrets = pull_secrets(admin, [s.name for s in pod.image_pull_secrets])
+    if secrets:
+        out["imagePullSecrets"] = secrets  # the engine image and the operator image of model-pull
+    out["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": SERVER_UID,
+        "runAsGroup": SERVER_UID,
+        "fsGroup": SERVER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    out["enableServiceLinks"] = False
+    if pod.service_account_name:
+        # a workload identity for model pulls (IRSA, GKE Workload Identity, Azure): the ServiceAccount's own
+        # automountServiceAccountToken decides (the identity webhooks project their own token anyway)
+        out["serviceAccountName"] = pod.service_account_name
+    else:
+        # the servers never call the Kubernetes API: no token for a user-chosen image to read
+        out["automountServiceAccountToken"] = False
+    out["initContainers"] = [model_pull_container(spec, ctx), *([chat] if chat else [])]
+    out["containers"] = [server_container(spec, ctx, pool.shards, thinking_model, overlay)]
+    out["volumes"] = [
+        _cache_volume(spec, ctx),
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.runtime.shm_size}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    return out
 
 
 def pool_deployment(
     spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gpu: GPUType, thinking_model: bool = False
 ) -> dict[str, Any]:
     """The Deployment of one GPU pool; ``thinking_model``: the catalog model has Qwen3's thinking mode."""
-    chat = chat_template_container(spec, ctx, thinking_model)
     model_version = version_of(spec, ctx)
     labels = {**common_labels(ctx.name), LABEL_POOL: pool_slug(pool.gpu_type)}
-    pod_labels = {**labels, LABEL_MODEL_VERSION: label_value(model_version)}
+    admin = ctx.defaults.pods
+    # admin defaults, then the resource's, then the operator's own keys (admission refused those)
+    pod_labels = merged_labels(admin.labels, spec.pod.labels, labels, {LABEL_MODEL_VERSION: label_value(model_version)})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -345,34 +561,14 @@ def pool_deployment(
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    "annotations": {
-                        **dict(ctx.pod_annotations),
-                        ANNOTATION_MODEL_VERSION: model_version,
-                        ANNOTATION_MODEL: spec.model.name,
-                    },
+                    "annotations": merged_labels(
+                        ctx.pod_annotations,
+                        admin.annotations,
+                        spec.pod.annotations,
+                        {ANNOTATION_MODEL_VERSION: model_version, ANNOTATION_MODEL: spec.model.name},
+                    ),
                 },
-                "spec": {
-                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-                    "nodeSelector": {GPU_PRODUCT_LABEL: gpu.product_label},
-                    "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": SERVER_UID,
-                        "runAsGroup": SERVER_UID,
-                        "fsGroup": SERVER_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "enableServiceLinks": False,
-                    # the servers never call the Kubernetes API: no token for a user-chosen image to read
-                    "automountServiceAccountToken": False,
-                    "initContainers": [model_pull_container(spec, ctx), *([chat] if chat else [])],
-                    "containers": [server_container(spec, ctx, pool.shards, thinking_model)],
-                    "volumes": [
-                        _cache_volume(spec, ctx),
-                        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.runtime.shm_size}},
-                        {"name": "tmp", "emptyDir": {}},
-                    ],
-                },
+                "spec": server_pod_spec(spec, ctx, pool, gpu, thinking_model),
             },
         },
     }
