@@ -145,7 +145,7 @@ def test_registry_and_node_cache_defaults_reach_the_deployment_and_the_spec_wins
             "region": "eu-west-1",
             "credentialsSecret": "registry-creds",
         },
-        "nodeCache": {"path": NODE_CACHE},
+        "nodeCache": {"path": NODE_CACHE, "allowedPaths": ["/srv/models"]},
     }
     op = start_operator(config)
     api = Api(kube_api, namespace)
@@ -160,7 +160,7 @@ def test_registry_and_node_cache_defaults_reach_the_deployment_and_the_spec_wins
         "AWS_REGION": "eu-west-1",
         "AWS_DEFAULT_REGION": "eu-west-1",
     }
-    assert host_path(pod) == NODE_CACHE
+    assert host_path(pod) == f"{NODE_CACHE}/{namespace}"  # each namespace its own directory
     # the CRD no longer stores a default path: the resource really leaves it unset
     assert "path" not in api.get("defaults")["spec"]["model"]["cache"]
 
@@ -170,7 +170,7 @@ def test_registry_and_node_cache_defaults_reach_the_deployment_and_the_spec_wins
     pull = model_pull(pod)
     assert secrets_of(pull) == ["team-creds"]
     assert env_of(pull) == {}  # the resource's Secret is its whole registry environment
-    assert host_path(pod) == "/srv/models"
+    assert host_path(pod) == f"/srv/models/{namespace}"  # an allowed directory (nodeCache.allowedPaths)
     assert op.alive(), op.tail()
 
 
