@@ -450,8 +450,8 @@ def _key_rules(field: str, *, owned: tuple[str, ...] = (), prefix: str | None = 
         Rule(
             cel=f"!has(self.{field}) || self.{field}.all(k, k.matches('{QUALIFIED_NAME_PATTERN}'))",
             message="keys must be qualified names ([prefix/]name, e.g. example.com/team)",
-            message_expression="'keys must be qualified names ([prefix/]name, e.g. example.com/team): '"
-            f" + self.{field}.filter(k, !k.matches('{QUALIFIED_NAME_PATTERN}')).join(', ')",
+            message_expression="'%s: not a qualified name ([prefix/]name, e.g. example.com/team)'.format("
+            f"[self.{field}.filter(k, !k.matches('{QUALIFIED_NAME_PATTERN}'))[0]])",
             check=lambda o: all(_QUALIFIED_NAME.match(k) for k in getattr(o, attr)),
             explain=lambda o: (
                 "keys must be qualified names ([prefix/]name, e.g. example.com/team): "
@@ -468,8 +468,8 @@ def _key_rules(field: str, *, owned: tuple[str, ...] = (), prefix: str | None = 
         Rule(
             cel=f"!has(self.{field}) || !self.{field}.exists(k, {bad_cel})",
             message=f"keys set by the operator ({what}) are refused: {refused}",
-            message_expression=f"self.{field}.filter(k, {bad_cel}).join(', ')"
-            f" + ': set by the operator ({what}); refused: {refused}'",
+            message_expression=f"'%s: set by the operator ({what}); refused: {refused}'"
+            f".format([self.{field}.filter(k, {bad_cel})[0]])",
             check=lambda o: not any(bad(k) for k in getattr(o, attr)),
             explain=lambda o: (
                 ", ".join(k for k in getattr(o, attr) if bad(k)) + f": set by the operator ({what}); refused: {refused}"
@@ -592,8 +592,8 @@ def _env_rules(field: str = "env") -> tuple[Rule, ...]:
         Rule(
             cel=f"!has(self.{field}) || !self.{field}.exists(e, e.name in {_cel_list(OWNED_ENV)})",
             message=f"variables set by the operator are refused: {', '.join(OWNED_ENV)}",
-            message_expression=f"self.{field}.filter(e, e.name in {_cel_list(OWNED_ENV)})"
-            f".map(e, e.name).join(', ') + ': set by the operator; refused: {', '.join(OWNED_ENV)}'",
+            message_expression=f"'%s: set by the operator; refused: {', '.join(OWNED_ENV)}'"
+            f".format([self.{field}.filter(e, e.name in {_cel_list(OWNED_ENV)})[0].name])",
             check=lambda o: not any(e.name in OWNED_ENV for e in o.env),
             explain=lambda o: (
                 ", ".join(e.name for e in o.env if e.name in OWNED_ENV)
@@ -742,7 +742,7 @@ _NODE_SELECTOR_DOC = (
     "which is refused here)."
 )
 _POOL_RULES = (
-    *_key_rules("nodeSelector", owned=(GPU_PRODUCT_LABEL,), what="the pool's GPU type"),
+    *_key_rules("nodeSelector", owned=(GPU_PRODUCT_LABEL,), what="the GPU type of the pool"),
     *_env_rules(),
 )
 
@@ -773,7 +773,7 @@ class PoolPodSpec(_Checked):
 _SERVER_POD_RULES = (
     *_key_rules("labels", owned=OWNED_LABELS, prefix=OWNED_PREFIX, what="selectors and bookkeeping"),
     *_key_rules("annotations", prefix=OWNED_PREFIX, what="model version and bookkeeping"),
-    *_key_rules("nodeSelector", owned=(GPU_PRODUCT_LABEL,), what="the pool's GPU type"),
+    *_key_rules("nodeSelector", owned=(GPU_PRODUCT_LABEL,), what="the GPU type of the pool"),
     *_env_rules(),
     Rule(
         cel="!has(self.terminationGracePeriodSeconds) || !has(self.preStopSleepSeconds)"
@@ -1068,8 +1068,9 @@ _SPEC_RULES += (
         + _cel_owned_args("self.pod.extraArgs", "self.runtime.engine")
         + ".size() == 0",
         message=f"flags {_FLAG_HINT}",
-        message_expression=_cel_owned_args("self.pod.extraArgs", "self.runtime.engine")
-        + f".join(', ') + ': flags {_FLAG_HINT} (engine ' + self.runtime.engine + ')'",
+        message_expression=f"'%s: flag {_FLAG_HINT} (engine %s)'.format(["
+        + _cel_owned_args("self.pod.extraArgs", "self.runtime.engine")
+        + "[0], self.runtime.engine])",
         check=lambda s: not _owned_extra_args(s),
         explain=lambda s: f"{', '.join(_owned_extra_args(s))}: flags {_FLAG_HINT} (engine {s.runtime.engine})",
         field_path=".pod.extraArgs",
@@ -1080,9 +1081,9 @@ _SPEC_RULES += (
         + _cel_owned_args("p.extraArgs", "self.runtime.engine")
         + ".size() == 0)",
         message=f"pools[].extraArgs: flags {_FLAG_HINT}",
-        message_expression="'pools[].extraArgs ' + self.pod.pools.map(p, "
+        message_expression=f"'pools[].extraArgs %s: flag {_FLAG_HINT} (engine %s)'.format([self.pod.pools.map(p, "
         + _cel_owned_args("p.extraArgs", "self.runtime.engine")
-        + f".join(', ')).filter(x, x != '').join(', ') + ': flags {_FLAG_HINT} (engine ' + self.runtime.engine + ')'",
+        + ").filter(x, x.size() > 0)[0][0], self.runtime.engine])",
         check=lambda s: not _owned_pool_args(s),
         explain=lambda s: (
             f"pools[].extraArgs {', '.join(_owned_pool_args(s))}: flags {_FLAG_HINT} (engine {s.runtime.engine})"
@@ -1093,9 +1094,8 @@ _SPEC_RULES += (
     Rule(
         cel="!has(self.pod) || !has(self.pod.pools) || self.pod.pools.all(p, p.gpuType in self.placement.gpuTypes)",
         message="pools[].gpuType must be one of placement.gpuTypes",
-        message_expression="'pools[].gpuType ' + self.pod.pools.filter(p, !(p.gpuType in self.placement.gpuTypes))"
-        ".map(p, p.gpuType).join(', ') + ': not one of placement.gpuTypes ('"
-        " + self.placement.gpuTypes.join(', ') + ')'",
+        message_expression="'pools[].gpuType %s: not one of placement.gpuTypes'.format("
+        "[self.pod.pools.filter(p, !(p.gpuType in self.placement.gpuTypes))[0].gpuType])",
         check=lambda s: not _pool_type_known(s),
         explain=lambda s: (
             f"pools[].gpuType {', '.join(_pool_type_known(s))}: not one of placement.gpuTypes"
