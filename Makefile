@@ -29,7 +29,7 @@ helm: venv
 s3server: venv
 	$(PY) -m qwen_operator.modelsync.s3server build
 
-## ociregistry: the real OCI registry (CNCF distribution) for oci:// model-sync tests (Go module proxy, cached)
+## ociregistry: the real OCI registry (CNCF distribution) and the ORAS CLI for oci:// model-sync tests (Go module proxy, cached)
 ociregistry: venv
 	$(PY) -m qwen_operator.modelsync.ociserver build
 

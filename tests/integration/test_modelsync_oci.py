@@ -1,10 +1,11 @@
 """Model sync against a real OCI registry (CNCF distribution on loopback): push, pull,
 layer-diff counted in the registry's own access log, resume after a kill, corruption,
-basic and bearer-token auth, TLS with a CA bundle."""
+basic and bearer-token auth, TLS with a CA bundle, interop with the ORAS CLI."""
 
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import re
 import signal
@@ -18,8 +19,10 @@ import pytest
 from qwen_operator.modelsync.backend import RegistryError
 from qwen_operator.modelsync.manifest import Manifest, diff
 from qwen_operator.modelsync.oci import ARTIFACT_TYPE, MODELPACK_CONFIG, OCI_MANIFEST, OCIRegistry
+from qwen_operator.modelsync.ociserver import locate_oras
 from qwen_operator.modelsync.pull import pull
 from qwen_operator.modelsync.push import push
+from qwen_operator.modelsync.s3server import MissingServerError
 from qwen_operator.modelsync.store import covered, read_journal
 from qwen_operator.modelsync.synthetic import Checkpoint, Shape
 from qwen_operator.testing.oci import PASSWORD, READER, READER_PASSWORD, USER, OCIRepo, Secured
@@ -105,6 +108,33 @@ def test_the_version_is_an_oci_artifact(oci_repo: OCIRepo, models: dict[str, Pat
     assert doc["layers"][0]["digest"] == result.manifest.digest()  # the index: the same document S3 stores
     assert {layer["digest"] for layer in doc["layers"][1:]} == set(result.manifest.unique_chunks())
     assert doc["annotations"]["org.opencontainers.image.version"] == "v1"
+
+
+def test_oras_reads_and_copies_what_we_push(oci_repo: OCIRepo, models: dict[str, Path], tmp_path: Path) -> None:
+    """Interop: the ORAS CLI (built from the Go module proxy) fetches our manifest byte for
+    byte and copies the whole version graph to another repository, from which we pull the
+    same version: what we push is a well-formed OCI artifact, not a private format."""
+    try:
+        oras = str(locate_oras())
+    except MissingServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    v1 = push(OCIRegistry(oci_repo.url), models["v1"], "v1", tag="stable")
+    host = oci_repo.server.host
+    src, dst = f"{host}/{oci_repo.repository}", f"{host}/{oci_repo.repository}-copy"
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        r = subprocess.run([oras, *args], capture_output=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        return r
+
+    raw = run("manifest", "fetch", "--plain-http", f"{src}:stable").stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == v1.digest
+    assert json.loads(raw)["artifactType"] == ARTIFACT_TYPE
+    run("cp", "--from-plain-http", "--to-plain-http", f"{src}:v1", f"{dst}:v1")
+    assert run("repo", "tags", "--plain-http", dst).stdout.split() == [b"v1"]
+    result = pull(OCIRegistry(f"oci://{dst}"), tmp_path / "cache", "qwen", version="v1")
+    assert result.digest == v1.digest
+    assert same_tree(models["v1"], (tmp_path / "cache/models/qwen/current").resolve())
 
 
 def test_fine_tune_moves_only_changed_chunks(oci_repo: OCIRepo, models: dict[str, Path], tmp_path: Path) -> None:

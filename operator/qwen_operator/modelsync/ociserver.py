@@ -15,7 +15,9 @@ them in versitygw's access log.
 
 ``python -m qwen_operator.modelsync.ociserver build`` (``make ociregistry``, part of
 ``make setup``) compiles it into ``~/.cache/qwen-operator/distribution-<version>/bin``
-(``QWEN_OPERATOR_CACHE`` overrides the root) when missing. Standard library only.
+(``QWEN_OPERATOR_CACHE`` overrides the root) when missing, together with the **ORAS**
+CLI (``oras.land/oras``, Apache-2.0), which the interop test uses to show that what we
+push is an OCI artifact standard tooling reads and copies. Standard library only.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ NAME = "registry"
 VERSION = "v3.1.2"
 PACKAGE = f"github.com/distribution/distribution/v3/cmd/registry@{VERSION}"
 BUILD_COMMAND = "python -m qwen_operator.modelsync.ociserver build"
+ORAS_VERSION = "v1.3.6"
+ORAS_PACKAGE = f"oras.land/oras/cmd/oras@{ORAS_VERSION}"
 
 # gorilla/handlers combined log: host ident user [time] "METHOD URI PROTO" status size "referer" "agent"
 _ACCESS_LINE = re.compile(r'^\S+ \S+ \S+ \[[^\]]*\] "([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) ')
@@ -54,22 +58,39 @@ def binary_path() -> Path:
     return bin_dir() / NAME
 
 
-def locate() -> Path:
-    path = binary_path()
+def oras_path() -> Path:
+    return cache_root() / f"oras-{ORAS_VERSION}" / "bin" / "oras"
+
+
+def _locate(path: Path, what: str) -> Path:
     if not path.is_file():
         raise MissingServerError(
-            f"the OCI test registry (CNCF distribution {VERSION}) is not built (looked for {path}). "
+            f"{what} is not built (looked for {path}). "
             f"Run `make ociregistry` or `{BUILD_COMMAND}` to build it from the Go module proxy (needs Go >= 1.25)."
         )
     return path
 
 
+def locate() -> Path:
+    return _locate(binary_path(), f"the OCI test registry (CNCF distribution {VERSION})")
+
+
+def locate_oras() -> Path:
+    return _locate(oras_path(), f"the ORAS CLI {ORAS_VERSION}")
+
+
 def build(force: bool = False) -> Path:
-    """Compile distribution's ``registry`` with ``go install`` into the cache (no-op when present)."""
-    target = binary_path()
+    """Compile distribution's ``registry`` and the ORAS CLI with ``go install`` into the cache
+    (each a no-op when present); returns the registry's path."""
+    _go_install(PACKAGE, binary_path(), f"distribution {VERSION}", force)
+    _go_install(ORAS_PACKAGE, oras_path(), f"oras {ORAS_VERSION}", force)
+    return binary_path()
+
+
+def _go_install(package: str, target: Path, what: str, force: bool) -> None:
     if target.is_file() and not force:
-        print(f"distribution {VERSION} present: {target}")
-        return target
+        print(f"{what} present: {target}")
+        return
     go = shutil.which("go")
     if go is None:
         raise MissingServerError("`go` not found on PATH: install Go >= 1.25 (https://go.dev/doc/install).")
@@ -77,16 +98,15 @@ def build(force: bool = False) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     env = dict(os.environ, GOBIN=str(staging), CGO_ENABLED="0")
-    print(f"building distribution {VERSION} from the Go module proxy (go install {PACKAGE}); this takes a few minutes")
+    print(f"building {what} from the Go module proxy (go install {package}); this takes a few minutes")
     start = time.monotonic()
-    proc = subprocess.run([go, "install", "-trimpath", PACKAGE], env=env, check=False)
+    proc = subprocess.run([go, "install", "-trimpath", package], env=env, check=False)
     if proc.returncode != 0:
-        raise MissingServerError(f"`go install {PACKAGE}` failed with exit code {proc.returncode} (output above).")
+        raise MissingServerError(f"`go install {package}` failed with exit code {proc.returncode} (output above).")
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging / NAME, target)
+    os.replace(staging / target.name, target)
     shutil.rmtree(staging, ignore_errors=True)
     print(f"built {target} in {time.monotonic() - start:.0f}s")
-    return target
 
 
 @dataclass(frozen=True)
