@@ -216,3 +216,9 @@ def test_open_registry_dispatches_on_the_scheme() -> None:
         open_registry("https://registry.example.com/models/q")
     with pytest.raises(RegistryError, match="--endpoint-url applies to s3://"):
         open_registry("oci://registry.example.com/models/q", endpoint_url="http://x")
+
+
+def test_short_timeouts_for_a_watcher() -> None:
+    """A caller that must not stall (the version watcher) gets its own connect/read timeouts."""
+    timeout = OCIRegistry.from_env("oci://r.example.com/m", env={}, timeout=(1.5, 4.0))._client.pool.connection_pool_kw
+    assert (timeout["timeout"].connect_timeout, timeout["timeout"].read_timeout) == (1.5, 4.0)

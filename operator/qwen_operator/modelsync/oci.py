@@ -365,7 +365,14 @@ class VersionManifest:
 class _Client:
     """urllib3 requests to one registry, answering its 401 challenges (thread-safe)."""
 
-    def __init__(self, url: OCIURL, creds: Credentials, tls: TLSSettings, max_connections: int) -> None:
+    def __init__(
+        self,
+        url: OCIURL,
+        creds: Credentials,
+        tls: TLSSettings,
+        max_connections: int,
+        timeout: tuple[float, float] = (10.0, 120.0),
+    ) -> None:
         self.url, self.creds, self.tls = url, creds, tls
         self.loopback = is_loopback(url.hostname)
         self.pool = urllib3.PoolManager(
@@ -377,7 +384,7 @@ class _Client:
             retries=urllib3.Retry(
                 total=None, connect=2, read=0, redirect=5, status=0, other=0, raise_on_status=False, backoff_factor=0.2
             ),
-            timeout=urllib3.Timeout(connect=10.0, read=120.0),
+            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
             blocksize=1 << 20,  # upload bodies are read from the file in 1 MiB blocks
         )
         self._lock = threading.Lock()
@@ -598,17 +605,27 @@ class OCIRegistry:
         credentials: Credentials | None = None,
         tls: TLSSettings | None = None,
         max_connections: int = 16,
+        timeout: tuple[float, float] = (10.0, 120.0),
     ) -> None:
+        """``timeout``: (connect, read) seconds per request; a watcher that must not stall passes short ones."""
         self._url = OCIURL.parse(url) if isinstance(url, str) else url
         self._stats = TransferStats()
-        self._client = _Client(self._url, credentials or Credentials(), tls or TLSSettings(), max_connections)
+        creds, tls = credentials or Credentials(), tls or TLSSettings()
+        self._client = _Client(self._url, creds, tls, max_connections, timeout)
         self._raw: dict[str, bytes] = {}  # OCI manifests by digest (immutable, so cacheable)
         self._parsed: dict[str, Manifest] = {}  # chunk indexes by version digest
 
     @classmethod
-    def from_env(cls, url: str, env: Mapping[str, str] | None = None, max_connections: int = 16) -> OCIRegistry:
+    def from_env(
+        cls,
+        url: str,
+        env: Mapping[str, str] | None = None,
+        max_connections: int = 16,
+        timeout: tuple[float, float] = (10.0, 120.0),
+    ) -> OCIRegistry:
+        """Credentials and TLS settings from ``env`` (default ``os.environ``): the ``OCI_*`` keys."""
         environ = os.environ if env is None else env
-        return cls(url, Credentials.from_env(environ), TLSSettings.from_env(environ), max_connections)
+        return cls(url, Credentials.from_env(environ), TLSSettings.from_env(environ), max_connections, timeout)
 
     @property
     def url(self) -> OCIURL:
