@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,6 +135,18 @@ def test_the_overlay_reaches_the_admitted_and_scheduled_pods(
         assert server.lifecycle.pre_stop.sleep.seconds == 7
         assert spec.termination_grace_period_seconds == 7 + 120
         assert qwds.core.read_node(spec.node_name).metadata.labels["nvidia.com/gpu.product"] == "NVIDIA-L40S"
+
+    # at rest: every rendered field matches what the API server stored (no spec re-applied on resyncs)
+    before = {
+        d.metadata.name: d.metadata.resource_version for d in qwds.apps.list_namespaced_deployment(namespace).items
+    }
+    time.sleep(12)  # two resyncs (--resync-seconds 5)
+    after = {
+        d.metadata.name: d.metadata.resource_version for d in qwds.apps.list_namespaced_deployment(namespace).items
+    }
+    assert after == before
+    drift = qwds.core.list_namespaced_event(namespace, field_selector="reason=DriftReverted").items
+    assert not drift, [e.message for e in drift]
 
     router = qwds.apps.read_namespaced_deployment("shaped-router", namespace).spec.template
     assert router.metadata.labels["team"] == "search" and router.metadata.labels[ADMIN_LABEL[0]] == ADMIN_LABEL[1]
