@@ -30,9 +30,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/qwen-operator/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# The runtime user has a passwd entry: kopf names its peering identity after getpass.getuser(),
+# which raises for a uid the passwd file lacks (python:3.11-slim and Debian have no 65532).
 # Install from the wheels only (no index), then drop pip from the environment.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python3 -m venv /opt/qwen-operator \
+    groupadd --gid 65532 nonroot \
+    && useradd --uid 65532 --gid 65532 --no-log-init --create-home --home-dir /home/nonroot \
+       --shell /usr/sbin/nologin nonroot \
+    && python3 -m venv /opt/qwen-operator \
     && /opt/qwen-operator/bin/pip install --no-index --find-links=/wheels qwen-operator \
     && /opt/qwen-operator/bin/python -m pip uninstall --yes --quiet pip \
     && qwenctl --help >/dev/null

@@ -301,6 +301,8 @@ def test_config_is_accepted_by_the_operator(default: list[dict[str, Any]]) -> No
         "resyncSeconds",
         "operatorImage",
         "podAnnotations",
+        "podDefaults",
+        "gpuProductLabels",
         "prometheus",
         "registry",
         "nodeCache",
