@@ -403,3 +403,11 @@ def test_router_pod_refuses_the_operators_labels() -> None:
     assert "labels" in msg and "app.kubernetes.io/component" in msg
     with pytest.raises(ValueError, match="extra"):
         make_spec(routing={"pod": {"serviceAccountName": "x"}})  # the router runs on its own, RBAC-bound account
+
+
+def test_the_simulator_reads_the_gpu_type_of_a_multi_label_pool() -> None:
+    from qwen_operator.sim.pod_replica import pod_replica
+
+    t = pod_of(make_spec(), "A100-80GB")
+    replica = pod_replica({"metadata": {"name": "p", **t["metadata"]}, "spec": t["spec"], "status": {}})
+    assert replica.gpu == "A100-80GB"
