@@ -72,6 +72,8 @@ def test_both_stages_use_the_base_arg_and_a_virtual_environment() -> None:
     assert "python3 -m venv /opt/qwen-operator" in final and "--no-index" in final
     env = next(rest for word, rest in ins if word == "ENV" and "PATH=" in rest)
     assert "PATH=/opt/qwen-operator/bin:" in env
+    # the USER has a passwd entry (getpass.getuser(), which kopf calls, raises for an unknown uid)
+    assert "groupadd --gid 65532 nonroot" in final and "useradd --uid 65532 --gid 65532" in final
 
 
 def test_context_digest_covers_exactly_the_dockerignore_allow_list(tmp_path: Path) -> None:
