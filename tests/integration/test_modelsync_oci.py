@@ -1,6 +1,7 @@
 """Model sync against a real OCI registry (CNCF distribution on loopback): push, pull,
 layer-diff counted in the registry's own access log, resume after a kill, corruption,
-basic and bearer-token auth, TLS with a CA bundle, interop with the ORAS CLI."""
+basic and bearer-token auth, TLS with a CA bundle, blob GETs redirected to S3 storage,
+interop with the ORAS CLI."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ import pytest
 
 from qwen_operator.modelsync.backend import RegistryError
 from qwen_operator.modelsync.manifest import Manifest, diff
-from qwen_operator.modelsync.oci import ARTIFACT_TYPE, MODELPACK_CONFIG, OCI_MANIFEST, OCIRegistry
-from qwen_operator.modelsync.ociserver import locate_oras
+from qwen_operator.modelsync.oci import ARTIFACT_TYPE, MODELPACK_CONFIG, OCI_MANIFEST, Credentials, OCIRegistry
+from qwen_operator.modelsync.ociserver import OCIServer, locate_oras
 from qwen_operator.modelsync.pull import pull
 from qwen_operator.modelsync.push import push
 from qwen_operator.modelsync.s3server import MissingServerError
 from qwen_operator.modelsync.store import covered, read_journal
 from qwen_operator.modelsync.synthetic import Checkpoint, Shape
-from qwen_operator.testing.oci import PASSWORD, READER, READER_PASSWORD, USER, OCIRepo, Secured
+from qwen_operator.testing.oci import PASSWORD, READER, READER_PASSWORD, USER, OCIRepo, Secured, write_htpasswd
+from qwen_operator.testing.s3 import S3Bucket
 
 SHAPE = Shape().scaled(0.05, layers=4, vocab=4096)  # ~11 MB, 4 shards
 # Not `python -m qwen_operator.cli`: that runs cli.py twice (as __main__ and as a module).
@@ -344,6 +346,35 @@ def test_tls_with_a_ca_bundle(oci_secured: Secured, models: dict[str, Path], tmp
     assert same_tree(models["v1"], (cache / "models/q/current").resolve())
     # served over HTTPS: a plain-HTTP request never reaches the TLS server's handler and its log
     assert any("/blobs/sha256:" in x[1] and x[2] == 200 for x in trusted.requests("GET"))
+
+
+def test_blob_gets_redirected_to_s3_storage(s3_bucket: S3Bucket, models: dict[str, Path], tmp_path: Path) -> None:
+    """A registry on S3 storage (Harbor's usual setup) answers blob GETs with a 307 to a
+    presigned URL of its bucket: the pull follows it and gets every chunk from the bucket.
+    (urllib3 drops the Authorization header on a redirect to another host or port; this
+    S3 server would accept the request either way, so that part is not what is tested.)"""
+    server = s3_bucket.server
+    storage = {
+        "accesskey": server.access_key,
+        "secretkey": server.secret_key,
+        "region": server.region,
+        "regionendpoint": server.endpoint_url,
+        "bucket": s3_bucket.name,
+        "forcepathstyle": True,
+        "secure": False,
+    }
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", {USER: PASSWORD})
+    with OCIServer(data_dir=tmp_path / "oci" / "data", htpasswd=htpasswd, s3_storage=storage) as registry:
+        url = registry.url("models/qwen3-on-s3")
+        creds = Credentials(USER, PASSWORD)
+        v1 = push(OCIRegistry(url, creds), models["v1"], "v1")
+        result = pull(OCIRegistry(url, creds), tmp_path / "cache", "qwen", version="v1")
+        assert result.digest == v1.digest
+        assert same_tree(models["v1"], (tmp_path / "cache/models/qwen/current").resolve())
+        redirected = [x for x in registry.request_log() if x[0] == "GET" and "/blobs/sha256:" in x[1]]
+        assert redirected and all(x[2] == 307 for x in redirected)
+    presigned = [r for r in s3_bucket.requests("GET") if "X-Amz-Signature=" in r[1] and "/blobs/sha256/" in r[1]]
+    assert len(presigned) == len(redirected) and all(r[2] == 200 for r in presigned)
 
 
 def test_pull_failure_keeps_current_when_the_registry_is_down(

@@ -8,10 +8,11 @@ Docker or download site here. Its ``filesystem`` storage driver keeps each blob 
 
 Each server gets its own YAML configuration (see :meth:`OCIServer.config`): a loopback
 address, optional TLS (certificate and key), optional ``htpasswd`` (bcrypt) or ``token``
-authentication, and the access log switched on. The access log is Apache's combined
-format on the registry's stdout, one ``write`` per request after the response is sent,
-so :meth:`OCIServer.request_log` can count blob GETs and PUTs the way the S3 tests count
-them in versitygw's access log.
+authentication, optionally the ``s3`` storage driver (blob GETs then redirect to
+presigned URLs of the bucket, as behind Harbor on S3), and the access log switched on.
+The access log is Apache's combined format on the registry's stdout, one ``write`` per
+request after the response is sent, so :meth:`OCIServer.request_log` can count blob GETs
+and PUTs the way the S3 tests count them in versitygw's access log.
 
 ``python -m qwen_operator.modelsync.ociserver build`` (``make ociregistry``, part of
 ``make setup``) compiles it into ``~/.cache/qwen-operator/distribution-<version>/bin``
@@ -131,6 +132,7 @@ class OCIServer:
     tls_key: Path | None = None  # ...and key
     htpasswd: Path | None = None  # basic auth (bcrypt htpasswd file)
     token: TokenAuth | None = None  # bearer-token auth
+    s3_storage: dict[str, Any] | None = None  # the ``s3`` storage driver's settings instead of ``data_dir``
     log_path: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _log: IO[bytes] | None = field(default=None, repr=False)
@@ -168,7 +170,12 @@ class OCIServer:
             "version": 0.1,
             "log": {"level": "warn", "formatter": "text", "accesslog": {"disabled": False}},
             "storage": {
-                "filesystem": {"rootdirectory": str(self.data_dir)},
+                # on S3 the registry answers blob GETs with a redirect to a presigned URL (as Harbor does)
+                **(
+                    {"s3": self.s3_storage}
+                    if self.s3_storage
+                    else {"filesystem": {"rootdirectory": str(self.data_dir)}}
+                ),
                 "delete": {"enabled": True},
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
