@@ -92,6 +92,10 @@ def test_cli_push_then_pull_onto_an_empty_cache(oci_repo: OCIRepo, models: dict[
     assert same_tree(models["v1"], (cache / "models" / oci_repo.repository.replace("/", "-") / "current").resolve())
     r = qwenctl(env, "model", "ls", "--registry", url)
     assert r.returncode == 0 and any(line.split()[0] == "v1" and "stable" in line for line in r.stdout.splitlines())
+    r = qwenctl(env, "model", "tag", "--registry", url, "--version", "v1", "--tag", "prod")
+    assert r.returncode == 0 and f"tag prod -> v1 ({digest})" in r.stdout, r.stderr
+    r = qwenctl(env, "model", "diff", "--registry", url, "v1", "prod")  # a version name, then a tag
+    assert r.returncode == 0 and "update moves 0 B in 0 chunks" in r.stdout, r.stderr
 
 
 def test_the_version_is_an_oci_artifact(oci_repo: OCIRepo, models: dict[str, Path]) -> None:
