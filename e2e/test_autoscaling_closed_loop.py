@@ -28,6 +28,15 @@ would check on a real fleet:
   (Flux and Argo CD themselves do not run here: their appliers are emulated by the real
   kubectl doing what they do.)
 
+Both engines, the same assertions (``engine`` parameter, ``spec.runtime.engine``): with ``tgi``
+the pods are simulated TGI servers and the client speaks TGI's ``/generate``; with ``vllm`` the
+rendered vLLM pods (their ``--max-num-seqs``, ``--max-model-len``, ``--served-model-name`` read
+back) are simulated vLLM servers (OpenAI API only, vLLM's metric names, no 429: vLLM queues) and
+the client streams OpenAI ``/v1/completions`` naming the served model. The SLO signal differs as
+the engines do: TGI's queue wait (``x-queue-time``, and the router's TTFT with the generation
+taken out) vs vLLM's time to the first streamed token, prefill included (the router's TTFT of a
+stream; the client's own first-token time).
+
 All replica numbers are SIMULATED. Timings compress a real day: 15 s cold starts instead
 of ~50 s, 5 s evaluations, a 20 s scale-down delay.
 
@@ -91,9 +100,21 @@ MIN_REPLICAS, MAX_REPLICAS = 1, 4
 SCALE_UP_SLACK = 3.0  # seconds on top of two intervals: 1 s scrapes, the tick's own queries and write
 
 
-def body() -> dict[str, Any]:
+#: ``spec.runtime.engine`` of each run: the closed loop must hold on both engines.
+ENGINES = ["tgi", "vllm"]
+
+
+def load_dialect(engine: str) -> dict[str, Any]:
+    """How the client speaks to ``engine``'s pods (through the router): LoadGenerator keywords."""
+    if engine == "vllm":  # no /generate on vLLM; it answers only to its --served-model-name (spec.model.name)
+        return {"dialect": "openai", "model": yaml.safe_load(SAMPLE.read_text())["spec"]["model"]["name"]}
+    return {"dialect": "tgi"}
+
+
+def body(engine: str = "tgi") -> dict[str, Any]:
     doc = yaml.safe_load(SAMPLE.read_text())
     doc["metadata"] = {"name": NAME}
+    doc["spec"]["runtime"]["engine"] = engine
     doc["spec"]["model"].pop("credentialsSecret", None)
     # no registry runs here: hf:// versions are not tracked, so pools start at once (an s3://
     # registry waits for its digest before creating any pool, see test_drift.py)
@@ -199,6 +220,7 @@ def closed_loop_operator(
         print(f"--- operator log tail ---\n{op.tail(40)}")
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_peak_and_trough_closed_loop(
     kube_api: Any,
     kubectl: Kubectl,
@@ -206,8 +228,10 @@ def test_peak_and_trough_closed_loop(
     prometheus: PrometheusServer,
     closed_loop_operator: OperatorProcess,
     tmp_path: Path,
+    engine: str,
 ) -> None:
-    asyncio.run(scenario(kube_api, namespace, prometheus, GitOps(kubectl, tmp_path / "qwd.yaml", namespace)))
+    gitops = GitOps(kubectl, tmp_path / "qwd.yaml", namespace)
+    asyncio.run(scenario(kube_api, namespace, prometheus, gitops, engine))
 
 
 @dataclass
@@ -254,7 +278,7 @@ def check_gitops_while_scaled_out(api: Any, gitops: GitOps, generation: int) -> 
     return after
 
 
-async def scenario(api: Any, ns: str, prometheus: PrometheusServer, gitops: GitOps) -> None:
+async def scenario(api: Any, ns: str, prometheus: PrometheusServer, gitops: GitOps, engine: str = "tgi") -> None:
     t0 = time.monotonic()
     marks: dict[str, float] = {}
     obs = Observer(api, ns)
@@ -270,10 +294,12 @@ async def scenario(api: Any, ns: str, prometheus: PrometheusServer, gitops: GitO
     observer = asyncio.get_running_loop().create_task(obs.run())
     load: LoadGenerator | None = None
     try:
-        gitops.write(body())
+        gitops.write(body(engine))
         await asyncio.to_thread(gitops.apply, GitOps.FLUX)  # created the way Flux applies it
         await until("the first replica Ready", lambda: sum(bridge.counts()[1].values()) >= 1, 120)
         marks["first replica ready"] = time.monotonic()
+        # the simulated replica plays the engine the pod runs (its API and metric names)
+        assert {r.served.sim.chat.engine for r in bridge.replicas.values()} == {engine}, engine
         await until("a Ready router pod (qwenctl router as rendered)", bridge.routers_ready, 60)
         marks["router ready"] = time.monotonic()
         await until("the autoscaler's first status write", lambda: obs.points and obs.last.desired is not None, 30)
@@ -282,7 +308,15 @@ async def scenario(api: Any, ns: str, prometheus: PrometheusServer, gitops: GitO
         rows = load_azure_csv(default_trace_path())
         phases = peak_and_trough(BASE_RATE, spike=4.0, base_seconds=25, spike_seconds=75, trough_seconds=180)
         load = LoadGenerator(
-            bridge.target, phases, rows, 7, MAX_PROMPT, MAX_OUTPUT, max_requests=900, on_outcome=bridge.record
+            bridge.target,
+            phases,
+            rows,
+            7,
+            MAX_PROMPT,
+            MAX_OUTPUT,
+            max_requests=900,
+            on_outcome=bridge.record,
+            **load_dialect(engine),
         )
         await load.start()
         await until("the spike", lambda: "spike" in load.phase_started, 60)  # type: ignore[union-attr]
@@ -385,7 +419,7 @@ async def scenario(api: Any, ns: str, prometheus: PrometheusServer, gitops: GitO
         assert sum(counters.router_by_code.values()) == stats.sent, counters.router_by_code
         assert counters.router_by_code.get("200", 0) == stats.ok, counters.router_by_code
         assert obs.last.generation == generation, "the operator wrote spec (metadata.generation moved)"
-        print_report(marks, t0, spike, obs, bridge, stats, counters)
+        print_report(marks, t0, spike, obs, bridge, stats, counters, engine)
     finally:
         observer.cancel()
         if load is not None and not load.done_sending:
@@ -400,9 +434,16 @@ async def scenario(api: Any, ns: str, prometheus: PrometheusServer, gitops: GitO
 
 
 def print_report(
-    marks: dict[str, float], t0: float, spike: float, obs: Observer, bridge: FleetBridge, stats: Any, counters: Any
+    marks: dict[str, float],
+    t0: float,
+    spike: float,
+    obs: Observer,
+    bridge: FleetBridge,
+    stats: Any,
+    counters: Any,
+    engine: str = "tgi",
 ) -> None:
-    print("\n=== SIMULATED closed-loop timeline (seconds after the spike began) ===")
+    print(f"\n=== SIMULATED closed-loop timeline, engine {engine} (seconds after the spike began) ===")
     for k, v in sorted(marks.items(), key=lambda kv: kv[1]):
         print(f"  {v - spike:+7.1f}  {k}")
     print("  events:")
@@ -410,7 +451,10 @@ def print_report(
         if reason in ("ScaledUp", "ScaledDown", "MetricsUnavailable", "MetricsAvailable"):
             print(f"  {t - spike:+7.1f}  {reason}: {msg[:140]}")
     print("  every 5 s: replicas ready/running per pool; P95 wait for the first batch as the client saw it")
-    print("  (TGI's x-queue-time through the router + time outside the server; 15 s window);")
+    if engine == "vllm":
+        print("  (vLLM: the client's time to the first streamed token, prefill included; 15 s window);")
+    else:
+        print("  (TGI's x-queue-time through the router + time outside the server; 15 s window);")
     print("  the operator's desiredReplicas and P95 (status.autoscaler, from Prometheus over 1m)")
     start = bridge.started_at
     for s in bridge.timeline[:: max(1, int(5 / bridge.sample_seconds))]:
@@ -434,9 +478,10 @@ HELD = 6  # requests sent while no replica exists
 HOLD_TIMEOUT = 180  # spec.routing.holdTimeoutSeconds: longer than scheduling + the modelled cold start
 
 
-def zero_body() -> dict[str, Any]:
+def zero_body(engine: str = "tgi") -> dict[str, Any]:
     doc = yaml.safe_load(SAMPLE.read_text())
     doc["metadata"] = {"name": NAME}
+    doc["spec"]["runtime"]["engine"] = engine
     doc["spec"]["model"].pop("credentialsSecret", None)
     doc["spec"]["model"]["registry"] = "hf://Qwen/Qwen3-14B"
     doc["spec"]["placement"]["gpuTypes"] = ["L40S", "A10G"]
@@ -455,6 +500,7 @@ def zero_body() -> dict[str, Any]:
     return dict(doc)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_router_holds_requests_through_a_scale_from_zero(
     kube_api: Any,
     kubectl: Kubectl,
@@ -462,8 +508,9 @@ def test_router_holds_requests_through_a_scale_from_zero(
     prometheus: PrometheusServer,
     closed_loop_operator: OperatorProcess,
     tmp_path: Path,
+    engine: str,
 ) -> None:
-    asyncio.run(scale_from_zero(kube_api, kubectl, namespace, prometheus, tmp_path))
+    asyncio.run(scale_from_zero(kube_api, kubectl, namespace, prometheus, tmp_path, engine))
 
 
 def router_series(prometheus: PrometheusServer, ns: str, metric: str) -> list[dict[str, Any]]:
@@ -471,13 +518,15 @@ def router_series(prometheus: PrometheusServer, ns: str, metric: str) -> list[di
     return prometheus.query(f'{metric}{{namespace="{ns}",pod=~"{pod_regex(NAME + "-router")}"}}')
 
 
-async def scale_from_zero(api: Any, kubectl: Kubectl, ns: str, prometheus: PrometheusServer, tmp_path: Path) -> None:
+async def scale_from_zero(
+    api: Any, kubectl: Kubectl, ns: str, prometheus: PrometheusServer, tmp_path: Path, engine: str = "tgi"
+) -> None:
     obs = Observer(api, ns)
     bridge = FleetBridge(api, ns, NAME, set_targets=prometheus.set_targets, workdir=tmp_path / "routers")
     await bridge.start()
     observer = asyncio.get_running_loop().create_task(obs.run())
     manifest = tmp_path / "qwd.yaml"
-    manifest.write_text(yaml.safe_dump({**zero_body(), "metadata": {"name": NAME, "namespace": ns}}))
+    manifest.write_text(yaml.safe_dump({**zero_body(engine), "metadata": {"name": NAME, "namespace": ns}}))
     load: LoadGenerator | None = None
     try:
         await asyncio.to_thread(kubectl, "apply", "--server-side", "-f", str(manifest))
@@ -500,7 +549,12 @@ async def scale_from_zero(api: Any, kubectl: Kubectl, ns: str, prometheus: Prome
         assert not obs.first_event("ScaledUp", 0.0), "scaled up with no request held"
 
         load = await LoadGenerator(
-            bridge.target, [], load_azure_csv(default_trace_path()), on_outcome=bridge.record, log=lambda _m: None
+            bridge.target,
+            [],
+            load_azure_csv(default_trace_path()),
+            on_outcome=bridge.record,
+            log=lambda _m: None,
+            **load_dialect(engine),
         ).start()
         sent_at = time.monotonic()
         replies = [load.send_now(RequestSize(200, 16), "at zero") for _ in range(HELD)]
@@ -532,11 +586,12 @@ async def scale_from_zero(api: Any, kubectl: Kubectl, ns: str, prometheus: Prome
         )
         endpoints = {o.endpoint for o in load.outcomes}
         assert endpoints and endpoints <= set(bridge.dial_urls), (endpoints, set(bridge.dial_urls))
+        assert {r.served.sim.chat.engine for r in bridge.replicas.values()} == {engine}
         counters = await bridge.scrape_routers()
         assert counters.router_by_code.get("200", 0) == HELD, counters.router_by_code
         waits = sorted(o.seconds for o in load.outcomes)
         print(
-            f"\n=== SIMULATED scale from zero by the autoscaler through the router: {HELD} requests held at "
+            f"\n=== SIMULATED scale from zero ({engine}) by the autoscaler through the router: {HELD} requests held at "
             f"0 replicas, all answered by {sorted(endpoints)} ===\n"
             f"  autoscaler scaled 0 -> {obs.last.desired} at +{decided_at - sent_at:.1f}s after sending "
             f"({woke[1][:120]}); first replica Ready at +{(ready_at or float('nan')) - sent_at:.1f}s "

@@ -9,7 +9,9 @@ to :class:`Runtime`.
 Sources: TGI launcher ``--help`` (flags named as in the design brief) and its
 ``/metrics`` (counters without ``_total``); vLLM ``vllm serve --help`` and its
 ``vllm:``-prefixed metrics (``vllm:num_requests_waiting`` gauge,
-``vllm:e2e_request_latency_seconds`` histogram).
+``vllm:e2e_request_latency_seconds`` histogram). The simulated vLLM server
+(``sim/vllm_metrics.py``) exports v0.10.1.1's names, so these queries are checked against it
+(``tests/unit/test_sim_vllm.py``) and exercised by the closed-loop e2e on both engines.
 
 Thinking and tool calling (``spec.runtime.reasoning``, ``spec.runtime.toolCalling``), per engine:
 
