@@ -208,8 +208,10 @@ def test_rbac_is_exactly_what_the_operator_needs(default: list[dict[str, Any]]) 
         *(("gateway.networking.k8s.io", "httproutes", v) for v in (*read, "create", "patch", "delete")),
         *(("", "nodes", v) for v in read),
         ("", "events", "create"),
-        ("monitoring.coreos.com", "servicemonitors", "create"),
-        ("monitoring.coreos.com", "servicemonitors", "patch"),
+        *(
+            ("monitoring.coreos.com", "servicemonitors", v)
+            for v in ("get", "list", "watch", "create", "patch", "delete")
+        ),
         ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
         # leader election, in the operator's own namespace, on its one Lease (create cannot name it)
         ("coordination.k8s.io", "leases", "create"),
