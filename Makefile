@@ -105,6 +105,7 @@ bench: setup
 	$(PY) bench/routing_bench.py
 	$(PY) bench/affinity_bench.py
 	$(PY) bench/router_bench.py
+	$(PY) bench/pod_exit_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
