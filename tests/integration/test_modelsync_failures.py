@@ -371,3 +371,26 @@ def test_current_moves_only_after_everything_is_durable(
     monkeypatch.setattr(os, "fdatasync", real)
     pull(Registry(reg), cache, "qwen", version="v2")
     assert same_tree(pushed["v2"][0], (cache / "models/qwen/current").resolve())
+
+
+def test_a_kept_file_with_the_right_size_but_wrong_bytes_is_not_shared_into_the_next_version(
+    s3_bucket: S3Bucket, pushed: dict[str, tuple[Path, str, Manifest]], tmp_path: Path
+) -> None:
+    """#11 item 3: files of a kept version are re-verified by digest, never by size, before the next
+    version shares them (a tenant or bit rot could have changed one in place)."""
+    cache = tmp_path / "cache"
+    reg = Registry(s3_bucket.registry_url())
+    pull(reg, cache, "qwen", version="v1")
+    v1 = {f.path: f for f in pushed["v1"][2].files}
+    shared = [f for f in pushed["v2"][2].files if f.path in v1 and v1[f.path].sha256 == f.sha256]
+    victim = max(shared, key=lambda f: f.size)  # unchanged by the fine-tune: v2 would hard-link it
+    kept_file = (cache / "models/qwen/current").resolve() / victim.path
+    kept_file.chmod(0o644)
+    with kept_file.open("r+b") as out:  # same size, wrong bytes
+        out.seek(victim.size // 2)
+        out.write(b"\xa5" * min(64, victim.size - victim.size // 2))
+    assert kept_file.stat().st_size == victim.size
+    pull(reg, cache, "qwen", version="v2")
+    new_file = (cache / "models/qwen/current").resolve() / victim.path
+    assert new_file.stat().st_ino != kept_file.stat().st_ino  # rebuilt, not hard-linked from v1
+    assert same_tree(pushed["v2"][0], (cache / "models/qwen/current").resolve())

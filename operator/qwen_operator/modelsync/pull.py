@@ -40,6 +40,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
@@ -110,7 +111,7 @@ def pull(
             with store.lock(mdir / ".lock", exclusive=True):
                 vdir = mdir / "versions" / vid
                 if not vdir.is_dir():
-                    _assemble(store, mdir, vid, manifest, builder.verified, workers, err)
+                    _assemble(store, mdir, vid, manifest, builder.verified, workers, err, builder.kept_ok)
                 _write_manifest(mdir, vid, manifest)
                 _flip(mdir, vid)
                 store.write_history(mdir, [vid] + [v for v in store.read_history(mdir) if v != vid])
@@ -169,6 +170,10 @@ class _Builder:
         self.store, self.registry, self.manifest = store, registry, manifest
         self.workers, self.limiter, self.err = max(1, workers), limiter, err
         self.verified: set[str] = set()  # file digests whose blob this process built or re-hashed
+        # file digest -> a kept version's file this pull re-hashed and found right: only those are
+        # shared into the new version (a matching size proves nothing: a file may be corrupted or
+        # replaced in place)
+        self.kept_ok: dict[str, Path] = {}
         self.fetched = 0  # payload bytes downloaded
         self.chunks = 0  # chunk downloads (a resumed chunk counts once)
         self.need: dict[str, int] = {}
@@ -183,8 +188,13 @@ class _Builder:
         todo: dict[str, FileEntry] = {}
         for f in self.manifest.files:
             path = kept.get(f.sha256)
-            if path is None or _size(path) != f.size:
+            if path is None or f.sha256 in todo:
                 todo.setdefault(f.sha256, f)
+            elif f.sha256 not in self.kept_ok:
+                if _file_ok(path, f):
+                    self.kept_ok[f.sha256] = path
+                else:
+                    todo[f.sha256] = f
         # One build order for every process (by digest), so two pulls that share files
         # take their locks in the same order.
         self.todo = [todo[d] for d in sorted(todo)]
@@ -482,22 +492,42 @@ def _check_space(root: Path, need: int) -> None:
         raise OSError(errno.ENOSPC, f"need {fmt_bytes(need)}, {fmt_bytes(free)} free")
 
 
+def _file_ok(path: Path, f: FileEntry) -> bool:
+    """``path`` holds exactly ``f`` (size and sha256 re-read from disk)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        return os.fstat(fd).st_size == f.size and hash_range(fd, 0, f.size) == f.sha256
+    finally:
+        os.close(fd)
+
+
 def _assemble(
-    store: Store, mdir: Path, vid: str, manifest: Manifest, verified: set[str], workers: int, err: TextIO
+    store: Store,
+    mdir: Path,
+    vid: str,
+    manifest: Manifest,
+    verified: set[str],
+    workers: int,
+    err: TextIO,
+    kept_ok: Mapping[str, Path] | None = None,
 ) -> None:
-    """Hard-link the version tree in a staging directory, make it durable, rename it in."""
+    """Hard-link the version tree in a staging directory, make it durable, rename it in.
+
+    A file of a kept version is shared only if this pull re-hashed it (``kept_ok``)."""
     staging = mdir / "staging" / f"{vid}.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    _, kept = store.local_index()
     dirs = {staging}
     for f in manifest.files:
         dest = staging / f.path
         dest.parent.mkdir(parents=True, exist_ok=True)
         dirs.update(p for p in dest.parents if p.is_relative_to(staging))
-        same = kept.get(f.sha256)
+        same = (kept_ok or {}).get(f.sha256)
         if same is not None and _size(same) == f.size:
-            os.link(same, dest)  # unchanged since a kept version: share the inode
+            os.link(same, dest)  # unchanged since a kept version (re-hashed by this pull): share the inode
         elif f.sha256 in verified:
             os.link(store.blob_path(f.sha256), dest)
         else:
