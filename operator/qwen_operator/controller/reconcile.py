@@ -337,7 +337,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     rendered = render(spec, the_plan, ctx, catalog)
     by_name = {pool_deployment_name(name, p.gpu_type): p.gpu_type for p in the_plan.pools}
     # create once: no pool Deployment on a guessed (floating) version; live pools are kept as they are
-    unresolved = spec.model.registry.startswith("s3://") and pool_version(model) is None
+    unresolved = spec.model.registry.startswith(("s3://", "oci://")) and pool_version(model) is None
     if unresolved:
         rendered = [m for m in rendered if not (m["kind"] == "Deployment" and m["metadata"]["name"] in by_name)]
     for m in rendered:

@@ -551,6 +551,6 @@ def not_managed(registry: str) -> cond.Condition:
         cond.MODEL_SYNCED,
         None,
         "RegistryNotManaged",
-        f"spec.model.registry {registry} is not an s3:// layer-diff registry: the operator does not track "
+        f"spec.model.registry {registry} is not an s3:// or oci:// layer-diff registry: the operator does not track "
         "its versions (each pod pulls spec.model.version when it starts).",
     )
