@@ -182,6 +182,8 @@ NEEDED = [
     ("patch", "gateway.networking.k8s.io/httproutes"),
     ("create", "monitoring.coreos.com/servicemonitors"),
     ("patch", "monitoring.coreos.com/servicemonitors"),
+    ("watch", "monitoring.coreos.com/servicemonitors"),  # owned ServiceMonitors are cached to be pruned
+    ("delete", "monitoring.coreos.com/servicemonitors"),
     ("list", "pods"),
     ("create", "events"),
 ]
@@ -200,7 +202,7 @@ DENIED = [
     ("escalate", "rbac.authorization.k8s.io/roles"),
     ("bind", "rbac.authorization.k8s.io/roles"),
     ("create", "rbac.authorization.k8s.io/clusterrolebindings"),
-    ("get", "monitoring.coreos.com/servicemonitors"),
+    ("update", "monitoring.coreos.com/servicemonitors"),
 ]
 
 
