@@ -78,10 +78,10 @@ unit:
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 integration:
-	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest tests/integration --durations=30 $(PYTEST_ARGS)
 
 e2e:
-	$(BIN)/pytest e2e $(PYTEST_ARGS)
+	$(BIN)/pytest e2e --durations=10 $(PYTEST_ARGS)
 
 ## generate: regenerate crds/, docs/api-reference.md, the chart's CRD template and values schema, manifests/install.yaml
 generate:

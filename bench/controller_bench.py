@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sb = Sandbox(f"ctlbench-{os.getpid()}")
     kubectl_bin = str(locate().kubectl)
     workdir = Path(tempfile.mkdtemp(prefix="controller-bench-"))
-    report: dict[str, Any] = {"gpus": GPUS, "resync_seconds": 5, "operator_log": str(workdir / "operator.log")}
+    report: dict[str, Any] = {"gpus": args.gpus, "resync_seconds": 5, "operator_log": str(workdir / "operator.log")}
 
     def kubectl(*argv: str) -> str:
         cmd = [kubectl_bin, "--kubeconfig", str(sb.kubeconfig), *argv]
@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     op: OperatorProcess | None = None
     obs: Observer | None = None
     try:
-        sb.up(gpus=GPUS, progress=print)
+        sb.up(gpus=args.gpus, progress=print)
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
         kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
         kubectl("create", "namespace", NAMESPACE)
@@ -456,6 +456,7 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=60.0, help="seconds between the last Ready and steady state")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the managed set to be Ready")
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
+    ap.add_argument("--gpus", default=GPUS, help="sandbox GPUs per type, 4 per node (a10g=1000,l40s=1000: 500 nodes)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` still tears the sandbox down
     started = time.monotonic()

@@ -85,8 +85,22 @@ class OperatorProcess:
 def qwen_crd(sandbox: Sandbox, kubectl: Any) -> Path:
     """The generated CRD installed (server-side) and Established."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/qwendeployments.serving.qwenops.io")
-    return CRD_FILE
+    # `kubectl wait --for=condition=Established` fails at once (not waits) when the CRD has no status yet,
+    # which a freshly applied CRD may not: poll the condition instead
+    deadline = time.monotonic() + 60
+    while True:
+        got = kubectl(
+            "get",
+            "crd/qwendeployments.serving.qwenops.io",
+            "-o",
+            'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+            check=False,
+        )
+        if got.returncode == 0 and got.stdout.strip() == "True":
+            return CRD_FILE
+        if time.monotonic() > deadline:
+            raise AssertionError(f"CRD qwendeployments not Established after 60 s: {got.stdout} {got.stderr}")
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
