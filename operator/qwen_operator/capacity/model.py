@@ -35,9 +35,15 @@ The model is a roofline per forward pass:
 * **thinking mode**: Qwen3 with reasoning enabled generates a ``<think>`` block before the
   answer; :func:`typical_output_tokens` adds :data:`TYPICAL_REASONING_TOKENS` to a typical
   reply for planning.
-* **cold start**: container + CUDA/NCCL start, weights read from the node-local model
-  cache at ``NODE_CACHE_READ_BYTES_PER_S``, then TGI's warm-up (a max-size prefill and
-  CUDA-graph capture).
+* **cold start** (:class:`ColdStart`, :attr:`ReplicaModel.cold_start`): container +
+  CUDA/NCCL start, weights read from the node-local model cache at
+  ``NODE_CACHE_READ_BYTES_PER_S``, then TGI's warm-up (a max-size prefill and CUDA-graph
+  capture). That is the cold start with the **weights on the node** (pre-staged, or left by
+  an earlier replica): :attr:`ReplicaModel.cold_start_seconds`. On a node without the model
+  the pod's init container first pulls the whole checkpoint (every shard's weights, the
+  model's total weight bytes at its quantization) from the registry:
+  :meth:`ReplicaModel.cold_start_pull_seconds` adds ``weight_bytes / registry bandwidth``
+  (default :data:`DEFAULT_REGISTRY_BYTES_PER_S`) before the rest.
 
 Every figure it produces is SIMULATED: an estimate from datasheet numbers, not a
 measurement of real hardware. ``tests/unit/test_sim_model.py`` checks it against the figures
@@ -117,6 +123,18 @@ ALLREDUCE_BUS_BYTES_PER_S: dict[str, float] = {"nvlink": 230e9, "pcie": 12e9}
 #: EBS gp3 tops out at 1,000 MB/s provisioned; local NVMe instance store reads 2+ GB/s but
 #: safetensors deserialisation and host-to-device copies keep TGI near ~1 GB/s in practice.
 NODE_CACHE_READ_BYTES_PER_S = 1.0e9
+#: Registry -> node download rate when a replica's init container pulls the whole checkpoint
+#: ("weights pulled now"): AWS's S3 performance guide ("Best Practices Design Patterns:
+#: Optimizing Amazon S3 Performance", section "Horizontal Scaling and Request Parallelization
+#: for High Throughput") advises one concurrent request per 85-90 MB/s of desired throughput
+#: for in-region S3 -> EC2 downloads (about 15 to saturate a 10 Gb/s NIC). The init container
+#: runs ``qwenctl model pull`` with 8 parallel GETs (its ``--workers`` default), so
+#: 8 x 85 MB/s = 680 MB/s, under the 10 Gb/s (1.25 GB/s) a g5.xlarge / g6e.xlarge NIC sustains.
+#: A SIMULATION input, not a measurement: ``qwenctl simulate --registry-bandwidth`` overrides it
+#: and ``bench/prestage_bench.py`` measures the pull on loopback.
+REGISTRY_BYTES_PER_S_PER_STREAM = 85e6
+REGISTRY_PULL_STREAMS = 8
+DEFAULT_REGISTRY_BYTES_PER_S = REGISTRY_BYTES_PER_S_PER_STREAM * REGISTRY_PULL_STREAMS
 #: Container start, Python imports, CUDA context, NCCL init (per replica, shards in parallel).
 PROCESS_START_S = 15.0
 #: TGI warm-up: a prefill of max_batch_prefill_tokens to size the KV cache and CUDA-graph
@@ -398,10 +416,26 @@ class ReplicaModel:
         return 1.0 / self.decode_step_seconds(batch_size, batch_size * context_per_sequence)
 
     @property
+    def cold_start(self) -> ColdStart:
+        """The cold start's components (SIMULATED): see :class:`ColdStart`."""
+        return ColdStart(
+            process_start_s=PROCESS_START_S,
+            tp_init_s=TP_INIT_S if self.shards > 1 else 0.0,
+            load_s=self.weight_bytes / NODE_CACHE_READ_BYTES_PER_S,
+            warmup_s=WARMUP_S,
+            checkpoint_bytes=self.weight_bytes,
+        )
+
+    @property
     def cold_start_seconds(self) -> float:
-        """From pod start to /health OK: process start, weights from the node cache, warm-up."""
-        tp = TP_INIT_S if self.shards > 1 else 0.0
-        return PROCESS_START_S + tp + self.weight_bytes / NODE_CACHE_READ_BYTES_PER_S + WARMUP_S
+        """From pod start to /health OK with the weights already on the node: process start,
+        weights from the node cache, warm-up (``cold_start.on_node``)."""
+        return self.cold_start.on_node
+
+    def cold_start_pull_seconds(self, registry_bytes_per_s: float = DEFAULT_REGISTRY_BYTES_PER_S) -> float:
+        """From pod start to /health OK on a node without the model: the init container pulls
+        the whole checkpoint at ``registry_bytes_per_s``, then the on-node cold start."""
+        return self.cold_start.pulled(registry_bytes_per_s)
 
     def describe(self) -> dict[str, float | int | str]:
         """Headline figures (all simulated) for logs, /info and benchmarks."""
@@ -467,6 +501,54 @@ class ReplicaModel:
             if hi / lo < 1.005:
                 break
         return SLOCapacity(lo, ok(lo)[2], idle, bound)
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """A replica's cold start by component, in seconds (SIMULATED figures).
+
+    ``on_node`` is the cold start when the node already holds the model version (pre-staged by
+    the node agent, or left by an earlier replica): container and CUDA start, the
+    tensor-parallel init, the weights read from the node cache, TGI's warm-up. ``pulled(bw)`` is
+    the cold start on a node without it: the pod's init container first downloads the whole
+    checkpoint, ``checkpoint_bytes`` (every shard's weights: the model's total weight bytes at
+    its quantization, a pre-quantized checkpoint such as Qwen3-14B-FP8), at ``bw`` bytes/s, and
+    only then does the serving container start. Pulling and loading do not overlap: the init
+    container must finish (the version verified, ``current`` flipped) before TGI starts.
+    """
+
+    process_start_s: float
+    tp_init_s: float
+    load_s: float  # weights from the node cache into GPU memory
+    warmup_s: float
+    checkpoint_bytes: float  # what a pull moves: the whole checkpoint, all shards
+
+    @property
+    def on_node(self) -> float:
+        """Weights on the node: process start + TP init + load + warm-up."""
+        return self.process_start_s + self.tp_init_s + self.load_s + self.warmup_s
+
+    def pull_seconds(self, registry_bytes_per_s: float = DEFAULT_REGISTRY_BYTES_PER_S) -> float:
+        """The init container's download of the whole checkpoint at ``registry_bytes_per_s``."""
+        if not (registry_bytes_per_s > 0 and math.isfinite(registry_bytes_per_s)):
+            raise ValueError(f"registry bandwidth must be a positive number of bytes/s, got {registry_bytes_per_s}")
+        return self.checkpoint_bytes / registry_bytes_per_s
+
+    def pulled(self, registry_bytes_per_s: float = DEFAULT_REGISTRY_BYTES_PER_S) -> float:
+        """Weights pulled now: the download, then the on-node cold start."""
+        return self.pull_seconds(registry_bytes_per_s) + self.on_node
+
+    def seconds(self, weights: str, registry_bytes_per_s: float = DEFAULT_REGISTRY_BYTES_PER_S) -> float:
+        """``weights``: ``on-node`` or ``pulled`` (:data:`WEIGHTS_MODES`)."""
+        if weights == "on-node":
+            return self.on_node
+        if weights == "pulled":
+            return self.pulled(registry_bytes_per_s)
+        raise ValueError(f"weights {weights!r}; valid: {', '.join(WEIGHTS_MODES)}")
+
+
+#: Where a scale-out replica finds its weights: ``on-node`` (pre-staged) or ``pulled`` (now, from the registry).
+WEIGHTS_MODES = ("on-node", "pulled")
 
 
 #: Prompts one forward can take in the analytic queue (more arrivals in one forward than this

@@ -35,6 +35,9 @@ class PoolProfile:
     cost_per_hour: float  # one replica (all shards)
     rate_at_slo: float  # requests/s one replica sustains with P95 latency within the SLO
     concurrency_at_slo: float  # mean requests in flight at that rate (Little's law)
+    #: Pod start -> Ready for a scale-out replica of this pool: the replica model's cold start with the
+    #: weights on the node (:func:`calibrate_pool`), or pulled from the registry first
+    #: (:func:`.simulate.build_profiles` with ``SimConfig.weights="pulled"``).
     cold_start_seconds: float
     note: str = ""
 

@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..capacity.model import DEFAULT_REGISTRY_BYTES_PER_S, WEIGHTS_MODES
 from ..catalog.gpus import DEFAULT_GPUS, resolve_gpu_name
 from ..catalog.models import DEFAULT_MODELS, QUANTIZATIONS, resolve_model_name
 from ..cli import UserError
 from .capacity import LATENCY_METRICS
 from .fleet import ROUTINGS
-from .simulate import ALL_POLICIES, POLICIES, PolicyResult, SimConfig, simulate
+from .simulate import ALL_POLICIES, POLICIES, PolicyResult, SimConfig, build_profiles, run_policies
 from .trace import ENVELOPES, Trace, TraceError, build_trace, default_trace_path, load_azure_csv
 from .workloads import WORKLOADS, build_session_trace
 
@@ -64,6 +65,28 @@ def parse_gpus(text: str) -> dict[str, int]:
     return out
 
 
+#: ``--registry-bandwidth`` suffixes: powers of 1024, as ``qwenctl model pull --limit-rate`` reads them.
+_RATE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_bandwidth(text: str) -> float:
+    """``1G`` / ``680M`` / ``500k`` / ``680000000`` -> bytes/s (K/M/G: 2^10/2^20/2^30, case-insensitive)."""
+    value = text.strip()
+    scale = 1.0
+    if value[-1:].upper() in _RATE_UNITS:
+        scale, value = float(_RATE_UNITS[value[-1].upper()]), value[:-1]
+    try:
+        rate = float(value) * scale
+    except ValueError:
+        rate = math.nan
+    if not (rate > 0 and math.isfinite(rate)):
+        raise UserError(
+            f"--registry-bandwidth: {text!r} must be a positive number of bytes/s, e.g. 680M or 1G "
+            "(K/M/G = 2^10/2^20/2^30)"
+        )
+    return rate
+
+
 def _choice(flag: str, value: str, valid: tuple[str, ...] | list[str]) -> None:
     if value not in valid:
         raise UserError(f"{flag}: {value!r} is not valid; valid: {', '.join(valid)}")
@@ -76,6 +99,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     _choice("--latency", args.latency, LATENCY_METRICS)
     _choice("--routing", args.routing, ROUTINGS)
     _choice("--workload", args.workload, WORKLOADS)
+    _choice("--weights", args.weights, WEIGHTS_MODES)
+    bandwidth = DEFAULT_REGISTRY_BYTES_PER_S
+    if args.registry_bandwidth is not None:
+        bandwidth = parse_bandwidth(args.registry_bandwidth)
     if args.rate_scale is not None and not (args.rate_scale > 0 and math.isfinite(args.rate_scale)):
         raise UserError(f"--rate-scale: must be a positive number, got {args.rate_scale}")
     try:
@@ -92,6 +119,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         latency_metric=args.latency,
         seed=args.seed,
         routing=args.routing,
+        weights=args.weights,
+        registry_bytes_per_s=bandwidth,
     )
 
 
@@ -132,9 +161,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     )
     if args.workload == "sessions":
         print(f"workload: {trace.description} (affinity key = session id; replicas cache prefixes)")
+    print(f"cold start: {cfg.cold_start_label()}")
     started = time.monotonic()
     try:
-        results, notes = simulate(trace, rows, cfg, policies, _progress)
+        profiles, notes = build_profiles(rows, cfg)
+        results = run_policies(trace, profiles, cfg, policies, _progress)
     except ValueError as exc:
         raise UserError(f"--gpus/--model/--slo-p95: {exc}") from None
     for note in notes:
@@ -152,6 +183,9 @@ def run_simulate(args: argparse.Namespace) -> int:
             "latency_metric": cfg.latency_metric,
             "routing": cfg.routing,
             "workload": args.workload,
+            "weights": cfg.weights,
+            "registry_bytes_per_s": cfg.registry_bytes_per_s if cfg.weights == "pulled" else None,
+            "cold_start_seconds": {name: p.cold_start_seconds for name, p in profiles.items()},
             "policies": {name: r.metrics() for name, r in results.items()},
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
@@ -194,6 +228,20 @@ def register(subparsers: Any) -> None:
         default="trace",
         help="trace (the Azure trace under the envelope, default) or sessions (SYNTHETIC multi-turn chat: "
         "prompts grow by each turn, turn sizes from the trace, session starts follow the envelope)",
+    )
+    p.add_argument(
+        "--weights",
+        default="on-node",
+        help="where a scale-out replica finds its weights: on-node (pre-staged on the node: load from the node "
+        "cache, default) or pulled (its init container downloads the whole checkpoint from the registry first)",
+    )
+    p.add_argument(
+        "--registry-bandwidth",
+        metavar="BYTES/S",
+        default=None,
+        help=f"registry -> node download rate for --weights pulled, e.g. 680M or 1G (K/M/G = 2^10/2^20/2^30, "
+        f"as model pull --limit-rate); default {DEFAULT_REGISTRY_BYTES_PER_S / 1e6:.0f} MB/s: 8 parallel GETs "
+        "x 85 MB/s per in-region S3 connection (AWS S3 performance guide)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rate-scale", type=float, default=None, help="multiply the envelope's arrival rate")

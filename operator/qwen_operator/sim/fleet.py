@@ -1,7 +1,8 @@
 """The simulated fleet: replicas per GPU pool, cold starts, draining, the router in front.
 
 Why it exists: the simulator (:mod:`.simulate`) needs the mechanics every policy shares
-(pods that take a cold start to become ready, scale-down that drains in-flight requests
+(pods that take their pool's cold start, ``PoolProfile.cold_start_seconds``, to become ready:
+weights on the node or pulled from the registry first; scale-down that drains in-flight requests
 before the GPU is released, request routing, GPU-hour accounting, the Prometheus-like
 signals) kept apart from the policy loop. Each replica runs the shared continuous-batching
 engine (:mod:`.engine`) on the shared replica model (:mod:`qwen_operator.capacity.model`).

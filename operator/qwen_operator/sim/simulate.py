@@ -7,7 +7,10 @@ same :class:`~..autoscale.loop.Observation`, its per-pool counts applied as they
 and the *same* replica model and continuous-batching engine as the simulated TGI server.
 
 Mechanics (shared by every policy, :mod:`.fleet`): replicas per GPU pool limited by the
-GPUs of each type; a new replica serves only after its modelled cold start; removed
+GPUs of each type; a new replica serves only after its modelled cold start
+(:class:`..capacity.model.ColdStart`: ``SimConfig.weights`` says whether a scale-out replica
+finds the weights on its node, ``on-node``, pre-staged; or pulls the whole checkpoint from
+the registry first at ``SimConfig.registry_bytes_per_s``, ``pulled``); removed
 replicas stop receiving traffic and drain; the balancer sends each request to the ready
 replica with the fewest outstanding requests; TGI's ``max_concurrent_requests`` turns
 excess into 429s. Every ``tick_seconds`` (15 s, the controller's timer) the autoscaler
@@ -39,12 +42,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..autoscale import loop, prewarm
 from ..autoscale.baselines import HPAState, hpa_queue_decide
 from ..autoscale.loop import Observation, PoolEstimate, pool_state
 from ..autoscale.policy import Decision, Floor, History, PoolState, Targets, place_scale_down, place_scale_up
+from ..capacity.model import DEFAULT_REGISTRY_BYTES_PER_S, WEIGHTS_MODES
 from .capacity import PoolProfile, calibrate_pool, smallest_fit
 from .fleet import Fleet
 from .trace import ENVELOPES, Trace, TraceRow
@@ -91,6 +95,19 @@ class SimConfig:
     lookback_days: int = 7  # qwen+predictive: spec.scaling.predictive.lookbackDays
     routing: str = "router"  # router | least-outstanding | service (sim/fleet.py ROUTINGS)
     engine: str = "tgi"  # which tensor-parallel degrees a replica may use (vllm replicates KV heads)
+    #: Scale-out replicas' cold start: ``on-node`` (weights pre-staged on the node) or ``pulled``
+    #: (the init container downloads the whole checkpoint at ``registry_bytes_per_s`` first).
+    weights: str = "on-node"
+    registry_bytes_per_s: float = DEFAULT_REGISTRY_BYTES_PER_S
+
+    def cold_start_label(self) -> str:
+        """Which cold start the fleet's scale-outs use, for reports."""
+        if self.weights == "pulled":
+            return (
+                f"weights pulled now (every scale-out replica's init container downloads the whole checkpoint "
+                f"from the registry at {self.registry_bytes_per_s / 1e6:,.0f} MB/s before loading)"
+            )
+        return "weights on node (pre-staged: a scale-out replica loads them from the node cache)"
 
 
 @dataclass
@@ -122,7 +139,11 @@ class PolicyResult:
 
 
 def build_profiles(rows: list[TraceRow], cfg: SimConfig) -> tuple[dict[str, PoolProfile], list[str]]:
-    """Calibrate every GPU type in ``cfg.gpus``; pools that cannot meet the SLO are left out."""
+    """Calibrate every GPU type in ``cfg.gpus``; pools that cannot meet the SLO are left out.
+
+    Each pool's ``cold_start_seconds`` is its replica's cold start with ``cfg.weights``."""
+    if cfg.weights not in WEIGHTS_MODES:
+        raise ValueError(f"weights {cfg.weights!r}; valid: {', '.join(WEIGHTS_MODES)}")
     profiles: dict[str, PoolProfile] = {}
     notes: list[str] = []
     for gpu, count in cfg.gpus.items():
@@ -139,11 +160,19 @@ def build_profiles(rows: list[TraceRow], cfg: SimConfig) -> tuple[dict[str, Pool
         if count < prof.shards:
             notes.append(f"{gpu}: {count} GPUs < {prof.shards} shards per replica; pool unused")
             continue
+        cold = replica.cold_start
+        prof = replace(prof, cold_start_seconds=cold.seconds(cfg.weights, cfg.registry_bytes_per_s))
         profiles[gpu] = prof
+        how = (
+            f"{cold.pull_seconds(cfg.registry_bytes_per_s):.0f}s pull of {cold.checkpoint_bytes / 1e9:.1f} GB "
+            f"+ {cold.on_node:.0f}s on node"
+            if cfg.weights == "pulled"
+            else "weights on node"
+        )
         notes.append(
             f"{gpu}: {prof.shards} GPU(s)/replica, ${prof.cost_per_hour:.2f}/h, {prof.rate_at_slo:.2f} req/s "
             f"(~{prof.concurrency_at_slo:.0f} in flight) at P95 {cfg.latency_metric} <= {cfg.slo_seconds:g}s, "
-            f"cold start {prof.cold_start_seconds:.0f}s"
+            f"cold start {prof.cold_start_seconds:.0f}s ({how})"
         )
     return profiles, notes
 
@@ -211,11 +240,13 @@ def _size_for(fleet: Fleet, rate: float, cfg: SimConfig, floor: int) -> dict[str
 
 
 def prewarm_lead(profiles: dict[str, PoolProfile], cfg: SimConfig) -> float:
-    """The pre-warm lead: ``cfg.prewarm_lead_seconds``, else the slowest pool's cold start plus one tick
-    (the controller's default for an unset ``leadSeconds``)."""
+    """The pre-warm lead: ``cfg.prewarm_lead_seconds``, else the slowest pool's modelled cold start
+    with the weights on the node plus one tick: the controller's default for an unset ``leadSeconds``
+    (:func:`..controller.autoscaler.prewarm_lead` models the on-node cold start, so with
+    ``weights="pulled"`` the lead falls short by the pull, as it would in a cluster without pre-staging)."""
     if cfg.prewarm_lead_seconds is not None:
         return cfg.prewarm_lead_seconds
-    return max((p.cold_start_seconds for p in profiles.values()), default=0.0) + cfg.tick_seconds
+    return max((p.replica.cold_start_seconds for p in profiles.values()), default=0.0) + cfg.tick_seconds
 
 
 def envelope_schedule(trace: Trace, fleet: Fleet, cfg: SimConfig, lead_seconds: float) -> list[prewarm.Window]:
@@ -403,4 +434,15 @@ def simulate(
 ) -> tuple[dict[str, PolicyResult], list[str]]:
     """Every policy in ``policies`` over the same trace and fleet; also the pool notes."""
     profiles, notes = build_profiles(rows, cfg)
-    return {p: simulate_policy(p, trace, profiles, cfg, progress) for p in policies}, notes
+    return run_policies(trace, profiles, cfg, policies, progress), notes
+
+
+def run_policies(
+    trace: Trace,
+    profiles: dict[str, PoolProfile],
+    cfg: SimConfig,
+    policies: tuple[str, ...] = POLICIES,
+    progress: Progress | None = None,
+) -> dict[str, PolicyResult]:
+    """Every policy in ``policies`` over the same trace and calibrated pools (:func:`build_profiles`)."""
+    return {p: simulate_policy(p, trace, profiles, cfg, progress) for p in policies}
