@@ -608,7 +608,9 @@ def test_pod_to_target_ready_terminating_and_dial_modes() -> None:
     canary = pod()
     canary["metadata"]["labels"][LABEL_CANARY] = "true"
     canary["metadata"]["labels"]["serving.qwenops.io/pool"] = "custom-gpu"
-    got = pod_target(canary, "pod-ip", {"custom-gpu": "Custom-GPU"})
+    canary["metadata"]["annotations"]["serving.qwenops.io/model-version"] = "sha256:v3"
+    assert pod_target(canary, "pod-ip", {"custom-gpu": "Custom-GPU"}) is None  # untested: not routable
+    got = pod_target(canary, "pod-ip", {"custom-gpu": "Custom-GPU"}, {"sha256:v3"})
     assert got is not None and got.canary and got.pool == "Custom-GPU"
 
 

@@ -61,6 +61,7 @@ from .rollout import (
     GPU_TYPE_ANNOTATION,
     ModelState,
     canary_deadline,
+    canary_kept,
     canary_manifest,
     canary_wanted,
     degraded_reason,
@@ -346,7 +347,9 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
             annotations[GPU_TYPE_ANNOTATION] = by_name[m["metadata"]["name"]]
             if borrowed is not None and by_name[m["metadata"]["name"]] == borrowed:
                 annotations[BORROWED_ANNOTATION] = str(len(blocked))
-    canary_version = canary_wanted(model, spec.rollout.canary_replicas)
+    canary_version = canary_wanted(model, spec.rollout.canary_replicas) or canary_kept(
+        model, spec, obs.deployments, out.wants_gpus
+    )
     if canary_version is not None:
         canary = canary_manifest(
             spec,

@@ -9,9 +9,18 @@ an operator killed at any point resumes where it stopped:
 * ``targetVersion`` changes (a tag moved, or the spec) -> with ``canaryReplicas`` > 0 and
   a version already serving, ``canary.phase = Testing``: the reconciler runs a canary
   Deployment on the target while the pools stay on ``currentVersion``.
-* The canary's replicas are Ready -> the watcher smoke-tests them -> ``Passed`` (the
-  pools render the target and roll with surge, the canary is deleted) or ``Failed``
-  (the canary is deleted, the pools never moved, ``failedVersion`` records the digest).
+* The canary's replicas are Ready -> the watcher smoke-tests them (it calls each canary
+  pod directly, never through the router) -> ``Passed`` (the pools render the target and
+  roll with surge) or ``Failed`` (the canary is deleted, the pools never moved,
+  ``failedVersion`` records the digest).
+* Canary traffic: the router sends ``spec.routing.canaryTrafficPercent`` of requests to a
+  canary pod only once ``status.model.canary`` says its version ``Passed`` (the router
+  reads that from the QwenDeployment it already watches: no pod is patched, and a
+  restarted router or operator reads the same truth). So a passed canary is kept while the
+  pools roll to its version (:func:`canary_kept`: with the router on and a percentage
+  above 0), then deleted once every pool serves it; it is never re-created after Passed,
+  and it gives its GPUs up at once when any pool waits for a GPU (a roll's surge pod
+  included), so keeping it can never stall the roll it is part of.
 * Every pool Deployment is settled on the target -> ``currentVersion := targetVersion``
   and ``ModelSynced=True``.
 
@@ -140,6 +149,33 @@ def canary_wanted(m: ModelState, canary_replicas: int) -> str | None:
     return m.target
 
 
+def canary_kept(
+    m: ModelState, spec: QwenDeploymentSpec, live: Iterable[Mapping[str, Any]], gpus_wanted: bool
+) -> str | None:
+    """The version of a canary that passed its smoke test and keeps serving while the pools roll, or None.
+
+    After ``Passed`` the canary is the only place the router's canary rule can send its share
+    (``spec.routing.canaryTrafficPercent``) of the new version's traffic, so the live canary
+    Deployment is kept (never created: only one already running on the passed version) until
+    every pool serves the version (``currentVersion == targetVersion``). Not kept when the
+    share is 0 or the router is off (nothing would reach it through the canary rule), nor
+    while any pool waits for a GPU (``gpus_wanted``: a blocked surge, unplaced replicas): the
+    canary's GPUs then go to the pools at once, and once deleted it stays deleted.
+    """
+    c = m.canary
+    if c is None or c.phase != PASSED or c.version != m.target or m.current in (None, m.target) or m.rolled_back:
+        return None
+    if spec.rollout.canary_replicas <= 0 or not spec.routing.enabled or spec.routing.canary_traffic_percent <= 0:
+        return None
+    if gpus_wanted:
+        return None
+    running = any(
+        is_canary(d) and template_version(d) == c.version and not (d.get("metadata") or {}).get("deletionTimestamp")
+        for d in live
+    )
+    return c.version if running else None
+
+
 def is_canary(dep: Mapping[str, Any]) -> bool:
     return (dep.get("metadata", {}).get("labels") or {}).get(LABEL_CANARY) == "true"
 
@@ -153,8 +189,11 @@ def as_canary(pool_manifest: dict[str, Any], name: str, gpu_type: str, replicas:
     """Turn a rendered pool Deployment into its canary twin.
 
     The pool label gets a ``-canary`` suffix so neither Deployment's (immutable) selector
-    matches the other's pods; the Service selects on the resource and component labels
-    only, so canary pods take traffic like any replica.
+    matches the other's pods. The server selector (resource and component labels) still
+    matches canary pods: the router discovers them through it and routes to one only by its
+    canary rule once the version passed the smoke test (``router/discovery.py``). With
+    ``spec.routing.enabled: false`` the client Service selects server pods directly, canary
+    pods included (no router to hold them back).
     """
     dep = pool_manifest
     pool = f"{dep['metadata']['labels'][LABEL_POOL]}-canary"

@@ -14,6 +14,17 @@ the in-cluster service account (token re-read at every (re)connect, as bound tok
 rotate), else a kubeconfig loaded with ``kubernetes.config`` (host, CA, client
 certificates or token), so every kubeconfig ``kubectl`` accepts works here too.
 
+Canary pods are routed only once their version passed the operator's smoke test: a pod
+labelled ``serving.qwenops.io/canary: "true"`` becomes a target only while the
+QwenDeployment's ``status.model.canary`` has ``phase: Passed`` for the version in the pod's
+``serving.qwenops.io/model-version`` annotation. Until then (``Testing``, ``Failed``, no
+status yet, or a router that has not listed the QwenDeployment since it started) the pod is
+not routable at all, neither by the canary rule nor by the normal pick. The operator's
+smoke test calls canary pods directly (``controller/versions.py``), never through the
+router, so it needs no route. The gate is level-based on state the operator already
+publishes: nothing is written to pods, and a restarted router or operator reads the same
+truth.
+
 The one sandbox seam: with ``QWEN_ROUTER_DIAL=annotation`` the router dials the URL in the
 pod annotation ``sandbox.qwenops.io/dial`` instead of ``http://<podIP>:<port named http>``
 (the sandbox has no pod network; the simulated fleet writes that annotation once a pod's
@@ -32,7 +43,7 @@ import logging
 import os
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +54,7 @@ import aiohttp
 from ..api import GROUP, PLURAL, VERSION
 from ..catalog.gpus import resolve_gpu_name
 from ..render.names import (
+    ANNOTATION_MODEL_VERSION,
     LABEL_MODEL_VERSION,
     LABEL_POOL,
     pool_slug,
@@ -60,6 +72,9 @@ DIAL_ANNOTATION = "sandbox.qwenops.io/dial"
 #: Canary pods carry this label (the same string as ``controller.rollout.LABEL_CANARY``; the
 #: router must not import the controller, which pulls kopf into the data plane).
 LABEL_CANARY = f"{GROUP}/canary"
+#: ``status.model.canary.phase`` once the operator's smoke test passed the canary's version
+#: (``controller.rollout.PASSED``; the same reason for not importing it).
+CANARY_PASSED = "Passed"
 #: The server container's port name (render/workload.py names TGI's port ``http``).
 PORT_NAME = "http"
 
@@ -154,9 +169,33 @@ def resolve_pool(label: str, known: Mapping[str, str]) -> str:
         return label
 
 
-def pod_target(pod: Mapping[str, Any], dial: str, known_pools: Mapping[str, str]) -> Target | None:
-    """The target for a Ready, dialable pod, None otherwise."""
-    if not pod_ready(pod):
+def is_canary_pod(pod: Mapping[str, Any]) -> bool:
+    return ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_CANARY) == "true"
+
+
+def passed_canary_versions(obj: Mapping[str, Any] | None) -> frozenset[str]:
+    """Model versions whose canary passed the smoke test: ``status.model.canary.version`` when
+    its ``phase`` is ``Passed``; empty otherwise (no QwenDeployment seen, no status, Testing, Failed)."""
+    canary = ((((obj or {}).get("status") or {}).get("model") or {}).get("canary")) or {}
+    version = canary.get("version")
+    return frozenset({str(version)}) if canary.get("phase") == CANARY_PASSED and version else frozenset()
+
+
+def canary_routable(pod: Mapping[str, Any], passed: Collection[str]) -> bool:
+    """A canary pod may take traffic only when its version (the pod's model-version annotation,
+    the full digest) passed the smoke test; a pod that is no canary always may."""
+    if not is_canary_pod(pod):
+        return True
+    version = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_MODEL_VERSION)
+    return bool(version) and version in passed
+
+
+def pod_target(
+    pod: Mapping[str, Any], dial: str, known_pools: Mapping[str, str], passed_canaries: Collection[str] = ()
+) -> Target | None:
+    """The target for a Ready, dialable pod, None otherwise; a canary pod only when its version
+    is in ``passed_canaries`` (:func:`passed_canary_versions`: none by default)."""
+    if not pod_ready(pod) or not canary_routable(pod, passed_canaries):
         return None
     url = pod_url(pod, dial)
     if url is None:
@@ -168,7 +207,7 @@ def pod_target(pod: Mapping[str, Any], dial: str, known_pools: Mapping[str, str]
         url=url,
         pool=resolve_pool(str(labels.get(LABEL_POOL, "")), known_pools),
         version=str(labels.get(LABEL_MODEL_VERSION, "")),
-        canary=labels.get(LABEL_CANARY) == "true",
+        canary=is_canary_pod(pod),
     )
 
 
@@ -397,16 +436,32 @@ class PodWatcher:
         self._pods: dict[str, dict[str, Any]] = {}
         self._qwd: dict[str, Any] | None = None
         self._sink: EndpointSink | None = None
+        self._held_back: frozenset[str] = frozenset()  # Ready canary pods not routed (logged on change)
 
     # state -> sink
     def _emit_targets(self) -> None:
         assert self._sink is not None
         known = known_pool_slugs(self._qwd)
+        passed = passed_canary_versions(self._qwd)
         targets = {}
+        held_back = set()
         for pod in self._pods.values():
-            t = pod_target(pod, self.dial, known)
+            t = pod_target(pod, self.dial, known, passed)
             if t is not None:
                 targets[t.name] = t
+            elif is_canary_pod(pod) and pod_ready(pod):
+                held_back.add(str(pod["metadata"]["name"]))
+        if held_back != self._held_back:
+            if held_back:
+                log.info(
+                    "canary pod(s) %s Ready but not routed: their version has not passed the smoke test "
+                    "(status.model.canary.phase is not Passed for it)",
+                    ", ".join(sorted(held_back)),
+                )
+            routed = sorted(n for n in self._held_back - held_back if n in targets)
+            if routed:
+                log.info("canary pod(s) %s passed the smoke test: routed by the canary rule", ", ".join(routed))
+            self._held_back = frozenset(held_back)
         self._sink.update_targets(targets)
 
     def _emit_pools(self) -> None:

@@ -15,7 +15,9 @@ The rules, in order (see :meth:`Picker.pick`):
 
 1. **Canary rule**: canary endpoints receive ``canary_percent`` of picks, spread evenly by
    a counter (not at random, so a small percentage is exact over few requests), and
-   nothing at 0. They never receive traffic otherwise.
+   nothing at 0. They never receive traffic otherwise. The router adds a canary pod as an
+   endpoint only once its version passed the operator's smoke test
+   (:mod:`qwen_operator.router.discovery`), so an untested canary gets no pick at all.
 2. **Eligibility**: excluded endpoints (already tried by a retry) and endpoints at their
    pool's ``max_concurrency`` are skipped; none left: ``None`` (the caller holds the
    request rather than sending it where the engine would answer 429).
