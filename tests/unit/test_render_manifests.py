@@ -134,6 +134,28 @@ def test_resolved_version_and_custom_image_win() -> None:
     assert tpl["metadata"]["annotations"]["serving.qwenops.io/model-version"] == "v7"
 
 
+@pytest.mark.parametrize("engine,flag", [("tgi", "--model-id"), ("vllm", "--model")])
+def test_a_digest_version_pins_the_server_to_its_own_version_tree(engine: str, flag: str) -> None:
+    """Several versions share a node during a roll and ``current`` follows the latest pull: a pod
+    serving a manifest digest reads ``versions/<digest hex[:16]>``, the tree its own pull built."""
+    digest = "sha256:" + "0123456789abcdef" + "9" * 48
+    spec = make_spec(runtime={"engine": engine})
+    tpl = deployment(manifests(spec, {"L40S": 1}, model_version=digest), "chat-l40s")["spec"]["template"]
+    server = tpl["spec"]["containers"][0]
+    assert server["args"][server["args"].index(flag) + 1] == "/models/models/llm.chat/versions/0123456789abcdef"
+    pull = tpl["spec"]["initContainers"][0]
+    assert pull["args"][pull["args"].index("--version") + 1] == digest  # the pull builds that very tree
+    assert tpl["metadata"]["annotations"]["serving.qwenops.io/model-version"] == digest
+    other = deployment(manifests(spec, {"L40S": 1}, model_version="sha256:" + "ab" * 32), "chat-l40s")
+    assert other["spec"]["template"]["spec"]["containers"][0]["args"][server["args"].index(flag) + 1] == (
+        "/models/models/llm.chat/versions/abababababababab"
+    )
+    for not_a_digest in ("v7", "stable", "sha256:short"):  # tags and names read `current`
+        tpl = deployment(manifests(spec, {"L40S": 1}, model_version=not_a_digest), "chat-l40s")["spec"]["template"]
+        args = tpl["spec"]["containers"][0]["args"]
+        assert args[args.index(flag) + 1] == "/models/models/llm.chat/current"
+
+
 def test_version_change_changes_pod_template_but_not_selector() -> None:
     one = deployment(manifests(make_spec(), {"L40S": 1}, model_version="v1"), "chat-l40s")
     two = deployment(manifests(make_spec(), {"L40S": 1}, model_version="v2"), "chat-l40s")

@@ -4,6 +4,7 @@
 the registry interface and ``open_registry`` (by URL scheme); ``registry`` speaks S3
 through boto3 and ``oci`` the OCI distribution API (Harbor, Zot, distribution); ``push``
 publishes a directory; ``store`` and ``pull`` keep the node cache that TGI reads through
-``models/NAME/current``; ``cli`` is ``qwenctl model``; ``s3server`` and ``ociserver``
+``models/NAME/versions/<id>`` (or ``current``), ``evict`` sheds its old versions by policy;
+``cli`` is ``qwenctl model``; ``s3server`` and ``ociserver``
 build and run the real servers the tests and benches use.
 """

@@ -1,16 +1,19 @@
-"""``qwenctl model ...``: push, pull, diff, tag and list model versions in a registry.
+"""``qwenctl model ...``: push, pull, diff, tag and list model versions in a registry; gc a node cache.
 
 ``model pull`` is the contract the operator's init container runs on every TGI pod:
 ``qwenctl model pull --registry R --version <digest> --cache /var/cache/qwen --name N``
 leaves ``/var/cache/qwen/models/N/current`` pointing at a complete, verified version.
 ``R`` is ``s3://BUCKET/PREFIX`` (AWS_* credentials) or ``oci://HOST[:PORT]/REPOSITORY``
 (OCI_USERNAME/OCI_PASSWORD or OCI_TOKEN, OCI_CA_BUNDLE; see ``modelsync.oci``).
+``model gc --cache DIR --protect NAME=DIGEST ... [--keep-others N] [--max-bytes 200Gi]`` evicts
+old versions by the node cache policy (``modelsync.evict``), as the node agent does.
 Expected failures become ``UserError`` (``error: ...``, exit 2), never tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,29 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit-rate", type=_rate, help="download bandwidth cap, e.g. 200M (bytes/s)")
     p.set_defaults(handler=_pull)
 
+    p = sub.add_parser(
+        "gc",
+        help="evict old versions from a node cache (what the node agent runs; see modelsync.evict)",
+        description="Remove old model versions from a node cache: never a protected version nor the one "
+        "`current` points at; per model the --keep-others most recent other versions stay; then, with "
+        "--max-bytes, the oldest others go until the cache fits. Blobs no kept version uses are collected.",
+    )
+    p.add_argument("--cache", type=Path, required=True, help="node cache directory (as given to `model pull`)")
+    p.add_argument(
+        "--protect",
+        action="append",
+        default=[],
+        metavar="NAME=VERSION",
+        help="never remove this version of model NAME: a version id, a sha256: manifest digest or a version "
+        "name (repeatable)",
+    )
+    p.add_argument("--keep-others", type=int, default=1, help="unprotected versions kept per model (default 1)")
+    p.add_argument("--max-bytes", help="bound on the cache's bytes: 500000000, 800Mi, 2Gi, 1.5T (Ki/Mi/Gi/Ti: 1024)")
+    p.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for a running pull to release the cache (default 0)"
+    )
+    p.set_defaults(handler=_gc)
+
     p = sub.add_parser("diff", help="what updating from version A to B would move")
     common(p)
     p.add_argument("a", help="version, tag or digest (the one a node has)")
@@ -80,6 +106,30 @@ def _rate(value: str) -> float:
         return float(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--limit-rate {value!r}: use bytes/s such as 500K, 200M or 1G") from exc
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKMGT]i?)?\s*$")
+
+
+def parse_size(value: str) -> int:
+    """Bytes from ``123``, ``800Mi``, ``2Gi``, ``1.5T`` (k/M/G/T: powers of 1000; Ki/Mi/Gi/Ti: of 1024)."""
+    m = _SIZE_RE.match(value)
+    unit = (m.group(2) or "") if m else ""
+    if m is None or unit == "ki" or unit not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size: use bytes, or a number with k/M/G/T or Ki/Mi/Gi/Ti (2Gi, 500M)")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
 
 
 def _registry(args: argparse.Namespace, workers: int = 8) -> ModelRegistry:
@@ -137,6 +187,43 @@ def _pull(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     print(f"{r.version} {r.digest} -> {args.cache / 'models' / name / 'current'}")
     print(f"fetched {fmt_bytes(r.bytes_fetched)} of {fmt_bytes(r.total_bytes)} ({r.chunks_fetched} chunks)")
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from qwen_operator.modelsync.evict import CachePolicy, evict
+
+    if not args.cache.is_dir():
+        raise UserError(f"--cache {args.cache}: no such directory")
+    if args.keep_others < 0:
+        raise UserError(f"--keep-others {args.keep_others}: must be 0 or more")
+    try:
+        max_bytes = None if args.max_bytes is None else parse_size(args.max_bytes)
+    except ValueError as exc:
+        raise UserError(f"--max-bytes {exc}") from exc
+    protect: dict[str, list[str]] = {}
+    for item in args.protect:
+        name, sep, ref = item.partition("=")
+        if not sep or not name or not ref:
+            raise UserError(f"--protect {item!r}: use NAME=VERSION (a version id, sha256: digest or version name)")
+        protect.setdefault(name, []).append(ref)
+    try:
+        r = evict(args.cache, protect, CachePolicy(args.keep_others, max_bytes), lock_timeout_s=args.wait)
+    except OSError as exc:
+        raise UserError(f"gc of {args.cache} failed: {exc}") from exc
+    if r.busy:
+        raise UserError(f"{args.cache} is in use by a running pull; nothing removed (retry, or give --wait SECONDS)")
+    removed = ", ".join(f"{m}/{v}" for m, v in r.removed)
+    line = (
+        f"removed {len(r.removed)} versions" + (f" ({removed})" if removed else "") + f", kept {len(r.kept)}; "
+        f"{fmt_bytes(r.bytes_before)} -> {fmt_bytes(r.bytes_after)} ({r.bytes_before} -> {r.bytes_after} bytes)"
+    )
+    if r.over_budget:
+        line += f"; still over --max-bytes {args.max_bytes}: everything left is protected or current"
+    if r.unresolved:
+        refs = ", ".join(f"{m}={ref}" for m, ref in r.unresolved)
+        line += f"; unresolved (no such id, digest or version here; tags read current): {refs}"
+    print(line)
     return 0
 
 

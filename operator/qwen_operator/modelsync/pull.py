@@ -4,7 +4,9 @@ Steps: resolve the reference to a manifest digest; under a shared store lock bui
 file the node lacks as a verified blob (``blobs/sha256/<file sha256>``); then under the
 model's lock hard-link the version tree in a staging directory, make it durable, rename
 it into ``versions/<id>``, flip ``current`` (a symlink made under a temporary name and
-``os.replace``d over the old one) and prune old versions; finally collect unreferenced
+``os.replace``d over the old one) and trim old versions (``Store.prune_versions``: beyond
+``keep``, never the version just pulled, ``current``, nor one the node agent last reported
+served -- the agent's ``modelsync.evict`` is the real policy); finally collect unreferenced
 blobs if no other pull is running.
 
 Building a file writes each byte once. The file is created at full size in
@@ -115,7 +117,7 @@ def pull(
                 _write_manifest(mdir, vid, manifest)
                 _flip(mdir, vid)
                 store.write_history(mdir, [vid] + [v for v in store.read_history(mdir) if v != vid])
-                removed = store.prune_versions(mdir, keep)
+                removed = store.prune_versions(mdir, keep, pulled=vid)
         with store.lock(cache / ".lock", exclusive=True, blocking=False) as got:
             if got:
                 n, freed = store.collect_blobs()
@@ -548,6 +550,7 @@ def _write_manifest(mdir: Path, vid: str, manifest: Manifest) -> None:
     (mdir / "manifests").mkdir(exist_ok=True)
     mf = mdir / "manifests" / f"{vid}.json"
     if mf.exists():
+        os.utime(mf)  # its mtime says when the version was last pulled (eviction's age across models)
         return
     tmp = mf.with_suffix(f".tmp{os.getpid()}")
     with tmp.open("wb") as out:

@@ -2,18 +2,31 @@
 
 Layout of ``DIR`` (the contract the operator's init container and TGI rely on)::
 
-    .lock                           shared while pulling, exclusive to collect blobs
+    .lock                           shared while pulling, exclusive to collect blobs or evict
     blobs/sha256/<hex>              verified whole files, read-only, by their sha256 (a
                                     single-chunk file's digest is its chunk's digest)
     tmp/<hex>.partial               a file being built at full size, chunks written at their
                                     offsets (flock'd by its builder; resumed by the next pull)
     tmp/<hex>.journal               byte ranges of that partial already written ("OFFSET LEN")
     models/NAME/.lock               serialises assembling and flipping NAME
-    models/NAME/current             -> versions/<id>  (flipped atomically; TGI's --model-id)
+    models/NAME/current             -> versions/<id>  (flipped atomically by each pull; the
+                                    server's --model-id when its version is not a digest)
     models/NAME/versions/<id>/      complete version trees (id = manifest digest hex[:16]),
-                                    hard links to blobs or to files of kept versions
-    models/NAME/manifests/<id>.json manifest of each kept version
-    models/NAME/history             kept version ids, most recent first
+                                    hard links to blobs or to files of kept versions; a pod
+                                    whose version is a sha256: digest reads its own tree here
+    models/NAME/manifests/<id>.json manifest of each kept version (mtime: last pulled)
+    models/NAME/history             kept version ids, most recently pulled first
+    models/NAME/protected           ids the node agent last said are served (written by evict)
+    models/NAME/trash/              version trees being deleted (renamed here first)
+
+A version is *complete* when both its manifest and its tree exist. Old versions leave by
+one of two paths, both under the model lock and crash-safe (the tree is renamed into
+``trash/`` before its manifest goes, so a killed removal never leaves a half-deleted tree
+that looks complete): each pull trims its model to ``keep`` versions, never the one just
+pulled, ``current`` or a ``protected`` one (:meth:`Store.prune_versions`); the node agent's
+:func:`~qwen_operator.modelsync.evict.evict` (``qwenctl model gc``) applies the policy --
+keep the versions the node's pods serve, each model's current and target versions and N
+others, then shed the oldest others until the store fits a size bound.
 
 Every byte is written once: a chunk is downloaded (or copied from a local file that
 holds it) straight into its offset of ``tmp/<hex>.partial``. The journal records what
@@ -50,6 +63,7 @@ MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 PARTIAL_MAX_AGE_S = 24 * 3600
 RETRIES = 4
 HASH_BLOCK = 8 << 20
+TRASH = "trash"  # models/NAME/trash/: version trees being deleted (see Store.remove_version)
 
 
 def sanitise_name(prefix: str) -> str:
@@ -221,7 +235,8 @@ class Store:
                 journal.unlink(missing_ok=True)
         return removed, freed
 
-    def read_history(self, mdir: Path) -> list[str]:
+    @staticmethod
+    def read_history(mdir: Path) -> list[str]:
         try:
             data = json.loads((mdir / "history").read_text())
             return [str(x) for x in data] if isinstance(data, list) else []
@@ -233,20 +248,82 @@ class Store:
         tmp.write_text(json.dumps(ids))
         os.replace(tmp, mdir / "history")
 
-    def prune_versions(self, mdir: Path, keep: int) -> list[str]:
-        """Keep the ``keep`` most recent versions of one model (the current one always)."""
+    def current_id(self, mdir: Path) -> str | None:
+        """The version id ``current`` points at (None without a ``current`` link)."""
+        try:
+            return Path(os.readlink(mdir / "current")).name
+        except OSError:
+            return None
+
+    def read_protected(self, mdir: Path) -> set[str]:
+        """Version ids the node agent last said are in use (``models/NAME/protected``, written by
+        ``evict``); empty when no agent ever ran."""
+        try:
+            data = json.loads((mdir / "protected").read_text())
+            ids = data.get("ids", []) if isinstance(data, dict) else []
+            return {str(x) for x in ids} if isinstance(ids, list) else set()
+        except (OSError, ValueError):
+            return set()
+
+    def write_protected(self, mdir: Path, ids: set[str]) -> None:
+        tmp = mdir / f".protected.{os.getpid()}"
+        tmp.write_text(json.dumps({"ids": sorted(ids), "at": time.time()}))
+        os.replace(tmp, mdir / "protected")
+
+    def remove_version(self, mdir: Path, vid: str) -> None:
+        """Remove one version so that no crash leaves a half-removed tree that looks complete:
+        ``versions/<vid>`` is first renamed into ``trash/`` (one atomic step: from then on the
+        version is not complete, so no pull shares its files and no ``local_index`` reads them),
+        then its manifest goes, then the trash is deleted. A leftover trash entry or manifest
+        without a tree is swept by :meth:`sweep`."""
+        vdir = mdir / "versions" / vid
+        if vdir.is_dir():
+            trash = mdir / TRASH
+            trash.mkdir(exist_ok=True)
+            dest = trash / f"{vid}.{os.getpid()}.{time.monotonic_ns()}"
+            os.rename(vdir, dest)
+            fsync_dir(mdir / "versions")
+        else:
+            dest = None
+        (mdir / "manifests" / f"{vid}.json").unlink(missing_ok=True)
+        if dest is not None:
+            shutil.rmtree(dest, ignore_errors=True)
+
+    def sweep(self, mdir: Path) -> None:
+        """Finish removals a crash interrupted: delete ``trash/`` entries and manifests whose
+        version tree is gone. Caller holds the model lock (no pull is between its rename of
+        the tree and its manifest write)."""
+        trash = mdir / TRASH
+        if trash.is_dir():
+            for entry in list(trash.iterdir()):
+                shutil.rmtree(entry, ignore_errors=True)
+        manifests = mdir / "manifests"
+        for mf in list(manifests.glob("*.json")) if manifests.is_dir() else []:
+            if not (mdir / "versions" / mf.stem).is_dir():
+                mf.unlink(missing_ok=True)
+
+    def prune_versions(self, mdir: Path, keep: int, pulled: str | None = None) -> list[str]:
+        """The pull's own, conservative clean-up of one model: versions beyond the ``keep`` most
+        recent (history order) are removed, but never ``pulled`` (the version just pulled), the
+        one ``current`` points at, nor one the node agent last reported in use
+        (:meth:`read_protected`). The agent (``modelsync.evict``) applies the real policy, with
+        the versions the node's pods serve; without it this is the only clean-up."""
         history = self.read_history(mdir)
-        kept = history[: max(1, keep)]
+        vdirs = sorted((mdir / "versions").iterdir()) if (mdir / "versions").is_dir() else []
+        present = [v.name for v in vdirs]
+        ordered = [v for v in history if v in present] + [v for v in present if v not in history]
+        keep_ids = set(ordered[: max(1, keep)]) | self.read_protected(mdir)
+        keep_ids |= {v for v in (pulled, self.current_id(mdir)) if v}
         removed = []
-        for vdir in sorted((mdir / "versions").iterdir()) if (mdir / "versions").is_dir() else []:
-            if vdir.name not in kept:
-                shutil.rmtree(vdir, ignore_errors=True)
-                (mdir / "manifests" / f"{vdir.name}.json").unlink(missing_ok=True)
-                removed.append(vdir.name)
+        for vid in ordered:
+            if vid not in keep_ids:
+                self.remove_version(mdir, vid)
+                removed.append(vid)
         staging = mdir / "staging"
         if staging.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
-        self.write_history(mdir, kept)
+        self.sweep(mdir)
+        self.write_history(mdir, [v for v in ordered if v not in removed])
         return removed
 
 

@@ -2,8 +2,9 @@
 
 Pod shape, and why:
 - ``model-pull`` init container (operator image, ``qwenctl model pull``) fills the model
-  cache and switches ``current`` atomically; the server then reads
-  ``/models/models/<namespace>.<name>/current`` read-only with ``HF_HUB_OFFLINE=1``.
+  cache and switches ``current`` atomically; the server then reads, read-only with
+  ``HF_HUB_OFFLINE=1``, ``/models/models/<namespace>.<name>/versions/<id>`` when its version is a
+  ``sha256:`` manifest digest (its own tree: :func:`model_path`), else ``.../current``.
 - ``nvidia.com/gpu`` = shards, a nodeSelector on ``nvidia.com/gpu.product`` (a required node
   expression ``In`` every label when the catalog type has several, e.g. A100 SXM4 and PCIe) and a
   toleration for the usual ``nvidia.com/gpu:NoSchedule`` taint.
@@ -74,6 +75,7 @@ from ..api.spec import (
 )
 from ..catalog import GPUType, resolve_gpu_name
 from ..engines.runtimes import runtime_for
+from ..modelsync.manifest import DIGEST_RE, short_id
 from ..planner.pools import Pool
 from .names import (
     ANNOTATION_MODEL,
@@ -171,8 +173,17 @@ def model_key(ctx: RenderContext) -> str:
     return f"{ctx.namespace}.{ctx.name}"
 
 
-def model_path(ctx: RenderContext) -> str:
-    return f"{MODELS_MOUNT}/models/{model_key(ctx)}/current"
+def model_path(ctx: RenderContext, model_version: str | None = None) -> str:
+    """The directory the server loads (its ``--model-id`` / ``--model``). A ``sha256:`` manifest digest
+    pins the pod to its own version tree, ``versions/<digest hex[:16]>`` (what the init container's
+    pull builds): during a roll a node holds several versions and ``current`` follows the latest pull,
+    so an old-version pod whose server restarts must not load the new version another pod's init
+    container flipped ``current`` to. Any other version (a tag, a version name, ``hf://``) reads
+    ``current``, the version this pod's own pull left there."""
+    base = f"{MODELS_MOUNT}/models/{model_key(ctx)}"
+    if model_version is not None and DIGEST_RE.match(model_version):
+        return f"{base}/versions/{short_id(model_version)}"
+    return f"{base}/current"
 
 
 def version_of(spec: QwenDeploymentSpec, ctx: RenderContext) -> str:
@@ -458,7 +469,7 @@ def server_container(
         "name": rt.name,
         "image": spec.runtime.image or rt.default_image,
         # the extra flags come last: admission refused every flag the engine adapter renders
-        "args": [*rt.args(spec, shards, model_path(ctx), thinking_model), *spec.pod.extra_args]
+        "args": [*rt.args(spec, shards, model_path(ctx, version_of(spec, ctx)), thinking_model), *spec.pod.extra_args]
         + (list(pool.extra_args) if pool else []),
         "env": [*rt.env(spec, shards), *server_env(spec, pool)],
         "ports": [{"name": "http", "containerPort": rt.port, "protocol": "TCP"}],
