@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup venv tools controlplane prometheus s3server ociregistry helm generate test lint types imports unit integration e2e crds check-generated demo bench clean image imagetools
+.PHONY: setup venv tools controlplane prometheus s3server ociregistry hubmirror helm generate test lint types imports unit integration e2e crds check-generated demo bench clean image imagetools
 
 ## setup: virtualenv + editable package with test extras + every tool the tests need
 setup: venv tools
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
-tools: controlplane prometheus s3server ociregistry helm imagetools
+tools: controlplane prometheus s3server ociregistry hubmirror helm imagetools
 
 ## helm: the Helm CLI built from the Go module proxy (cached)
 helm: venv
@@ -32,6 +32,10 @@ s3server: venv
 ## ociregistry: the real OCI registry (CNCF distribution) and the ORAS CLI for oci:// model-sync tests (Go module proxy, cached)
 ociregistry: venv
 	$(PY) -m qwen_operator.modelsync.ociserver build
+
+## hubmirror: a real Hugging Face Hub-compatible server (Olah, PyPI, own virtualenv) for hf:// model-sync tests
+hubmirror: venv
+	$(PY) -m qwen_operator.modelsync.hubmirror build
 
 ## controlplane: kube-apiserver/controller-manager/scheduler, etcd, kwok from the Go module proxy (cached)
 controlplane: venv

@@ -7,6 +7,12 @@ version, immutable version names, movable tags):
 * ``oci://HOST[:PORT]/REPOSITORY`` -- :class:`qwen_operator.modelsync.oci.OCIRegistry`
   (the OCI distribution API: Harbor, Zot, CNCF distribution, cloud registries).
 
+A third, read-only one presents a Hugging Face Hub revision in that format (one chunk per
+file, digests from the Hub's LFS metadata) so the same pull serves it:
+
+* ``hf://ORG/REPO`` -- :class:`qwen_operator.modelsync.hub.HubRegistry` (the Hub, or a
+  Hub-compatible mirror named by ``HF_ENDPOINT``).
+
 :func:`open_registry` picks one by the URL's scheme; :class:`ModelRegistry` is the
 interface both offer. The errors are shared so callers (the CLI, the watcher's condition
 reasons) handle both the same way. No boto3 or HTTP client is imported here.
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 READ_BLOCK = 1 << 20  # download block (readinto a reused buffer; 256 KiB measured slower on 16 cores)
-SCHEMES = ("s3://", "oci://")
+SCHEMES = ("s3://", "oci://", "hf://")
 
 
 class RegistryError(Exception):
@@ -116,9 +122,10 @@ class ModelRegistry(Protocol):
 
 
 def open_registry(url: str, *, endpoint_url: str | None = None, workers: int = 8) -> ModelRegistry:
-    """The registry client for ``url`` by its scheme (``s3://`` or ``oci://``).
+    """The registry client for ``url`` by its scheme (``s3://``, ``oci://`` or ``hf://``).
 
-    ``endpoint_url`` is the S3 endpoint (``--endpoint-url``); an OCI URL names its host.
+    ``endpoint_url`` is the S3 endpoint (``--endpoint-url``), or the Hub mirror for ``hf://``;
+    an OCI URL names its host.
     ``workers`` sizes the connection pool for that many parallel transfers.
     """
     if url.startswith("s3://"):
@@ -131,7 +138,12 @@ def open_registry(url: str, *, endpoint_url: str | None = None, workers: int = 8
         from qwen_operator.modelsync.oci import OCIRegistry
 
         return OCIRegistry.from_env(url, max_connections=max(10, workers * 2))
+    if url.startswith("hf://"):
+        from qwen_operator.modelsync.hub import HubRegistry
+
+        # --endpoint-url names a Hub mirror here (else HF_ENDPOINT, else huggingface.co)
+        return HubRegistry.from_env(url, endpoint=endpoint_url, max_connections=max(10, workers * 2))
     raise RegistryError(
-        f"registry {url!r}: use s3://BUCKET/PREFIX or oci://HOST[:PORT]/REPOSITORY "
-        "(e.g. oci://registry.example.com/models/qwen3-14b)"
+        f"registry {url!r}: use s3://BUCKET/PREFIX, oci://HOST[:PORT]/REPOSITORY "
+        "(e.g. oci://registry.example.com/models/qwen3-14b) or hf://ORG/REPO"
     )
