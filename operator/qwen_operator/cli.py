@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "qwen_operator.sim.cli",  # simulate, sim-server
     "qwen_operator.modelsync.cli",  # model push/pull/diff/...
     "qwen_operator.router.cli",  # router (the data plane)
+    "qwen_operator.nodeagent.cli",  # node-agent (pre-staging DaemonSet)
 )
 
 

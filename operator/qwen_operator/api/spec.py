@@ -83,10 +83,26 @@ class ModelCache(_Checked):
     """Name of the PersistentVolumeClaim in the same namespace; required when type is pvc."""
 
 
-class ModelSpec(BaseModel):
+#: Registries the node agent pre-stages (the content-addressed chunked layout).
+PRESTAGE_SCHEMES = ("s3://", "oci://")
+_MODEL_RULES = (
+    Rule(
+        cel="!has(self.prestage) || !self.prestage || self.registry.startsWith('s3://')"
+        " || self.registry.startsWith('oci://')",
+        message="prestage needs an s3:// or oci:// registry (the node agent pulls chunked layer-diff versions);"
+        " hf:// models are pulled by each pod when it starts",
+        check=lambda m: not m.prestage or m.registry.startswith(PRESTAGE_SCHEMES),
+        field_path=".prestage",
+        reason="FieldValueForbidden",
+    ),
+)
+
+
+class ModelSpec(_Checked):
     """Which model to serve and where its weights come from."""
 
-    model_config = _config()
+    model_config = _config(_MODEL_RULES)
+    RULES = _MODEL_RULES
 
     name: str = Field(max_length=128, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
     """Model catalog entry, e.g. Qwen/Qwen3-14B (architecture, parameters and heads come from the catalog)."""
@@ -101,6 +117,17 @@ class ModelSpec(BaseModel):
     """Secret in the same namespace whose keys (e.g. AWS_ACCESS_KEY_ID) become the model-pull environment."""
     cache: ModelCache = Field(default_factory=ModelCache)
     """Node-local model cache the weights are pulled into and served from (read-only for the server)."""
+    prestage: bool | None = None
+    """Pre-stage versions on GPU nodes: the node agent (a DaemonSet, qwenctl node-agent) pulls the current
+    and target versions into the hostPath cache of every node of an allowed GPU type that lacks them, so a
+    scale-out replica's model-pull finds every chunk present and a roll waits (spec.rollout.
+    prestageTimeoutSeconds) until the nodes serving the resource hold the target. Unset: true for s3:// and
+    oci:// registries; false turns it off (true with hf:// is refused)."""
+
+    def prestage_enabled(self) -> bool:
+        """Whether the node agent stages this model (unset means yes for s3:// and oci://)."""
+        managed = self.registry.startswith(PRESTAGE_SCHEMES)
+        return self.prestage is not False and managed and self.cache.type == "hostPath"
 
 
 class ResourceRequests(BaseModel):
@@ -919,6 +946,11 @@ class RolloutSpec(BaseModel):
     """Extra pods per pool during a rolling update (pods are never taken down before replacements are ready)."""
     canary_replicas: int = Field(default=0, ge=0, le=100)
     """Replicas that receive a new model version first (0: roll all pools directly)."""
+    prestage_timeout_seconds: int = Field(default=300, ge=0, le=86400)
+    """Seconds a roll waits for the node agent to pre-stage the target version (status.model.prestage) on
+    the nodes serving this resource (all eligible nodes when fewer serve it) before the pools move; the
+    wait then ends anyway (each new pod pulls what is missing). 0: never wait. Only with spec.model.prestage
+    and node agents publishing their caches."""
     canary_timeout_seconds: int = Field(default=900, ge=10, le=86400)
     """Seconds the canary replicas get to become Ready, counted from the canary Deployment's creation.
     A canary still not Ready then (no free GPU to schedule on, or the server never passes its

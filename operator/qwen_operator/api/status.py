@@ -89,6 +89,35 @@ class CanaryStatus(BaseModel):
     """Outcome of the smoke test, e.g. the error a failed canary returned."""
 
 
+class StagingStatus(BaseModel):
+    """How many eligible GPU nodes hold one version in their cache (the node agents' Node annotations)."""
+
+    model_config = _CONFIG
+
+    version: str = Field(max_length=128)
+    """Manifest digest (currentVersion or targetVersion)."""
+    eligible_nodes: int = Field(default=0, ge=0)
+    """Nodes of an allowed GPU type (matching spec.pod's node selectors) the replicas could run on."""
+    nodes_with_version: int = Field(default=0, ge=0)
+    """Of those, nodes whose node agent reports the version complete in its cache
+    (annotation serving.qwenops.io/model-cache)."""
+
+
+class PrestageStatus(BaseModel):
+    """The roll's wait for the node agents to pre-stage the target version (spec.rollout.prestageTimeoutSeconds)."""
+
+    model_config = _CONFIG
+
+    version: str = Field(max_length=128)
+    """Manifest digest the roll waits for (targetVersion)."""
+    phase: Literal["Waiting", "Staged", "TimedOut"]
+    """Waiting: pools stay on currentVersion; Staged: the nodes hold it, pools roll; TimedOut: rolled anyway."""
+    since: str = Field(json_schema_extra={"format": "date-time"})
+    """When the wait began (RFC 3339): the timeout is counted from it, across operator restarts."""
+    message: str = Field(default="", max_length=1024)
+    """Which nodes hold the version and which still lack it."""
+
+
 class ModelStatus(BaseModel):
     """Which model version is served and which is being synced."""
 
@@ -106,6 +135,15 @@ class ModelStatus(BaseModel):
     """Digest whose canary failed: not retried until spec.model.version changes (a tag moving elsewhere retries)."""
     canary: CanaryStatus | None = None
     """The canary of the latest target version (absent when spec.rollout.canaryReplicas is 0)."""
+    staging: list[StagingStatus] = Field(
+        default_factory=list,
+        max_length=2,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["version"]},
+    )
+    """Per version (current and target): eligible GPU nodes and how many of them hold it (pre-staging by the
+    node agent, spec.model.prestage); absent while no eligible node runs the node agent."""
+    prestage: PrestageStatus | None = None
+    """The roll's wait for pre-staging of the target version (absent when no roll waited)."""
 
 
 class PredictiveProfile(BaseModel):

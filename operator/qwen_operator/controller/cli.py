@@ -399,6 +399,7 @@ def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any)
         controller.observed_or_none,
         interval=float(cfg.model_sync.interval_seconds),
         registry_factory=registry_factory(cfg),
+        gpus=catalog.gpus,
     )
     registry = kopf.OperatorRegistry()
 

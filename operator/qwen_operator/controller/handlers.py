@@ -26,6 +26,7 @@ import kopf
 
 from ..api import GROUP, PLURAL, VERSION
 from ..catalog import Catalog
+from ..nodeagent.plan import CACHE_ANNOTATION
 from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY, label_value
 from ..render.workload import OperatorDefaults
 from .executors import KUBE, run
@@ -176,6 +177,10 @@ class Controller:
         self.live_inventory.node(name, self.nodes.get(name))
         if before is None or event_type == "DELETED" or _capacity_view(before) != _capacity_view(self.nodes[name]):
             self.trigger_all()  # GPUs appeared or vanished: pools may spill back or over
+        if _cache_view(before) != _cache_view(self.nodes.get(name)):
+            # a node agent staged or evicted a version: status.model.staging and the roll's wait change
+            for key in list(self.qwds):
+                self.poke_versions(key)
 
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -362,6 +367,11 @@ def _stuck_cause(pod: Mapping[str, Any] | None) -> str | None:
         return None
     stuck = pod_cause(pod, dt.datetime.now(dt.UTC))
     return None if stuck is None else stuck.cause
+
+
+def _cache_view(node: Mapping[str, Any] | None) -> str | None:
+    """The node agent's ``serving.qwenops.io/model-cache`` annotation (None: no agent, or no node)."""
+    return ((node or {}).get("metadata", {}).get("annotations") or {}).get(CACHE_ANNOTATION)
 
 
 def _capacity_view(node: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -21,6 +21,10 @@ an operator killed at any point resumes where it stopped:
   above 0), then deleted once every pool serves it; it is never re-created after Passed,
   and it gives its GPUs up at once when any pool waits for a GPU (a roll's surge pod
   included), so keeping it can never stall the roll it is part of.
+* Pre-staging (``controller/prestage.py``): before the pools move, ``status.model.prestage``
+  may hold them on ``currentVersion`` (phase ``Waiting``, ModelSynced reason ``Prestaging``)
+  until the node agents report the target on the nodes serving the resource, or
+  ``spec.rollout.prestageTimeoutSeconds`` passed.
 * Every pool Deployment is settled on the target -> ``currentVersion := targetVersion``
   and ``ModelSynced=True``.
 
@@ -73,12 +77,33 @@ CANARY_FAILED, CANARY_TIMEOUT = "CanaryFailed", "CanaryTimeout"
 #: Sandbox only: the URL of the simulated server standing in for a pod (pods run no containers there).
 ENDPOINT_ANNOTATION = "sandbox.qwenops.io/endpoint"
 TESTING, PASSED, FAILED = "Testing", "Passed", "Failed"
+#: ``status.model.prestage.phase`` holding the pools on ``currentVersion`` (controller/prestage.py).
+PRESTAGE_WAITING = "Waiting"
 
 
 @dataclass(frozen=True)
 class Canary:
     version: str
     phase: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Staging:
+    """``status.model.staging[]``: eligible GPU nodes and how many hold ``version`` (controller/prestage.py)."""
+
+    version: str
+    eligible: int
+    holding: int
+
+
+@dataclass(frozen=True)
+class Prestage:
+    """``status.model.prestage``: the roll's wait for the node agents (phase Waiting holds the pools back)."""
+
+    version: str
+    phase: str  # Waiting | Staged | TimedOut
+    since: str  # RFC 3339
     message: str = ""
 
 
@@ -92,11 +117,14 @@ class ModelState:
     last_sync_bytes: int | None = None
     failed: str | None = None
     canary: Canary | None = None
+    staging: tuple[Staging, ...] = ()
+    prestage: Prestage | None = None
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> ModelState:
         m = (status or {}).get("model") or {}
         c = m.get("canary") or None
+        p = m.get("prestage") or None
         return cls(
             current=m.get("currentVersion"),
             target=m.get("targetVersion"),
@@ -104,6 +132,11 @@ class ModelState:
             last_sync_bytes=m.get("lastSyncBytes"),
             failed=m.get("failedVersion"),
             canary=Canary(c["version"], c["phase"], c.get("message") or "") if c else None,
+            staging=tuple(
+                Staging(s["version"], int(s.get("eligibleNodes") or 0), int(s.get("nodesWithVersion") or 0))
+                for s in m.get("staging") or []
+            ),
+            prestage=Prestage(p["version"], p["phase"], p["since"], p.get("message") or "") if p else None,
         )
 
     def to_status(self) -> dict[str, Any]:
@@ -118,6 +151,15 @@ class ModelState:
             out["canary"] = {"version": self.canary.version, "phase": self.canary.phase}
             if self.canary.message:
                 out["canary"]["message"] = self.canary.message[:1024]
+        if self.staging:
+            out["staging"] = [
+                {"version": s.version, "eligibleNodes": s.eligible, "nodesWithVersion": s.holding} for s in self.staging
+            ]
+        if self.prestage is not None:
+            p = self.prestage
+            out["prestage"] = {"version": p.version, "phase": p.phase, "since": p.since}
+            if p.message:
+                out["prestage"]["message"] = p.message[:1024]
         return {k: v for k, v in out.items() if v is not None}
 
     @property
@@ -129,6 +171,12 @@ class ModelState:
         c = self.canary
         return c is not None and c.version == self.target and c.phase == TESTING and not self.rolled_back
 
+    @property
+    def prestaging(self) -> bool:
+        """The pools wait for the node agents to pre-stage the target (controller/prestage.py)."""
+        p = self.prestage
+        return p is not None and p.version == self.target and p.phase == PRESTAGE_WAITING
+
 
 # -- what the reconciler renders ---------------------------------------------------------
 def pool_version(m: ModelState) -> str | None:
@@ -137,7 +185,7 @@ def pool_version(m: ModelState) -> str | None:
         return m.current
     if m.current is None or m.target == m.current:
         return m.target
-    if m.rolled_back or m.testing:
+    if m.rolled_back or m.testing or m.prestaging:
         return m.current
     return m.target
 

@@ -25,13 +25,17 @@ pods (the controller pokes it), so a canary is tested and a finished roll is rec
 within moments. The decisions are :func:`rollout.decide` (pure); this module does the
 I/O: resolve, diff manifests, smoke-test canaries in their engine's own API
 (:meth:`Runtime.smoke_request`), and server-side apply ``status.model`` plus
-``ModelSynced`` under its own field manager. It writes only when that subset changes,
-and posts Events only with a write, so an idle fleet costs one GET per interval.
+``ModelSynced`` under its own field manager. ``status.model.staging`` (eligible nodes holding the
+current and target versions, from the node agents' Node annotations) and ``status.model.prestage``
+(the roll's wait for them, :mod:`.prestage`) are part of that subset: one writer. It writes only
+when that subset changes, and posts Events only with a write, so an idle fleet costs one GET per
+interval.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import math
@@ -46,12 +50,15 @@ from typing import Any, Protocol, cast
 from pydantic import ValidationError
 
 from ..api.spec import QwenDeploymentSpec
+from ..catalog import DEFAULT_GPUS, GPUType
 from ..engines.runtimes import SmokeRequest, runtime_for
 from ..modelsync.manifest import Manifest, diff
 from ..modelsync.registry import NotFoundError, Registry, RegistryError
+from ..nodeagent.plan import Resource
 from . import conditions as cond
 from .executors import KUBE, REGISTRY, SMOKE, run
 from .kube import StatusConflictError
+from .prestage import eligible_nodes, gate, staging
 from .reconcile import Observed
 from .rollout import ModelState, Resolution, SyncInput, canary_urls, decide, not_managed, pools_on
 
@@ -200,6 +207,8 @@ class VersionWatcher:
     #: resource naming the same ref: N resources on ``stable`` cost one resolution per interval
     resolutions: dict[tuple[str, str], tuple[float, Resolution]] = field(default_factory=dict)
     ticks: int = 0
+    #: the catalog's GPU types: a node's nvidia.com/gpu.product label -> its type (pre-staging's eligible nodes)
+    gpus: Mapping[str, GPUType] = field(default_factory=lambda: dict(DEFAULT_GPUS))
 
     def sync(self, key: Key) -> None:
         if key not in self.tasks:
@@ -319,6 +328,17 @@ class VersionWatcher:
             request = runtime_for(spec).smoke_request(spec, SMOKE_PROMPT)
             outcome = await run(SMOKE, self.smoke, step.smoke_urls, request=request)
             step = decide(replace(inp, smoke=outcome))
+        # pre-staging: status.model.staging from the node agents' annotations, and the roll's wait
+        resource = Resource(key[0], key[1], spec, step.model.current, step.model.target)
+        eligible = eligible_nodes(resource, obs.nodes, self.gpus, obs.defaults)
+        held = gate(step.model, step.condition, spec, resource, eligible, obs.pods, dt.datetime.now(dt.UTC))
+        counts = staging(resource, eligible) if spec.model.prestage_enabled() else ()
+        step = replace(
+            step,
+            model=replace(held.model, staging=counts),
+            condition=held.condition or step.condition,
+            events=[*step.events, *held.events],
+        )
         events = list(step.events)
         live = cond.get(base.get("conditions"), cond.MODEL_SYNCED)
         if res.digest is None and (live is None or live.get("reason") != res.reason):
