@@ -239,6 +239,7 @@ def create(
     replicas: int = 2,
     gpu_types: tuple[str, ...] = ("A10G",),
     canary_timeout: int | None = None,
+    routing: dict[str, Any] | None = None,
 ) -> None:
     rollout: dict[str, Any] = {"maxSurge": 1, "canaryReplicas": canary_replicas}
     if canary_timeout is not None:
@@ -258,6 +259,7 @@ def create(
             "replicas": replicas,
             "scaling": {"enabled": False},
             "rollout": rollout,
+            **({"routing": routing} if routing is not None else {}),
         },
     }
     fleet.custom.create_namespaced_custom_object(GROUP, VERSION, fleet.ns, PLURAL, body)
@@ -362,3 +364,64 @@ def test_failing_canary_rolls_back_and_a_passing_one_promotes(
     assert {p.metadata.annotations[VERSION_ANNOTATION] for p in fleet.ready_pods()} == {v3}
     reasons = [r for _, r, _ in fleet.events()]
     assert {"CanaryStarted", "CanaryCreated", "CanaryPassed", "CanaryRemoved", "ModelSynced"} <= set(reasons)
+
+
+class RolloutSampler:
+    """Samples (canary phase, currentVersion, the canary Deployment's uid or None) every 50 ms."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.samples: list[tuple[str | None, str | None, str | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            canary = self.fleet.deployments().get("chat-a10g-canary")
+            model = self.fleet.model()
+            phase = (model.get("canary") or {}).get("phase")
+            self.samples.append((phase, model.get("currentVersion"), canary.metadata.uid if canary else None))
+            time.sleep(0.05)
+
+    def __enter__(self) -> RolloutSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_passed_canary_with_a_traffic_share_serves_until_every_pool_runs_its_version(
+    kube_api: Any,
+    namespace: str,
+    s3_bucket: S3Bucket,
+    models: dict[str, Path],
+    start_operator: Any,
+    sim_server: str,
+) -> None:
+    """With ``routing.canaryTrafficPercent`` the router routes a canary only after ``Passed``, so
+    the operator keeps the passed canary while the pools roll (it used to delete it at once,
+    leaving the share nothing to go to), removes it once every pool serves the version, and
+    never re-creates it; ready pool replicas never drop."""
+    v1, op, fleet = on_v1(
+        kube_api, namespace, s3_bucket, models, start_operator, canary_replicas=1, routing={"canaryTrafficPercent": 20}
+    )
+    with CanaryEndpoints(fleet) as endpoints, ReadyPoller(fleet) as poller, RolloutSampler(fleet) as sampler:
+        endpoints.url = sim_server
+        v2 = push(s3_bucket, models["v2"], "v2")
+        wait_for("ModelSynced on v2", lambda: fleet.synced_on(v2), timeout=120)
+        wait_for("the canary removed", lambda: "chat-a10g-canary" not in fleet.deployments(), timeout=30)
+        time.sleep(1)  # a few more samples: the canary is not re-created
+    assert op.alive(), op.tail()
+    assert poller.minimum >= 2, f"ready pool replicas dropped to {poller.minimum}"
+    kept = [s for s in sampler.samples if s[0] == "Passed" and s[1] == v1 and s[2] is not None]
+    rolling = [s for s in sampler.samples if s[0] == "Passed" and s[1] == v1]
+    assert rolling, "never saw the roll between Passed and ModelSynced"
+    # kept through the whole roll: every sample between Passed and ModelSynced has the canary
+    assert len(kept) == len(rolling), sampler.samples
+    uids = {s[2] for s in sampler.samples if s[2] is not None}
+    assert len(uids) == 1, uids  # one canary: created once for the test, never re-created
+    assert sampler.samples[-1][2] is None and fleet.model()["currentVersion"] == v2
+    reasons = [r for _, r, _ in fleet.events()]
+    assert reasons.count("CanaryCreated") == 1 and "CanaryPassed" in reasons and "CanaryRemoved" in reasons

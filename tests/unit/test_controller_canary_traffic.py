@@ -37,6 +37,7 @@ from qwen_operator.controller.rollout import (
     canary_wanted,
     decide,
     is_canary,
+    pool_pods_unschedulable,
     pools_on,
     template_version,
 )
@@ -118,6 +119,8 @@ class World:
         self.live: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[str] = []
         self.canary_applies = 0
+        self.surge: dict[str, Any] | None = None  # a roll's surge pod, as the scheduler left it
+        self.old_pod = False  # mid-roll: the pool's first pod still runs the version it started on
 
     def pods(self) -> list[dict[str, Any]]:
         """One pod per replica of each GPU Deployment, on a node of its GPU type."""
@@ -130,10 +133,23 @@ class World:
             tmpl = dep["spec"]["template"]
             for i in range(int(dep["spec"]["replicas"])):
                 meta = {**tmpl["metadata"], "name": f"{dep['metadata']['name']}-{i}", "namespace": "llm"}
+                if self.old_pod and i == 0 and not is_canary(dep):
+                    meta["annotations"] = {**meta["annotations"], "serving.qwenops.io/model-version": V1}
                 pod_spec = {**tmpl["spec"], "nodeName": on[PRODUCT[gpu]]}
                 ready = {"podIP": "10.0.0.7", "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
                 out.append({"metadata": meta, "spec": pod_spec, "status": ready})
-        return out
+        return out + ([self.surge] if self.surge is not None else [])
+
+    def surge_pod(self, scheduled: bool) -> None:
+        """The pool's surge pod: on the L40S node (taking a GPU), or Unschedulable (no GPU free)."""
+        tmpl = self.deployments()["chat-l40s"]["spec"]["template"]
+        meta = {**tmpl["metadata"], "name": "chat-l40s-surge", "namespace": "llm"}
+        if scheduled:
+            spec, status = {**tmpl["spec"], "nodeName": "l0"}, {"phase": "Running", "conditions": []}
+        else:
+            unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+            spec, status = dict(tmpl["spec"]), {"phase": "Pending", "conditions": [unschedulable]}
+        self.surge = {"metadata": meta, "spec": spec, "status": status}
 
     def reconcile(self) -> None:
         for _ in range(8):
@@ -223,20 +239,80 @@ def test_a_passed_canary_serves_while_the_pools_roll_then_goes(percent: float) -
     assert w.canary() is None and w.events.count("CanaryCreated") == 1  # never re-created
 
 
+def test_a_surge_pod_on_the_last_free_gpu_does_not_make_the_canary_go() -> None:
+    # four L40S GPUs: two pool replicas, the canary and the roll's surge pod: none free, and the
+    # roll goes on (what a free-GPU count would mistake for a pool waiting for a GPU)
+    w = World([node("l0", "L40S", 4)], 20.0)
+    w.to_testing_canary()
+    w.watch(V2, smoke=(True, "ok"))
+    w.reconcile()
+    w.surge_pod(scheduled=True)
+    w.old_pod = True  # mid-roll: one pod still on V1, the surge pod on V2 holds the last GPU
+    w.reconcile()
+    assert w.canary() is not None and "CanaryRemoved" not in w.events
+    w.surge, w.old_pod = None, False
+    w.watch(V2)
+    w.reconcile()
+    assert ModelState.from_status(w.qwd["status"]).current == V2 and w.canary() is None
+
+
 def test_a_passed_canary_gives_its_gpu_to_a_roll_waiting_for_one_and_is_not_re_created() -> None:
-    # three L40S GPUs: two pool replicas and the canary; nothing else anywhere
+    # three L40S GPUs: two pool replicas and the canary; the roll's surge pod finds none
     w = World([node("l0", "L40S", 3)], 20.0)
     w.to_testing_canary()
     w.watch(V2, smoke=(True, "ok"))
     model = ModelState.from_status(w.qwd["status"])
     assert canary_wanted(model, 1) is None and model.current == V1
     w.reconcile()
-    # the pool's surge pod needs the canary's GPU: the canary went before the roll finished
+    assert w.canary() is not None  # kept until a pool actually waits
+    w.surge_pod(scheduled=False)
+    w.reconcile()
+    # the pool's surge pod needs the canary's GPU: the canary goes before the roll finished
     assert w.canary() is None and "CanaryRemoved" in w.events
     assert ModelState.from_status(w.qwd["status"]).current == V1
-    for _ in range(3):
+    w.surge_pod(scheduled=True)  # it gets the freed GPU
+    w.reconcile()
+    assert w.canary() is None  # not re-created: it passed, and its GPU is the pool's now
+    w.surge = None
+    for _ in range(2):
         w.watch(V2)
         w.reconcile()
     assert ModelState.from_status(w.qwd["status"]).current == V2
     assert template_version(w.deployments()["chat-l40s"]) == V2
     assert w.canary() is None and w.events.count("CanaryCreated") == 1
+
+
+@pytest.mark.parametrize(
+    ("labels", "node", "conditions", "waits"),
+    [
+        ({}, None, [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}], True),
+        ({}, None, [], False),  # just created: the scheduler has not tried yet
+        ({}, "l0", [{"type": "PodScheduled", "status": "True"}], False),
+        (
+            {"serving.qwenops.io/canary": "true"},
+            None,
+            [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}],
+            False,
+        ),
+        (
+            {"app.kubernetes.io/component": "router"},
+            None,
+            [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}],
+            False,
+        ),
+        (
+            {"serving.qwenops.io/deployment": "other"},
+            None,
+            [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}],
+            False,
+        ),
+    ],
+)
+def test_pool_pods_unschedulable(labels: dict[str, str], node: str | None, conditions: list[Any], waits: bool) -> None:
+    base = {"serving.qwenops.io/deployment": "chat", "app.kubernetes.io/component": "server"}
+    pod = {
+        "metadata": {"name": "p", "namespace": "llm", "labels": {**base, **labels}},
+        "spec": {"nodeName": node} if node else {},
+        "status": {"phase": "Pending", "conditions": conditions},
+    }
+    assert pool_pods_unschedulable("chat", "llm", [pod]) is waits

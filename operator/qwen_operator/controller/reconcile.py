@@ -67,6 +67,7 @@ from .rollout import (
     degraded_reason,
     is_canary,
     parse_time,
+    pool_pods_unschedulable,
     pool_version,
     template_version,
     timed_out,
@@ -347,8 +348,9 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
             annotations[GPU_TYPE_ANNOTATION] = by_name[m["metadata"]["name"]]
             if borrowed is not None and by_name[m["metadata"]["name"]] == borrowed:
                 annotations[BORROWED_ANNOTATION] = str(len(blocked))
+    waits_for_gpus = bool(the_plan.unplaced) or bool(spilled) or pool_pods_unschedulable(name, namespace, obs.pods)
     canary_version = canary_wanted(model, spec.rollout.canary_replicas) or canary_kept(
-        model, spec, obs.deployments, out.wants_gpus
+        model, spec, obs.deployments, waits_for_gpus
     )
     if canary_version is not None:
         canary = canary_manifest(

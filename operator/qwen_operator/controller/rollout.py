@@ -55,6 +55,8 @@ from ..planner.plan import Plan
 from ..planner.pools import Pool
 from ..render.names import (
     ANNOTATION_MODEL_VERSION,
+    COMPONENT,
+    LABEL_COMPONENT,
     LABEL_DEPLOYMENT,
     LABEL_POOL,
     dns_label,
@@ -207,8 +209,10 @@ def canary_kept(
     Deployment is kept (never created: only one already running on the passed version) until
     every pool serves the version (``currentVersion == targetVersion``). Not kept when the
     share is 0 or the router is off (nothing would reach it through the canary rule), nor
-    while any pool waits for a GPU (``gpus_wanted``: a blocked surge, unplaced replicas): the
-    canary's GPUs then go to the pools at once, and once deleted it stays deleted.
+    while a pool waits for a GPU (``gpus_wanted``: :func:`pool_pods_unschedulable`, e.g. the
+    roll's surge pod, or replicas the planner could not place): the canary's GPUs then go to
+    the pools at once, and once deleted it stays deleted. (Free GPUs alone would be the wrong
+    signal: a surge pod that took the last free GPU leaves none free, yet the roll goes on.)
     """
     c = m.canary
     if c is None or c.phase != PASSED or c.version != m.target or m.current in (None, m.target) or m.rolled_back:
@@ -222,6 +226,27 @@ def canary_kept(
         for d in live
     )
     return c.version if running else None
+
+
+def pool_pods_unschedulable(name: str, namespace: str, pods: Iterable[Mapping[str, Any]]) -> bool:
+    """A server pod of ``name``'s pools (not its canary) the scheduler could not place
+    (``PodScheduled=False``, reason ``Unschedulable``): a pool waits for a GPU."""
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if (
+            meta.get("namespace") != namespace
+            or labels.get(LABEL_DEPLOYMENT) != label_value(name)
+            or labels.get(LABEL_COMPONENT) != COMPONENT
+            or labels.get(LABEL_CANARY) == "true"
+            or meta.get("deletionTimestamp")
+            or (pod.get("spec") or {}).get("nodeName")
+        ):
+            continue
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                return True
+    return False
 
 
 def is_canary(dep: Mapping[str, Any]) -> bool:
