@@ -45,15 +45,19 @@ def test_default_objects(default: list[dict[str, Any]]) -> None:
     assert kinds == [
         ("ClusterRole", "qwen-operator"),
         ("ClusterRole", "qwen-operator-cluster"),
+        ("ClusterRole", "qwen-operator-node-agent"),
         ("ClusterRoleBinding", "qwen-operator"),
         ("ClusterRoleBinding", "qwen-operator-cluster"),
+        ("ClusterRoleBinding", "qwen-operator-node-agent"),
         ("ConfigMap", "qwen-operator-config"),
         ("CustomResourceDefinition", "qwendeployments.serving.qwenops.io"),
+        ("DaemonSet", "qwen-operator-node-agent"),
         ("Deployment", "qwen-operator"),
         ("PodDisruptionBudget", "qwen-operator"),
         ("Role", "qwen-operator-leader-election"),
         ("RoleBinding", "qwen-operator-leader-election"),
         ("ServiceAccount", "qwen-operator"),
+        ("ServiceAccount", "qwen-operator-node-agent"),
     ]
     for obj in default:
         if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
@@ -166,7 +170,13 @@ def test_image_digest_wins_over_tag() -> None:
 
 
 def _rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for o in objects if o["kind"] in ("ClusterRole", "Role") for r in o["rules"]]
+    """The operator's rules (the node agent's own ServiceAccount and roles: test_chart_node_agent.py)."""
+    return [
+        r
+        for o in objects
+        if o["kind"] in ("ClusterRole", "Role") and not o["metadata"]["name"].endswith("-node-agent")
+        for r in o["rules"]
+    ]
 
 
 def _grants(objects: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -265,7 +275,7 @@ def test_watch_namespaces_uses_roles_and_a_cluster_role_only_for_nodes() -> None
     assert sorted(b["metadata"]["namespace"] for b in find(objects, "RoleBinding", "qwen-operator")) == ["batch", "llm"]
     (leader,) = find(objects, "Role", "qwen-operator-leader-election")  # the Lease stays in the release namespace
     assert leader["metadata"]["namespace"] == "qwen-operator"
-    (cluster_role,) = find(objects, "ClusterRole")
+    (cluster_role,) = find(objects, "ClusterRole", "qwen-operator-cluster")
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"nodes", "customresourcedefinitions"}
     args = container(objects)["args"]
     assert "--namespace=llm" in args and "--namespace=batch" in args and "--all-namespaces" not in args

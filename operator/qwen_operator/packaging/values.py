@@ -435,6 +435,54 @@ class GrafanaDashboard(_Values):
     """Annotations, e.g. grafana_folder for the sidecar's folder."""
 
 
+#: A size or rate in bytes with an optional binary unit, as `qwenctl node-agent` reads it (200M, 500G).
+BYTES = r"^([0-9]+(\.[0-9]+)?[KMGT]?)?$"
+
+
+def _gpu_tolerations() -> list[dict[str, Any]]:
+    return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+class NodeAgentValues(_Values):
+    """The node agent: a DaemonSet on GPU nodes running `qwenctl node-agent`. It pre-stages the current and
+    target model versions of every QwenDeployment the node could serve (an allowed GPU type, matching node
+    selectors; spec.model.prestage) into the node's hostPath cache, so a scale-out replica's model-pull finds
+    every chunk present and a roll can wait for the nodes to hold the target (spec.rollout.
+    prestageTimeoutSeconds); it evicts versions no resource needs (never one a pod on the node serves, nor a
+    current or target version) and publishes what the node holds as the Node annotation
+    serving.qwenops.io/model-cache, which the operator counts into status.model.staging. It requests no GPU.
+    It runs as root without capabilities (like the model-pull init container: hostPath directories are
+    root-owned), mounts config.nodeCache.path and config.nodeCache.allowedPaths at the same paths, and may
+    get/patch nodes (its own Node's annotation), list/watch pods (those on its node) and QwenDeployments, and
+    get Secrets (each resource's credentials Secret, the model-pull environment)."""
+
+    enabled: bool = True
+    """Deploy the node agent DaemonSet (off: replicas pull when they start; rolls never wait)."""
+    bandwidth: str = Field(default="200M", pattern=BYTES)
+    """Download cap of one node's pre-staging in bytes/s (one pull at a time per node), e.g. 200M; empty:
+    unlimited. Leave room for the replicas' own model pulls and serving traffic."""
+    max_bytes: str = Field(default="", pattern=BYTES)
+    """Size bound of each cache directory (<nodeCache.path>/<namespace>), e.g. 500G: the oldest unprotected
+    versions go first; empty: no bound (keepOthers alone)."""
+    keep_others: int = Field(default=1, ge=0, le=100)
+    """Versions kept per model besides the protected ones (served on the node, current, target), most recently
+    pulled first."""
+    interval_seconds: int = Field(default=30, ge=1, le=3600)
+    """Seconds between full re-lists (watch events on QwenDeployments and the node's pods act at once)."""
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    """Nodes the agent runs on: GPU nodes (GPU Feature Discovery's label by default)."""
+    tolerations: list[dict[str, Any]] = Field(default_factory=_gpu_tolerations)
+    """Tolerations of the agent pods (GPU nodes are usually tainted nvidia.com/gpu:NoSchedule)."""
+    resources: dict[str, Any] = Field(
+        default_factory=lambda: {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}}
+    )
+    """Agent container resources (no GPU; a pull hashes every byte it writes)."""
+    priority_class_name: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$")
+    """PriorityClass of the agent pods."""
+    extra_env: list[dict[str, Any]] = Field(default_factory=list)
+    """Extra environment variables (e.g. OCI_CA_BUNDLE, or AWS_* for a registry without a credentials Secret)."""
+
+
 def _restricted_pod() -> dict[str, Any]:
     return {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
 
@@ -503,6 +551,7 @@ class Values(_Values):
     """Tolerations of the operator pod."""
     affinity: dict[str, Any] = Field(default_factory=dict)
     """Affinity of the operator pod; when set it replaces the podAntiAffinity rule."""
+    node_agent: NodeAgentValues = Field(default_factory=NodeAgentValues)
     service_monitor: ServiceMonitor = Field(default_factory=ServiceMonitor)
     grafana_dashboard: GrafanaDashboard = Field(default_factory=GrafanaDashboard)
     global_: dict[str, Any] = Field(default_factory=dict, alias="global")
