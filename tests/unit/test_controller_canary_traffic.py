@@ -316,3 +316,30 @@ def test_pool_pods_unschedulable(labels: dict[str, str], node: str | None, condi
         "status": {"phase": "Pending", "conditions": conditions},
     }
     assert pool_pods_unschedulable("chat", "llm", [pod]) is waits
+
+
+def test_a_pool_pod_turning_unschedulable_wakes_its_owner_at_once() -> None:
+    """Not only at the next resync: the passed canary's GPUs go to the waiting pool now."""
+    import asyncio
+
+    from qwen_operator.controller.handlers import Controller
+
+    ctl = Controller(kube=None, catalog=CATALOG)  # type: ignore[arg-type]  # this path makes no API call
+    key = ("llm", "chat")
+    ctl.triggers[key] = asyncio.Event()
+    labels = {"serving.qwenops.io/deployment": "chat", "app.kubernetes.io/component": "server"}
+    pending = {
+        "metadata": {"namespace": "llm", "name": "chat-l40s-surge", "labels": labels},
+        "spec": {},
+        "status": {"phase": "Pending", "conditions": []},
+    }
+    ctl.on_pod("ADDED", pending)
+    ctl.triggers[key].clear()
+    unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes"}
+    ctl.on_pod("MODIFIED", {**pending, "status": {"phase": "Pending", "conditions": [unschedulable]}})
+    assert ctl.triggers[key].is_set()
+    ctl.triggers[key].clear()
+    ctl.on_pod(
+        "MODIFIED", {**pending, "status": {"phase": "Pending", "conditions": [{**unschedulable, "message": "x"}]}}
+    )
+    assert not ctl.triggers[key].is_set()  # quiet: no change in whether it waits

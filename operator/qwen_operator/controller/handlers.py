@@ -35,6 +35,7 @@ from .inventory import LiveInventory
 from .kube import Kube, StatusConflictError
 from .metrics import RECONCILE_SECONDS, RECONCILES
 from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute, with_watcher_status
+from .rollout import pool_pods_unschedulable
 from .routing import is_router
 from .versions import MANAGER as MODEL_SYNC_MANAGER
 
@@ -207,6 +208,8 @@ class Controller:
             return
         if owner and _stuck_cause(before) != _stuck_cause(body):
             self.trigger((key[0], owner))  # e.g. ImagePullBackOff began or ended: Degraded says so now
+        elif owner and _waits_for_gpu(before, owner) != _waits_for_gpu(body, owner):
+            self.trigger((key[0], owner))  # a pool pod waits for a GPU: a passed canary gives its own up now
 
     # -- the loop --------------------------------------------------------------------
     async def _loop(self, key: Key) -> None:
@@ -367,6 +370,11 @@ def _stuck_cause(pod: Mapping[str, Any] | None) -> str | None:
         return None
     stuck = pod_cause(pod, dt.datetime.now(dt.UTC))
     return None if stuck is None else stuck.cause
+
+
+def _waits_for_gpu(pod: Mapping[str, Any] | None, owner: str) -> bool:
+    """A pool pod the scheduler could not place (rollout.canary_kept then lets a passed canary go)."""
+    return pod is not None and pool_pods_unschedulable(owner, pod["metadata"]["namespace"], [pod])
 
 
 def _cache_view(node: Mapping[str, Any] | None) -> str | None:
