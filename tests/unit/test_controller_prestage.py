@@ -134,3 +134,22 @@ def test_no_wait_without_agents_when_off_on_a_new_resource_or_during_a_canary() 
     assert gate(fresh, ROLLING, r.spec, r, with_agent, [], NOW).model == fresh
     canary = cond.Condition(cond.MODEL_SYNCED, False, "CanaryStarting", "")
     assert gate(m, canary, r.spec, r, with_agent, [], NOW).model == m
+
+
+def test_a_node_annotation_change_pokes_only_the_resources_whose_entries_changed() -> None:
+    from qwen_operator.catalog import Catalog
+    from qwen_operator.controller.handlers import Controller
+
+    poked: list[tuple[str, str]] = []
+    ctl = Controller(kube=None, catalog=Catalog())  # type: ignore[arg-type]
+    ctl.versions = type("V", (), {"poke": lambda self, key: poked.append(key)})()
+    ctl.qwds = {("llm", "chat"): {}, ("llm", "batch"): {}, ("other", "chat"): {}}
+    ctl.on_node("ADDED", node("a", "A10G", None))
+    assert poked == []  # no agent yet
+    ctl.on_node("MODIFIED", node("a", "A10G", [ID1]))  # llm.chat staged
+    assert poked == [("llm", "chat")]
+    poked.clear()
+    ctl.on_node("MODIFIED", node("a", "A10G", [ID1]))  # a resync: nothing changed
+    assert poked == []
+    ctl.on_node("MODIFIED", node("a", "A10G", [ID2, ID1]))
+    assert poked == [("llm", "chat")]

@@ -26,7 +26,7 @@ import kopf
 
 from ..api import GROUP, PLURAL, VERSION
 from ..catalog import Catalog
-from ..nodeagent.plan import CACHE_ANNOTATION
+from ..nodeagent.plan import CACHE_ANNOTATION, parse_report
 from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY, label_value
 from ..render.workload import OperatorDefaults
 from .executors import KUBE, run
@@ -178,10 +178,15 @@ class Controller:
         self.live_inventory.node(name, self.nodes.get(name))
         if before is None or event_type == "DELETED" or _capacity_view(before) != _capacity_view(self.nodes[name]):
             self.trigger_all()  # GPUs appeared or vanished: pools may spill back or over
-        if _cache_view(before) != _cache_view(self.nodes.get(name)):
-            # a node agent staged or evicted a version: status.model.staging and the roll's wait change
+        old, new = _cache_view(before), _cache_view(self.nodes.get(name))
+        if old != new:
+            # a node agent staged or evicted a version: status.model.staging and the roll's wait of the
+            # resources whose entries changed (only theirs: every node's agent patches now and then)
+            was, now = parse_report(old), parse_report(new)
+            changed = {m for m in was.keys() | now.keys() if was.get(m) != now.get(m)}
             for key in list(self.qwds):
-                self.poke_versions(key)
+                if f"{key[0]}.{key[1]}" in changed:
+                    self.poke_versions(key)
 
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])

@@ -330,9 +330,10 @@ class VersionWatcher:
             step = decide(replace(inp, smoke=outcome))
         # pre-staging: status.model.staging from the node agents' annotations, and the roll's wait
         resource = Resource(key[0], key[1], spec, step.model.current, step.model.target)
-        eligible = eligible_nodes(resource, obs.nodes, self.gpus, obs.defaults)
+        on = spec.model.prestage_enabled()
+        eligible = eligible_nodes(resource, obs.nodes, self.gpus, obs.defaults) if on else []
         held = gate(step.model, step.condition, spec, resource, eligible, obs.pods, dt.datetime.now(dt.UTC))
-        counts = staging(resource, eligible) if spec.model.prestage_enabled() else ()
+        counts = staging(resource, eligible) if on else ()
         step = replace(
             step,
             model=replace(held.model, staging=counts),
