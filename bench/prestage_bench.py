@@ -123,7 +123,7 @@ def measure(work: Path, scale: float, repeat: int, workers: int) -> dict[str, An
     med = sorted(runs, key=lambda r: r["pulled_now_s"])[len(runs) // 2]
     med_pre = sorted(r["prestaged_s"] for r in runs)[len(runs) // 2]
     med_warm = sorted(r["prestaged_warm_s"] for r in runs)[len(runs) // 2]
-    out = {
+    out: dict[str, Any] = {
         "checkpoint_bytes": size,
         "workers": workers,
         "cores": os.cpu_count(),
@@ -176,7 +176,7 @@ def scale_out(model: str, quantization: str, gpus: list[str], measured: dict[str
         check = c.checkpoint_bytes / check_bps  # EXTRAPOLATED: measured loopback re-hash rate
         loop = c.pull_seconds(pull_bps)  # EXTRAPOLATED: measured loopback pull rate
         reg = c.pull_seconds(DEFAULT_REGISTRY_BYTES_PER_S)  # simulated: documented registry bandwidth
-        row = {
+        row: dict[str, Any] = {
             "gpu": gpu,
             "shards": replica.shards,
             "checkpoint_bytes": c.checkpoint_bytes,
