@@ -212,7 +212,9 @@ def test_open_registry_dispatches_on_the_scheme() -> None:
     assert isinstance(open_registry("oci://registry.example.com/models/q"), OCIRegistry)
     assert isinstance(open_registry("s3://bucket/models/q", endpoint_url="http://127.0.0.1:1"), Registry)
     assert open_registry("oci://registry.example.com/models/q").name_hint() == "models/q"
-    with pytest.raises(RegistryError, match="use s3://BUCKET/PREFIX or oci://HOST"):
+    with pytest.raises(
+        RegistryError, match=r"use s3://BUCKET/PREFIX, oci://HOST\[:PORT\]/REPOSITORY .* or hf://ORG/REPO"
+    ):
         open_registry("https://registry.example.com/models/q")
     with pytest.raises(RegistryError, match="--endpoint-url applies to s3://"):
         open_registry("oci://registry.example.com/models/q", endpoint_url="http://x")
