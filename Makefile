@@ -106,10 +106,12 @@ bench: setup
 	$(PY) bench/failover_bench.py
 	$(PY) bench/autoscale_bench.py
 	$(PY) bench/modelsync_bench.py
+	$(PY) bench/prestage_bench.py
 	$(PY) bench/routing_bench.py
 	$(PY) bench/affinity_bench.py
 	$(PY) bench/router_bench.py
 	$(PY) bench/pod_exit_bench.py
+	$(PY) bench/thinking_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -37,7 +37,7 @@ GROUP, VERSION, PLURAL = "serving.qwenops.io", "v1alpha1", "qwendeployments"
 SHAPE = Shape().scaled(0.05, layers=4, vocab=4096)  # ~11 MB in 4 shards
 QWENCTL = [sys.executable, "-c", "from qwen_operator.cli import main; raise SystemExit(main())"]
 LABEL = "serving.qwenops.io/deployment"
-SERVER = "app.kubernetes.io/component=server"  # server pods only, not the router's
+SERVER = "app.kubernetes.io/component in (canary,server)"  # server and canary pods, not the router's
 VERSION_ANNOTATION = "serving.qwenops.io/model-version"
 
 

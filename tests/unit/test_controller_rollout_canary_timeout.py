@@ -35,6 +35,7 @@ from qwen_operator.controller.rollout import (
     timed_out,
     watcher_status,
 )
+from qwen_operator.render.names import server_selector, serving_selector_string
 
 CATALOG = load_catalog(None)
 V1, V2, V3 = "sha256:" + "1" * 64, "sha256:" + "2" * 64, "sha256:" + "3" * 64
@@ -293,3 +294,43 @@ def test_a_canary_of_another_version_is_recreated_so_its_clock_restarts() -> Non
     after = compute(Observed(qwd=obj, nodes=NODES, pods=pods1, **split(live1)), CATALOG, at=at(501))
     created = [m for m in after.apply if is_canary(m)]
     assert len(created) == 1 and template_version(created[0]) == V3
+
+
+def test_canary_pods_are_outside_every_server_selector_and_inside_the_routers() -> None:
+    """No Service, PDB, InferencePool or scale selector over the server pods reaches a canary pod
+    by accident: its component label is ``canary``; the router's (set-based) selector spans both."""
+    live, pods = stable_world()
+    out = compute(Observed(qwd=qwd(TESTING_V2), nodes=NODES, pods=pods, **split(live)), CATALOG, at=at(0))
+    (canary,) = [m for m in out.apply if m["kind"] == "Deployment" and is_canary(m)]
+    labels = canary["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "canary"
+    assert canary["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "canary"
+    assert not server_selector("chat").items() <= labels.items()
+    (pool,) = [m for m in live if m["kind"] == "Deployment" and not is_canary(m)]
+    assert server_selector("chat").items() <= pool["spec"]["template"]["metadata"]["labels"].items()
+    services = [m for m in live if m["kind"] in ("Service", "PodDisruptionBudget")]
+    assert services and all(
+        (m["spec"].get("selector") or {}).get("matchLabels", m["spec"].get("selector")) == server_selector("chat")
+        for m in services
+    )
+    assert serving_selector_string("chat") == (
+        "app.kubernetes.io/component in (canary,server),serving.qwenops.io/deployment=chat"
+    )
+
+
+def test_a_canary_an_older_operator_rendered_with_the_server_component_is_recreated() -> None:
+    """A Deployment's selector is immutable: a live canary selecting ``component: server`` (what
+    operators before the canary component rendered) is deleted and created anew, never applied over."""
+    live, pods = stable_world()
+    out = compute(Observed(qwd=qwd(TESTING_V2), nodes=NODES, pods=pods, **split(live)), CATALOG, at=at(0))
+    (canary,) = [m for m in out.apply if m["kind"] == "Deployment" and is_canary(m)]
+    old = settled(canary)
+    for labels in (old["spec"]["selector"]["matchLabels"], old["spec"]["template"]["metadata"]["labels"]):
+        labels["app.kubernetes.io/component"] = "server"
+    again = compute(Observed(qwd=qwd(TESTING_V2), nodes=NODES, pods=pods, **split([*live, old])), CATALOG, at=at(5))
+    assert [d["metadata"]["name"] for d in again.delete] == [canary["metadata"]["name"]]
+    assert not [m for m in again.apply if is_canary(m)]
+    current = compute(
+        Observed(qwd=qwd(TESTING_V2), nodes=NODES, pods=pods, **split([*live, settled(canary)])), CATALOG, at=at(5)
+    )
+    assert not current.delete  # today's canary stays

@@ -43,6 +43,8 @@ from ..planner.pools import Pool
 from ..render.manifests import render
 from ..render.names import (
     ANNOTATION_MODEL_VERSION,
+    CANARY_COMPONENT,
+    LABEL_COMPONENT,
     LABEL_DEPLOYMENT,
     LABEL_POOL,
     label_value,
@@ -364,10 +366,16 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
             live=obs.deployments,
         )
         # a canary of another version is deleted (below) and created anew, never updated in
-        # place: its creationTimestamp is the clock of spec.rollout.canaryTimeoutSeconds
+        # place: its creationTimestamp is the clock of spec.rollout.canaryTimeoutSeconds. So is
+        # one whose (immutable) selector an older operator rendered with the server component.
         name_of = canary["metadata"]["name"] if canary is not None else None
         stale = any(
-            is_canary(d) and d["metadata"]["name"] == name_of and template_version(d) != canary_version
+            is_canary(d)
+            and d["metadata"]["name"] == name_of
+            and (
+                template_version(d) != canary_version
+                or _selector(d).get(LABEL_COMPONENT, CANARY_COMPONENT) != CANARY_COMPONENT
+            )
             for d in obs.deployments
         )
         rendered += [canary] if canary is not None and not stale else []
@@ -687,3 +695,7 @@ def _shards_of(dep: Mapping[str, Any]) -> int:
         if limit:
             return int(limit)
     return 1
+
+
+def _selector(dep: Mapping[str, Any]) -> dict[str, Any]:
+    return dict((((dep).get("spec") or {}).get("selector") or {}).get("matchLabels") or {})

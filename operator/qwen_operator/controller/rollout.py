@@ -55,6 +55,7 @@ from ..planner.plan import Plan
 from ..planner.pools import Pool
 from ..render.names import (
     ANNOTATION_MODEL_VERSION,
+    CANARY_COMPONENT,
     COMPONENT,
     LABEL_COMPONENT,
     LABEL_DEPLOYMENT,
@@ -262,15 +263,16 @@ def as_canary(pool_manifest: dict[str, Any], name: str, gpu_type: str, replicas:
     """Turn a rendered pool Deployment into its canary twin.
 
     The pool label gets a ``-canary`` suffix so neither Deployment's (immutable) selector
-    matches the other's pods. The server selector (resource and component labels) still
-    matches canary pods: the router discovers them through it and routes to one only by its
-    canary rule once the version passed the smoke test (``router/discovery.py``). With
-    ``spec.routing.enabled: false`` the client Service selects server pods directly, canary
-    pods included (no router to hold them back).
+    matches the other's pods, and the component label is ``canary``, not ``server``: the client
+    Service (with ``spec.routing.enabled: false``), ``<name>-servers``, the PDB, an
+    InferencePool and the scale subresource's selector all select ``server`` pods, so none of
+    them sends traffic to (or counts) a canary pod by accident. The router watches both
+    components and routes to a canary pod only by its canary rule, once the version passed the
+    smoke test (``router/discovery.py``). Without the router a canary serves its smoke test only.
     """
     dep = pool_manifest
     pool = f"{dep['metadata']['labels'][LABEL_POOL]}-canary"
-    extra = {LABEL_POOL: pool, LABEL_CANARY: "true"}
+    extra = {LABEL_POOL: pool, LABEL_CANARY: "true", LABEL_COMPONENT: CANARY_COMPONENT}
     dep["metadata"]["name"] = canary_name(name, gpu_type)
     dep["metadata"]["labels"].update(extra)
     dep["spec"]["replicas"] = replicas

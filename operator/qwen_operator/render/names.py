@@ -17,6 +17,9 @@ MANAGED_BY = "qwen-operator"
 APP_NAME = "qwen"
 COMPONENT = "server"
 ROUTER_COMPONENT = "router"
+#: A canary's pods: not ``server``, so no Service, PDB, InferencePool or scale selector over
+#: the server pods reaches one by accident; only the router (its canary rule) and the smoke test do.
+CANARY_COMPONENT = "canary"
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
@@ -87,6 +90,12 @@ def common_labels(name: str, component: str = COMPONENT) -> dict[str, str]:
 def server_selector(name: str) -> dict[str, str]:
     """Selects every server pod of the QwenDeployment, across pools (Service, PDB, scale)."""
     return {LABEL_DEPLOYMENT: label_value(name), LABEL_COMPONENT: COMPONENT}
+
+
+def serving_selector_string(name: str) -> str:
+    """The label selector (set-based) over the server pods of every pool and of a canary: what the
+    router watches (it routes a canary pod only by its canary rule)."""
+    return f"{LABEL_COMPONENT} in ({CANARY_COMPONENT},{COMPONENT}),{LABEL_DEPLOYMENT}={label_value(name)}"
 
 
 def router_selector(name: str) -> dict[str, str]:

@@ -3,7 +3,8 @@
 The client Service ``<name>`` is one endpoint while replicas move between GPU types. With
 ``spec.routing.enabled`` (the default) it selects the router pods (port 80 -> 8080) and a
 second Service ``<name>-servers`` selects the server pods of every pool (what the
-ServiceMonitor scrapes; canary pods are reached only through the router's canary rule).
+ServiceMonitor scrapes). Canary pods are ``component: canary``: none of these selects them; they are
+reached only through the router's canary rule (``controller.rollout.as_canary``).
 Without the router, ``<name>`` selects the server pods directly. The PDB (over the server pods
 of every pool) lets node drains evict one pod at a time while the deployment runs two or more
 replicas (``maxUnavailable: 1``); with one replica (or none) it is ``minAvailable: 1``, so a drain

@@ -58,7 +58,7 @@ from ..render.names import (
     LABEL_MODEL_VERSION,
     LABEL_POOL,
     pool_slug,
-    server_selector,
+    serving_selector_string,
 )
 from .picking import PoolCapacity
 
@@ -496,7 +496,7 @@ class PodWatcher:
     async def run(self, sink: EndpointSink) -> None:
         self._sink = sink
         ns = quote(self.namespace, safe="")
-        selector = ",".join(f"{k}={v}" for k, v in sorted(server_selector(self.deployment).items()))
+        selector = serving_selector_string(self.deployment)  # pool pods and canary pods
         async with aiohttp.ClientSession() as session:
             client = KubeWatchClient(self.creds, session)
             pods = reflect(

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..capacity.model import ReplicaModel
-from ..render.names import selector_string
+from ..render.names import serving_selector_string
 from ..router.discovery import DIAL_ANNOTATION
 from ..sandbox.prometheus import Target
 from .loadgen import Outcome
@@ -216,7 +216,10 @@ class FleetBridge:
         from kubernetes import client
 
         resp: Any = client.CoreV1Api(self.api_client).list_namespaced_pod(
-            self.namespace, label_selector=selector_string(self.name), _preload_content=False, _request_timeout=10
+            self.namespace,
+            label_selector=serving_selector_string(self.name),  # canary pods run on GPUs too
+            _preload_content=False,
+            _request_timeout=10,
         )
         items: list[dict[str, Any]] = json.loads(resp.data)["items"]
         return items
