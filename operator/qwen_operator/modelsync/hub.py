@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 REPO_RE = re.compile(r"^hf://([A-Za-z0-9][A-Za-z0-9._-]{0,95})/([A-Za-z0-9][A-Za-z0-9._-]{0,95})/?$")
 REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+#: ModelSpec.version's default (api/spec.py): an s3:// / oci:// tag, rarely a Hub branch
+DEFAULT_SPEC_VERSION = "stable"
 EPOCH = "1970-01-01T00:00:00Z"
 USER_AGENT = "qwen-operator-model-pull"
 
@@ -185,10 +187,19 @@ class HubRegistry:
             raise RegistryError(f"{what}: cannot reach {self._endpoint}: {exc}") from exc
 
     def _commit(self, revision: str) -> tuple[str, str]:
-        info = self._call(
-            lambda: self._api.model_info(self.repo_id, revision=revision),
-            f"resolving revision {revision!r} of {self._url}",
-        )
+        try:
+            info = self._call(
+                lambda: self._api.model_info(self.repo_id, revision=revision),
+                f"resolving revision {revision!r} of {self._url}",
+            )
+        except NotFoundError as exc:
+            if revision != DEFAULT_SPEC_VERSION:
+                raise
+            # spec.model.version's default names an s3:// / oci:// tag; a Hub repo rarely has it
+            raise NotFoundError(
+                f"{exc} (spec.model.version defaults to {DEFAULT_SPEC_VERSION!r}; for hf:// set it to a "
+                "branch, tag or commit of the repository, e.g. main)"
+            ) from exc
         self._stats.add(gets=1)
         if not info.sha:
             raise RegistryError(f"{self._endpoint} did not say which commit {revision!r} of {self._url} is")
