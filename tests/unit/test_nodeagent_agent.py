@@ -14,7 +14,7 @@ from kubernetes import client
 
 from qwen_operator.catalog import DEFAULT_GPUS
 from qwen_operator.nodeagent.agent import AgentConfig, NodeAgent, parse_cache_roots
-from qwen_operator.nodeagent.plan import parse_resource, plan
+from qwen_operator.nodeagent.plan import NodePlan, parse_resource, plan
 from qwen_operator.render.workload import OperatorDefaults, model_pull_container
 
 DEFAULT = "/var/lib/qwen-operator/models"
@@ -103,3 +103,46 @@ def test_a_missing_secret_fails_the_pull_with_its_name(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="llm/gone: 404"):
         a.pull_env(pull, res)
     assert a.run_pull(pull, res) is False and (pull.model, pull.digest) in a.failures  # backed off, not fatal
+
+
+def test_eviction_that_meets_a_pulls_lock_is_retried_soon_not_after_the_interval(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A pod's model-pull holds the store lock shared; eviction then does nothing (``busy``) and the
+    loop comes back in BUSY_RETRY seconds instead of a whole ``--interval``."""
+    from qwen_operator.modelsync import evict as evict_mod
+    from qwen_operator.nodeagent import agent as agent_mod
+
+    a = agent(OperatorDefaults(), FakeCore({}), tmp_path)
+    a.config.interval = 300.0
+    node_dir = f"{DEFAULT}/llm"
+    monkeypatch.setattr(a, "held", lambda: {node_dir: {"Qwen--Qwen3-8B": ["1" * 12]}})
+    busy = [True]
+
+    def fake_evict(root: Path, protect: Any, policy: Any, **_: Any) -> evict_mod.EvictionReport:
+        assert root == tmp_path / "llm"
+        return evict_mod.EvictionReport((), (), 0, 0, False, busy=busy[0])
+
+    monkeypatch.setattr(evict_mod, "evict", fake_evict)
+    empty = NodePlan()
+    a.evict(empty)
+    assert a.evict_busy
+    waits: list[float] = []
+
+    def step() -> bool:
+        a.evict(empty)
+        return False
+
+    def wait(timeout: float) -> bool:
+        waits.append(timeout)
+        busy[0] = False  # the pull finished
+        if len(waits) == 2:
+            a.stop.set()
+        return False
+
+    monkeypatch.setattr(a, "step", step)
+    monkeypatch.setattr(a.wake, "wait", wait)
+    a.config.once = False
+    monkeypatch.setattr(a, "watch", lambda: [])
+    assert a.run() == 0
+    assert waits == [agent_mod.BUSY_RETRY, 300.0]  # soon while busy, then the interval again

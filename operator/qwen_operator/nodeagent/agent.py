@@ -56,6 +56,8 @@ _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 #: Versions a pull keeps itself (``--keep``): eviction is the agent's job, with its protection.
 PULL_KEEP = 1000
 BACKOFF_MIN, BACKOFF_MAX = 15.0, 600.0
+#: Seconds to the next pass when eviction found a pod's pull holding the store lock (not --interval).
+BUSY_RETRY = 5.0
 
 
 def _normal(path: str) -> str:
@@ -114,6 +116,7 @@ class NodeAgent:
     failures: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # -> (retry at, backoff)
     published: str | None = None
     pulls_done: int = 0
+    evict_busy: bool = False  # the last eviction met a store lock held by a pull (retry in BUSY_RETRY)
 
     def __post_init__(self) -> None:
         from kubernetes import client
@@ -259,12 +262,15 @@ class NodeAgent:
         from ..modelsync.evict import CachePolicy, evict
 
         policy = CachePolicy(keep_others=self.config.keep_others, max_bytes=self.config.max_bytes)
+        busy: list[str] = []
         for node_dir in sorted(self.held()):
             local = self.local_dir(node_dir)
             if local is None:
                 continue
             protect = {m: set(ids) for m, ids in p.protect.get(node_dir, {}).items()}
             report = evict(local, protect, policy)
+            if report.busy:
+                busy.append(node_dir)
             for model, vid in report.removed:
                 log.info("evicted %s %s from %s", model, vid, node_dir)
             if report.over_budget:
@@ -274,6 +280,9 @@ class NodeAgent:
                     report.bytes_after,
                     self.config.max_bytes,
                 )
+        if busy:
+            log.info("a pull holds the store lock of %s: eviction retried in %.0fs", ", ".join(busy), BUSY_RETRY)
+        self.evict_busy = bool(busy)
 
     def publish(self, obs: Observation) -> None:
         report = report_json(self.plan_report())
@@ -374,6 +383,7 @@ class NodeAgent:
                 return 0
             if pulled:
                 continue
-            self.wake.wait(self.config.interval)
+            # a pod's pull held a store lock: evict again soon, not after a whole --interval
+            self.wake.wait(min(BUSY_RETRY, self.config.interval) if self.evict_busy else self.config.interval)
             self.stop.wait(0.2)  # coalesce a burst of watch events into one pass
         return 0
