@@ -33,6 +33,7 @@ from qwen_operator.engines.runtimes import TGI
 from qwen_operator.render.names import pool_deployment_name, router_selector
 from qwen_operator.router import metric_names
 from qwen_operator.router.discovery import StaticEndpoints, Target
+from qwen_operator.router.picking import estimate_prompt_tokens
 from qwen_operator.router.proxy import Router, RouterConfig
 from qwen_operator.sandbox.cluster import Sandbox
 from qwen_operator.sandbox.prometheus import PrometheusServer
@@ -155,6 +156,16 @@ def test_adapter_reads_this_resources_router_ttft_and_held_only(prometheus: Prom
         # two of the three clients waited >= 2 s for their first byte; TGI's queue wait never saw the hold
         assert after.p95_seconds is not None and after.p95_seconds >= 2.0, after
         assert after.held == 0 and after.request_rate is not None and after.request_rate > 0
+        # the request shape the autoscaler weighs pools at: chat's router's mean estimated prompt
+        # (every request here is the same body), over its requests only (3, not the lookalike's)
+        prompt = estimate_prompt_tokens({"messages": [{"role": "user", "content": "Why scale from zero?"}]})
+        shaped = wait_for(
+            "the router's prompt-token series",
+            lambda: (s := source.fetch("llm", ["chat-a10g"], metrics, "chat-router")).prompt_tokens and s,
+            30,
+        )
+        assert shaped.prompt_tokens == pytest.approx(prompt, rel=1e-6), shaped
+        assert shaped.prompt_samples is not None and shaped.prompt_samples > 0, shaped
         engine = source.fetch("llm", ["chat-a10g"], metrics)  # routing external: the fallback
         assert not engine.routed and (engine.p95_seconds is None or engine.p95_seconds < after.p95_seconds)
         # a namespace with no router series: the adapter falls back to the engine's signals

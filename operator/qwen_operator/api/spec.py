@@ -344,6 +344,10 @@ class ScalingSpec(_Checked):
     used (qwenctl plan shows each type's time to first token and requests/s within it)."""
     typical_prompt_tokens: int = Field(default=512, ge=1, le=1048576)
     """Prompt length, in tokens, of a typical request; sizes placement's time-to-first-token estimate."""
+    learn_prompt_tokens: bool = True
+    """With the router: the autoscaler weighs each pool's replicas at the mean prompt length the router saw over
+    the last 10 minutes (status.autoscaler.observedPromptTokens; at least 100 requests) instead of
+    typicalPromptTokens. Placement keeps typicalPromptTokens; false: always typicalPromptTokens."""
     typical_output_tokens: int = Field(default=128, ge=1, le=1048576)
     """Generated tokens of a typical request; sizes placement's per-replica capacity estimate."""
     scale_down_delay_seconds: int = Field(default=300, ge=0, le=86400)

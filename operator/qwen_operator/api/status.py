@@ -201,6 +201,10 @@ class AutoscalerStatus(BaseModel):
     """Waiting requests per ready replica at the last evaluation."""
     p95_seconds: float | None = None
     """P95 request latency at the last evaluation (absent when idle: no signal)."""
+    observed_prompt_tokens: int | None = Field(default=None, ge=1)
+    """Mean prompt length (the router's estimate, characters / 4) over the last 10 minutes, rounded to two
+    significant digits, that sized each pool's replicas at the last evaluation (spec.scaling.learnPromptTokens;
+    absent: typicalPromptTokens did)."""
     last_scale_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """When the autoscaler last changed desiredReplicas."""
     last_decision: str | None = Field(default=None, max_length=1024)

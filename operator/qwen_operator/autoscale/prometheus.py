@@ -77,6 +77,8 @@ class FleetSignals:
     held: float | None = None  # requests the router holds for want of a replica (None: no router series)
     router_in_flight: float | None = None  # router's accepted-not-answered (held + sent); None: no router
     latency_source: LatencySource = ""  # where p95_seconds comes from
+    prompt_tokens: float | None = None  # mean estimated prompt tokens per request the router saw (PROMPT_WINDOW)
+    prompt_samples: float | None = None  # requests behind prompt_tokens
 
     @property
     def ok(self) -> bool:
@@ -121,14 +123,23 @@ def queries(metrics: MetricNames, sel: str, window: str = "1m", quantile: float 
     }
 
 
+#: Window of the observed request shape (the mean prompt length): long enough that one burst of
+#: long prompts does not swing every pool's estimate, short enough to follow a change of workload.
+PROMPT_WINDOW = "10m"
+
+
 def router_queries(sel: str, window: str = "1m", quantile: float = 0.95) -> dict[str, str]:
     """The router's signals over its pods ``sel`` (summed over router replicas)."""
     m = router_metrics
+    tokens = m.PROMPT_TOKENS
     return {
         "held": f"sum({m.HELD}{{{sel}}})",
         "queue_length": f"sum({m.QUEUE_LENGTH}{{{sel}}})",
         "p95": f"histogram_quantile({quantile}, sum by (le)(rate({m.TTFT_SECONDS}_bucket{{{sel}}}[{window}])))",
         "rate": f"sum(rate({m.REQUESTS_TOTAL}{{{sel}}}[{window}]))",
+        "prompt_tokens": f"sum(increase({tokens}_sum{{{sel}}}[{PROMPT_WINDOW}]))"
+        f" / sum(increase({tokens}_count{{{sel}}}[{PROMPT_WINDOW}]))",
+        "prompt_samples": f"sum(increase({tokens}_count{{{sel}}}[{PROMPT_WINDOW}]))",
     }
 
 
@@ -387,13 +398,15 @@ class PrometheusSource:
             in_flight = _scalar(self._query(q["in_flight"]))
             p95 = _scalar(self._query(q["p95"]))
             rate = _scalar(self._query(q["rate"]))
-            held = r_queue = r_p95 = r_rate = None
+            held = r_queue = r_p95 = r_rate = prompt = samples = None
             if rq is not None:
                 held = _scalar(self._query(rq["held"]))
                 if held is not None:  # a router is scraped: its numbers replace the engine's
                     r_queue = _scalar(self._query(rq["queue_length"]))
                     r_p95 = _scalar(self._query(rq["p95"]))
                     r_rate = _scalar(self._query(rq["rate"]))
+                    prompt = _scalar(self._query(rq["prompt_tokens"]))
+                    samples = _scalar(self._query(rq["prompt_samples"]))
         except Exception as exc:  # noqa: BLE001 - any failure means "no signal": hold
             detail = _short(exc)
             if self.connection is not None:
@@ -414,6 +427,8 @@ class PrometheusSource:
             held=held,
             router_in_flight=r_queue,
             latency_source=source,
+            prompt_tokens=prompt,
+            prompt_samples=samples,
         )
 
 

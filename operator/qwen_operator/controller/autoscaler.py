@@ -90,13 +90,49 @@ class AutoscalerState:
     credit: tuple[int, float] | None = None  # (generation, warm-up credit seconds)
 
 
-def pool_estimates(spec: QwenDeploymentSpec, catalog: Catalog, current: Mapping[str, int]) -> list[PoolEstimate]:
+#: Requests the router must have counted over ``PROMPT_WINDOW`` before their mean prompt length
+#: sizes the pools (fewer: a handful of odd requests would swing every pool's estimate).
+MIN_PROMPT_SAMPLES = 100
+
+
+def observed_prompt_tokens(spec: QwenDeploymentSpec, fleet: FleetSignals) -> int | None:
+    """The mean prompt length the router saw, rounded to two significant digits (one plan per
+    request shape, not one per tick), to weigh the pools with; None: ``typicalPromptTokens`` does
+    (learning off, no router series, or fewer than :data:`MIN_PROMPT_SAMPLES` requests)."""
+    mean, samples = fleet.prompt_tokens, fleet.prompt_samples
+    if not spec.scaling.learn_prompt_tokens or mean is None or samples is None or samples < MIN_PROMPT_SAMPLES:
+        return None
+    rounded = int(float(f"{max(1.0, mean):.2g}"))
+    return max(1, min(rounded, spec.runtime.max_input_tokens))
+
+
+def pool_estimates(
+    spec: QwenDeploymentSpec, catalog: Catalog, current: Mapping[str, int], prompt_tokens: int | None = None
+) -> list[PoolEstimate]:
     """What one replica of each allowed GPU type is worth, from the planner's candidates (pure).
 
     Pools are weighed in the planner's unit, requests/s within the SLO, when every type that
     fits has that estimate (so the policy's placement and the planner's spill-over agree on
     which pool is cheaper); else in decode throughput, a relative unit a request rate cannot
-    be compared with."""
+    be compared with.
+
+    ``prompt_tokens`` (:func:`observed_prompt_tokens`): each pool is weighed at that prompt
+    length instead of ``typicalPromptTokens``. Which pools there are stays placement's (the
+    typical request): a type the observed prompts rule out, or an estimate in another unit,
+    keeps its typical-request estimate."""
+    base = _estimates(spec, catalog, current)
+    if prompt_tokens is None or prompt_tokens == spec.scaling.typical_prompt_tokens:
+        return base
+    scaling = spec.scaling.model_copy(update={"typical_prompt_tokens": prompt_tokens})
+    learned = {e.gpu_type: e for e in _estimates(spec.model_copy(update={"scaling": scaling}), catalog, current)}
+    out = []
+    for e in base:
+        seen = learned.get(e.gpu_type)
+        out.append(seen if seen is not None and seen.per_second == e.per_second else e)
+    return out
+
+
+def _estimates(spec: QwenDeploymentSpec, catalog: Catalog, current: Mapping[str, int]) -> list[PoolEstimate]:
     the_plan = plan(spec, catalog, replicas=sum(current.values()), current=current)
     fitting = [c for c in the_plan.candidates if c.fits]
     by_slo = bool(fitting) and all(c.slo_rate > 0 for c in fitting)
@@ -131,15 +167,10 @@ def pool_states(
     a ``blocked`` pool: one whose replicas were stuck recently gets no new ones, so added
     capacity goes to another GPU type). ``estimates`` default to :func:`pool_estimates` (the
     parity test passes the simulator's)."""
-    live = {
-        (d["metadata"].get("annotations") or {}).get(GPU_TYPE_ANNOTATION): d
-        for d in obs.deployments
-        if not is_canary(d)  # a canary is extra capacity on trial, never a pool to size
-    }
+    live = _live_pools(obs)
     inventory = obs.inventory if obs.inventory is not None else compute_inventory(obs.nodes, obs.pods, catalog.gpus)
-    current = {t: _own_replicas(d)[0] for t, d in live.items() if t}
     if estimates is None:
-        estimates = pool_estimates(spec, catalog, current)
+        estimates = pool_estimates(spec, catalog, _current(obs))
     out = []
     for cap in estimates:
         dep = live.get(cap.gpu_type)
@@ -148,6 +179,20 @@ def pool_states(
         free = 0 if cap.gpu_type in blocked else inventory.free_replicas(cap.gpu_type, cap.shards)
         out.append(pool_state(cap, ready, starting, free))
     return out
+
+
+def _live_pools(obs: Observed) -> dict[str | None, Mapping[str, Any]]:
+    """GPU type -> its pool Deployment (a canary is extra capacity on trial, never a pool to size)."""
+    return {
+        (d["metadata"].get("annotations") or {}).get(GPU_TYPE_ANNOTATION): d
+        for d in obs.deployments
+        if not is_canary(d)
+    }
+
+
+def _current(obs: Observed) -> dict[str, int]:
+    """GPU type -> the replicas its pool Deployment asks for now."""
+    return {t: _own_replicas(d)[0] for t, d in _live_pools(obs).items() if t}
 
 
 def stuck_replicas(obs: Observed, now: dt.datetime, credit_seconds: float) -> dict[str, list[failures.Stuck]]:
@@ -440,17 +485,22 @@ class Autoscaler:
         for gpu_type in stuck:
             state.stuck_until[gpu_type] = now + STUCK_BACKOFF_SECONDS
         blocked = {t for t, until in state.stuck_until.items() if until > now}
-        pools = pool_states(obs, spec, self.catalog, stuck={t: len(v) for t, v in stuck.items()}, blocked=blocked)
         if self.fetch is None:
             fleet = FleetSignals(
                 error="No Prometheus URL is configured (operator config prometheus.url or --prometheus-url)."
             )
         else:
             # a canary's queue is real load (the router sends it traffic), though never capacity to size
-            prefixes = [pool_deployment_name(key[1], p.gpu_type) for p in pools]
-            prefixes += [canary_name(key[1], p.gpu_type) for p in pools]
+            types = [e.gpu_type for e in pool_estimates(spec, self.catalog, _current(obs))]
+            prefixes = [pool_deployment_name(key[1], t) for t in types]
+            prefixes += [canary_name(key[1], t) for t in types]
             router = router_name(key[1]) if spec.routing.enabled else None
             fleet = await run(METRICS, self.fetch, key[0], prefixes, runtime_for(spec).metrics, router)
+        prompt = observed_prompt_tokens(spec, fleet)
+        estimates = pool_estimates(spec, self.catalog, _current(obs), prompt)
+        pools = pool_states(
+            obs, spec, self.catalog, estimates, stuck={t: len(v) for t, v in stuck.items()}, blocked=blocked
+        )
         held = previous if previous is not None else sum(p.replicas for p in pools) or spec.desired_replicas(None)
         predictive = spec.scaling.predictive.enabled
         if not predictive:
@@ -485,6 +535,7 @@ class Autoscaler:
                 "desiredPools": pools_wanted,
                 "queueDepth": _waiting(fleet),
                 "p95Seconds": None if fleet.p95_seconds is None else round(fleet.p95_seconds, 2),
+                "observedPromptTokens": prompt,
                 "lastScaleTime": state.last_scale_time or live.get("lastScaleTime"),
                 "lastDecision": (note + (decision.reason if decision else condition.message))[:1000],
                 "floor": floor.replicas if floor else None,
@@ -544,4 +595,4 @@ def _stuck_note(stuck: Mapping[str, Sequence[failures.Stuck]], blocked: Collecti
 
 def _numbers(status: Mapping[str, Any]) -> dict[str, Any]:
     a = status["autoscaler"]
-    return {k: a.get(k) for k in ("desiredReplicas", "queueDepth", "p95Seconds", "profile")}
+    return {k: a.get(k) for k in ("desiredReplicas", "queueDepth", "p95Seconds", "observedPromptTokens", "profile")}
