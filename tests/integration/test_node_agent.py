@@ -12,7 +12,9 @@ credentials only from the resource's credentials Secret, read through the API (t
 environment has no AWS_* variables), as a DaemonSet pod would.
 
 Two kwok GPU nodes of different types (A10G, L40S) carry a label only this test's resource
-selects; the resource allows A10G only, so only the A10G node is eligible.
+selects; the resource allows A10G only, so only the A10G node is eligible. The second test runs
+the same agents on an ``oci://`` model in the real OCI registry (CNCF distribution) with basic
+auth, counting the chunks the agent fetches at the registry's own log.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -34,10 +36,14 @@ from kubernetes import client
 
 from qwen_operator.catalog import DEFAULT_GPUS
 from qwen_operator.modelsync.manifest import short_id
+from qwen_operator.modelsync.oci import OCIRegistry
 from qwen_operator.modelsync.registry import Registry
 from qwen_operator.modelsync.synthetic import Checkpoint, Shape
 from qwen_operator.sandbox.cluster import Sandbox
 from qwen_operator.sandbox.nodes import NodeSpec, node_manifest
+from qwen_operator.testing.oci import PASSWORD as OCI_PASSWORD
+from qwen_operator.testing.oci import USER as OCI_USER
+from qwen_operator.testing.oci import Secured
 from qwen_operator.testing.operator import OperatorProcess
 from qwen_operator.testing.s3 import S3Bucket
 from qwen_operator.testing.wait import wait_for
@@ -313,3 +319,104 @@ def test_node_agents_prestage_eligible_nodes_and_the_roll_waits_for_them(
             agent.stop()
         for name, agent in agents.items():
             print(f"--- node agent {name} log tail ---\n{agent.tail()}")
+
+
+def test_an_oci_model_is_prestaged_with_the_resources_registry_credentials(
+    kube_api: Any,
+    sandbox: Sandbox,
+    qwen_crd: Path,
+    namespace: str,
+    nodes: dict[str, str],
+    oci_secured: Secured,
+    tmp_path: Path,
+) -> None:
+    """oci:// through the same agent: a real registry with basic auth, the credentials only in the
+    resource's Secret (OCI_USERNAME/OCI_PASSWORD) for the agent; the operator's version watcher
+    reads the registry with its own OCI_* environment, as the operator's Deployment would."""
+    core = client.CoreV1Api(kube_api)
+    custom = client.CustomObjectsApi(kube_api)
+    creds = {"OCI_USERNAME": OCI_USER, "OCI_PASSWORD": OCI_PASSWORD}
+    repo = oci_secured.repo("basic", **creds)
+    base = Checkpoint(SHAPE)
+    base.write(tmp_path / "v1")
+    base.last_layers(1).write(tmp_path / "v2")
+
+    def push_oci(src: Path, version: str) -> str:
+        cmd = [*QWENCTL, "model", "push", str(src), "--registry", repo.url, "--version", version, "--tag", "stable"]
+        r = subprocess.run(cmd, env=repo.env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return str(OCIRegistry.from_env(repo.url, env=repo.env).resolve(tag="stable"))
+
+    v1 = push_oci(tmp_path / "v1", "v1")
+    core.create_namespaced_secret(
+        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="registry"), string_data=creds)
+    )
+    config = tmp_path / "operator.yaml"
+    config.write_text(yaml.safe_dump({"modelSync": {"intervalSeconds": 1}}))
+    op = OperatorProcess(
+        sandbox.kubeconfig,
+        tmp_path / "operator-oci.log",
+        extra=["--namespace", namespace, "--config", str(config)],
+        env={k: v for k, v in repo.env.items() if k.startswith("OCI_")},
+    ).start()
+    model = f"{namespace}.chat"
+    a10g, l40s = nodes["A10G"], nodes["L40S"]
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "QwenDeployment",
+        "metadata": {"name": "chat"},
+        "spec": {
+            "model": {
+                "name": "Qwen/Qwen3-14B",
+                "registry": repo.url,
+                "version": "stable",
+                "quantization": "fp8",
+                "credentialsSecret": "registry",
+            },
+            "placement": {"gpuTypes": ["A10G"]},
+            "replicas": 1,
+            "scaling": {"enabled": False},
+            "rollout": {"canaryReplicas": 0},
+            "pod": {"nodeSelector": {SELECT: namespace}},
+        },
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def status_model() -> dict[str, Any]:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chat")
+        return dict((obj.get("status") or {}).get("model") or {})
+
+    agents = {n: Agent(n, tmp_path / "nodes" / n, tmp_path / f"agent-{n}.log") for n in (a10g, l40s)}
+    registry = OCIRegistry.from_env(repo.url, env=repo.env)
+    try:
+        wait_for("targetVersion = v1", lambda: status_model().get("targetVersion") == v1, timeout=90)
+        for agent in agents.values():
+            agent.start()
+        wait_for("v1 staged on the A10G node", lambda: annotation(core, a10g).get(model) == [short_id(v1)], 120)
+        assert verified(agents[a10g].root, namespace, model, cast(Registry, registry), v1)
+        assert model not in annotation(core, l40s) and agents[l40s].alive(), agents[l40s].tail()
+        # the tag moves: the agent stages the new target beside the current one, moving only the changed
+        # chunks (GETs of blobs the node did not hold yet, counted at the registry's own log)
+        gets_before = len(repo.blob_gets())
+        v2 = push_oci(tmp_path / "v2", "v2")
+        wait_for(
+            "v2 staged beside v1",
+            lambda: set(annotation(core, a10g).get(model, [])) == {short_id(v1), short_id(v2)},
+            timeout=120,
+        )
+        assert verified(agents[a10g].root, namespace, model, cast(Registry, registry), v2)
+        moved = repo.blob_gets()[gets_before:]
+        new_chunks = set(registry.get_manifest(v2).unique_chunks()) - set(registry.get_manifest(v1).unique_chunks())
+        assert new_chunks
+        # each changed chunk fetched once; besides them only version indexes (the agent's and the watcher's)
+        assert sorted(d for d in moved if d in new_chunks) == sorted(new_chunks), (moved, new_chunks)
+        indexes = {registry.get_manifest(v).digest() for v in (v1, v2)}  # our chunk index, an OCI layer blob
+        assert set(moved) - new_chunks <= indexes, set(moved) - new_chunks
+        assert op.alive(), op.tail()
+    finally:
+        for agent in agents.values():
+            agent.stop()
+        op.stop()
+        for name, agent in agents.items():
+            print(f"--- node agent {name} log tail ---\n{agent.tail()}")
+        print(f"--- operator log tail ---\n{op.tail(40)}")
