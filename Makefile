@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup venv tools controlplane prometheus s3server ociregistry hubmirror helm generate test lint types imports unit integration e2e crds check-generated demo bench clean image imagetools
+.PHONY: setup venv tools controlplane lws prometheus s3server ociregistry hubmirror helm generate test lint types imports unit integration e2e crds check-generated demo bench clean image imagetools
 
 ## setup: virtualenv + editable package with test extras + every tool the tests need
 setup: venv tools
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
-tools: controlplane prometheus s3server ociregistry hubmirror helm imagetools
+tools: controlplane prometheus s3server ociregistry hubmirror helm imagetools lws
 
 ## helm: the Helm CLI built from the Go module proxy (cached)
 helm: venv
@@ -36,6 +36,10 @@ ociregistry: venv
 ## hubmirror: a real Hugging Face Hub-compatible server (Olah, PyPI, own virtualenv) for hf:// model-sync tests
 hubmirror: venv
 	$(PY) -m qwen_operator.modelsync.hubmirror build
+
+## lws: the real LeaderWorkerSet controller (sigs.k8s.io/lws) and its CRDs from the Go module proxy (cached)
+lws: venv
+	$(PY) -m qwen_operator.sandbox.lws build
 
 ## controlplane: kube-apiserver/controller-manager/scheduler, etcd, kwok from the Go module proxy (cached)
 controlplane: venv
