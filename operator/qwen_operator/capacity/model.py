@@ -32,6 +32,40 @@ The model is a roofline per forward pass:
   option) is not modelled: memory per GPU is the same, but the slowest GPU reads the most
   experts hit on it, which this model does not estimate. The planner plans tensor
   parallelism only.
+* **replicas spanning nodes** (``nodes`` > 1; vLLM only, run as a LeaderWorkerSet group): vLLM's
+  documented multi-node layout is tensor parallelism within a node and pipeline parallelism across
+  nodes ("the tensor parallel size is the number of GPUs you want to use in each node, and the
+  pipeline parallel size is the number of nodes", vLLM docs, "Distributed Inference and Serving").
+  So ``shards`` stays the tensor-parallel degree within a node and ``nodes`` is the number of
+  pipeline stages, one per node; the replica holds ``nodes x shards`` GPUs.
+
+  - *memory*: each stage holds its share of the layers (the heaviest stage ``ceil(layers/nodes)``
+    layers plus one vocabulary matrix, :meth:`..catalog.models.QwenModel.stage_weight_bytes`) split
+    over its ``shards`` GPUs, and caches K and V of its own layers only; KV capacity is the fullest
+    stage's (vLLM sizes the cache by the smallest number of blocks any worker has room for).
+  - *one forward* (what one token, or one prefill chunk, waits for): the stages run one after the
+    other, so a pass is the sum of the stages' times, which with the roofline terms above is the
+    single-node formula at ``shards`` GPUs (weights and KV read per GPU summed over stages = the
+    whole model over ``shards``; FLOPs likewise; the 2-per-layer all-reduces stay within each
+    stage) **plus** ``nodes - 1`` hops: each sends the batch's activations to the next node,
+    ``tokens x hidden_size x 2 bytes x`` :data:`PIPELINE_ACTIVATION_TENSORS` over the node's network
+    (:attr:`..catalog.gpus.GPUType.internode_bytes_per_s`) plus :data:`PIPELINE_HOP_LATENCY_S`.
+    Pipeline parallelism does not shorten one token's latency; it adds the hops (Narayanan et al.
+    2021, "Efficient Large-Scale Language Model Training on GPU Clusters Using Megatron-LM", sec. 2.2:
+    a micro-batch passes the stages in sequence with point-to-point sends between them).
+  - *throughput*: vLLM keeps ``pipeline_parallel_size`` batches in flight (one per stage, so that
+    no stage idles while another works), so in steady state the replica finishes one micro-batch
+    per stage time: ``nodes x m / cycle`` tokens/s for micro-batches of ``m`` sequences, with
+    ``cycle = max(pass(m), nodes x slowest stage(m))`` (a micro-batch cannot come round faster
+    than its own pass, hops included, nor faster than the slowest stage serves all ``nodes``
+    micro-batches; the slowest stage is taken as ``ceil(layers/nodes)/layers`` of the pass without
+    hops): :meth:`ReplicaModel.pipeline_decode_tokens_per_second`. The continuous-batching queue
+    (:meth:`ReplicaModel.slo_capacity`) and the simulation engine run one pass per step, i.e. they
+    do **not** credit the micro-batch overlap: conservative, and close for memory-bound decode,
+    where a pass costs about the same whatever its batch.
+  - *cold start*: every node loads its own stage (the heaviest stage's bytes) in parallel; a node
+    without the model pulls the whole checkpoint (its files are not split by stage).
+
 * **thinking mode**: Qwen3 with reasoning enabled generates a ``<think>`` block before the
   answer; :func:`typical_output_tokens` adds :data:`TYPICAL_REASONING_TOKENS` to a typical
   reply for planning.
@@ -119,6 +153,15 @@ KV_DTYPE_BYTES = 2
 ALLREDUCE_LATENCY_S: dict[str, float] = {"nvlink": 8e-6, "pcie": 20e-6}
 ALLREDUCE_BUS_BYTES_PER_S: dict[str, float] = {"nvlink": 230e9, "pcie": 12e9}
 
+#: Pipeline parallelism across nodes (``ReplicaModel.nodes`` > 1): fixed cost of one stage-to-stage
+#: hop. NCCL point-to-point over EFA / RoCE takes some tens of microseconds for a small message; vLLM
+#: adds the send/receive of its intermediate-tensor dict and the next stage's step launch. An estimate,
+#: not a measurement (the hop's bytes are counted separately, over the GPU type's inter-node bandwidth).
+PIPELINE_HOP_LATENCY_S = 100e-6
+#: Activation tensors a hop carries per token, each ``hidden_size`` bf16 values: vLLM's Qwen decoder
+#: stages hand the next stage both the hidden states and the residual stream.
+PIPELINE_ACTIVATION_TENSORS = 2
+
 #: Node-local model cache read rate (weights already synced to the node by modelsync):
 #: EBS gp3 tops out at 1,000 MB/s provisioned; local NVMe instance store reads 2+ GB/s but
 #: safetensors deserialisation and host-to-device copies keep TGI near ~1 GB/s in practice.
@@ -188,6 +231,12 @@ def typical_output_tokens(model: QwenModel, visible_tokens: int, reasoning: bool
     return visible_tokens
 
 
+def supports_pipeline_parallel(engine: str) -> bool:
+    """vLLM runs a replica across nodes (pipeline parallelism, ``--pipeline-parallel-size``); TGI shards
+    one replica over the GPUs of one machine only (tensor parallelism, ``--num-shard``)."""
+    return engine == "vllm"
+
+
 def supports_kv_replication(engine: str) -> bool:
     """vLLM replicates KV heads when the tensor-parallel degree exceeds them; TGI cannot."""
     return engine == "vllm"
@@ -211,6 +260,8 @@ class ReplicaModel:
     max_batch_prefill_tokens: int = TGI_MAX_BATCH_PREFILL_TOKENS
     max_batch_size: int | None = None
     engine: str = "tgi"  # only which tensor-parallel degrees are valid depends on it (KV replication)
+    #: pipeline stages, one per node (vLLM only): a replica of ``nodes x shards`` GPUs; see the module docstring
+    nodes: int = 1
 
     @classmethod
     def build(
@@ -235,6 +286,15 @@ class ReplicaModel:
         return cls(m, g, shards, quantization, engine=engine, **limits)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
+        if self.nodes < 1 or self.nodes > self.model.layers:
+            raise ValueError(f"nodes={self.nodes}: a replica spans 1 to {self.model.layers} nodes (a layer per stage)")
+        if self.nodes > 1 and not supports_pipeline_parallel(self.engine):
+            raise ValueError(f"nodes={self.nodes}: {self.engine} cannot run a replica across nodes (engine vllm can)")
+        if self.nodes > 1 and not self.gpu.internode_bytes_per_s > 0:
+            raise ValueError(
+                f"nodes={self.nodes}: {self.gpu.name} has no inter-node bandwidth in the catalog "
+                f"(catalog.gpuTypes.{self.gpu.name}.interNodeGbps)"
+            )
         valid = self.model.valid_shards(self.gpu.max_gpus_per_node, supports_kv_replication(self.engine))
         if self.shards not in valid:
             raise ValueError(
@@ -256,6 +316,7 @@ class ReplicaModel:
                 f"{self.model.name} {self.quantization} on {self.shards}x {self.gpu.name}: KV cache holds "
                 f"{self.kv_capacity_tokens} tokens, less than max_total_tokens={self.max_total_tokens} "
                 "(TGI would refuse to start); use more shards, a larger GPU or a smaller max_total_tokens"
+                + (f" ({self.nodes} nodes)" if self.nodes > 1 else "")
             )
 
     # --- sizes -------------------------------------------------------------------------
@@ -266,11 +327,28 @@ class ReplicaModel:
 
     @property
     def weight_bytes_per_gpu(self) -> float:
+        """Weights on one GPU (across nodes: a GPU of the heaviest pipeline stage)."""
+        if self.nodes > 1:
+            return self.model.stage_weight_bytes(self.quantization, self.nodes) / self.shards
         return self.weight_bytes / self.shards
 
     @property
     def kv_bytes_per_token_per_gpu(self) -> float:
+        """KV cache one token takes on one GPU (across nodes: a GPU of the fullest stage)."""
+        if self.nodes > 1:
+            return float(self.model.kv_bytes_per_token_per_stage_shard(self.shards, self.nodes, KV_DTYPE_BYTES))
         return float(self.model.kv_bytes_per_token_per_shard(self.shards, KV_DTYPE_BYTES))
+
+    @property
+    def _kv_read_bytes_per_token(self) -> float:
+        """KV bytes per token one forward reads per GPU, summed over the pipeline stages it passes
+        (every layer's K and V over ``shards`` GPUs; one node: :attr:`kv_bytes_per_token_per_gpu`)."""
+        return float(self.model.kv_bytes_per_token_per_shard(self.shards, KV_DTYPE_BYTES))
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of the whole replica: ``nodes x shards``."""
+        return self.nodes * self.shards
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -338,6 +416,13 @@ class ReplicaModel:
         one = ALLREDUCE_LATENCY_S[link] + nbytes * ring / ALLREDUCE_BUS_BYTES_PER_S[link]
         return 2 * self.model.layers * one
 
+    def _hop_s(self, tokens: float) -> float:
+        """Time of the ``nodes - 1`` pipeline hops of one forward over ``tokens`` tokens (0 on one node)."""
+        if self.nodes == 1:
+            return 0.0
+        nbytes = tokens * self.model.hidden_size * 2.0 * PIPELINE_ACTIVATION_TENSORS
+        return (self.nodes - 1) * (PIPELINE_HOP_LATENCY_S + nbytes / self.gpu.internode_bytes_per_s)
+
     # --- timings -----------------------------------------------------------------------
     def forward_seconds(
         self,
@@ -361,7 +446,7 @@ class ReplicaModel:
         flops += 2.0 * attn * context_tokens  # each decode token attends to its context
         mfu = PREFILL_MFU if p_tokens else DECODE_MFU
         compute = flops / (self._flops_per_s * mfu)
-        kv = (context_tokens + prefix) * self.kv_bytes_per_token_per_gpu
+        kv = (context_tokens + prefix) * self._kv_read_bytes_per_token
         memory = (self.weight_bytes_read_per_gpu(p_tokens + decode_batch) + kv) / self._bandwidth
         overhead = PREFILL_OVERHEAD_S if p_tokens else DECODE_STEP_OVERHEAD_S
         return (
@@ -369,6 +454,7 @@ class ReplicaModel:
             + self._allreduce_s(p_tokens + decode_batch)
             + overhead
             + PER_SEQUENCE_OVERHEAD_S * decode_batch
+            + self._hop_s(p_tokens + decode_batch)
         )
 
     def prefill_seconds(self, prompt_tokens: int | Sequence[int]) -> float:
@@ -402,26 +488,42 @@ class ReplicaModel:
         bw, fl = self._bandwidth, self._flops_per_s * DECODE_MFU
         ar0 = self._allreduce_s(0)
         ar_b = (self._allreduce_s(1) - ar0) if self.shards > 1 else 0.0
+        o0, o_b = ar0 + DECODE_STEP_OVERHEAD_S, ar_b + PER_SEQUENCE_OVERHEAD_S
+        if self.nodes > 1:  # the pipeline hops: a fixed part and one per sequence's activations
+            hop0 = self._hop_s(0)
+            o0, o_b = o0 + hop0, o_b + (self._hop_s(1) - hop0)
         return (
             self.decode_weight_bytes_per_gpu / bw,
-            self.kv_bytes_per_token_per_gpu / bw,
+            self._kv_read_bytes_per_token / bw,
             2.0 * (self._active_body_params + self._lm_head_params) / fl,
             4.0 * m.layers * m.attention_heads * m.head_dim / fl,
-            ar0 + DECODE_STEP_OVERHEAD_S,
-            ar_b + PER_SEQUENCE_OVERHEAD_S,
+            o0,
+            o_b,
         )
 
     def tokens_per_second_per_stream(self, batch_size: int = 1, context_per_sequence: int = 1000) -> float:
         """Decode speed one client sees with ``batch_size`` sequences of this context running."""
         return 1.0 / self.decode_step_seconds(batch_size, batch_size * context_per_sequence)
 
+    def pipeline_decode_tokens_per_second(self, micro_batch: int = 32, context_per_sequence: int = 1000) -> float:
+        """Steady-state decode tokens/s of the whole replica with ``nodes`` micro-batches of
+        ``micro_batch`` sequences in flight (see the module docstring): ``nodes x m / cycle`` with
+        ``cycle = max(pass(m), nodes x slowest stage(m))``. One node: ``m / decode step``."""
+        m = max(1, micro_batch)
+        one_pass = self.decode_step_seconds(m, m * context_per_sequence)
+        if self.nodes == 1:
+            return m / one_pass
+        slowest = (one_pass - self._hop_s(m)) * self.model.stage_layers(self.nodes) / self.model.layers
+        return self.nodes * m / max(one_pass, self.nodes * slowest)
+
     @property
     def cold_start(self) -> ColdStart:
         """The cold start's components (SIMULATED): see :class:`ColdStart`."""
+        per_node = self.weight_bytes if self.nodes == 1 else self.weight_bytes_per_gpu * self.shards
         return ColdStart(
             process_start_s=PROCESS_START_S,
-            tp_init_s=TP_INIT_S if self.shards > 1 else 0.0,
-            load_s=self.weight_bytes / NODE_CACHE_READ_BYTES_PER_S,
+            tp_init_s=TP_INIT_S if self.shards > 1 or self.nodes > 1 else 0.0,
+            load_s=per_node / NODE_CACHE_READ_BYTES_PER_S,
             warmup_s=WARMUP_S,
             checkpoint_bytes=self.weight_bytes,
         )
@@ -450,6 +552,10 @@ class ReplicaModel:
             "decode_tokens_per_s_batch1": round(self.tokens_per_second_per_stream(1), 1),
             "cold_start_s": round(self.cold_start_seconds, 1),
         }
+        if self.nodes > 1:
+            out["nodes"] = self.nodes
+            out["gpus"] = self.gpus
+            out["pipeline_decode_tokens_per_s_microbatch32"] = round(self.pipeline_decode_tokens_per_second(32))
         if self.model.is_moe:
             out["decode_tokens_per_s_batch32"] = round(self.tokens_per_second_per_stream(32), 1)
             out["active_params_b"] = round(self.model.active_params / 1e9, 2)

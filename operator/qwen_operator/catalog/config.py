@@ -7,7 +7,9 @@ Cluster operators add GPU types, change prices and add models without a code cha
       gpuTypes:
         H100-80GB: {productLabel: NVIDIA-H100-80GB-HBM3, memoryGB: 80,
                     bandwidthGBps: 3350, bf16TFLOPS: 989, pricePerGPUHour: 6.9,
-                    fp8Native: true, interconnect: nvlink}
+                    fp8Native: true, interconnect: nvlink,
+                    interNodeGbps: 3200}     # node network, Gbit/s: replicas spanning nodes
+      # (an existing type's field alone also works: A100-40GB: {interNodeGbps: 200})
       models:
         Qwen/Qwen3-4B: {family: qwen3, layers: 36, attentionHeads: 32, kvHeads: 8,
                         headDim: 128, hiddenSize: 2560, vocabSize: 151936, params: 4.02e9,
@@ -24,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .gpus import DEFAULT_GPUS, GB, GPUType
+from .gpus import DEFAULT_GPUS, GB, GBPS, GPUType
 from .models import DEFAULT_MODELS, ENGINES, QUANTIZATIONS, QwenModel
 
 
@@ -59,6 +61,7 @@ def _gpu(name: str, raw: dict[str, Any], base: GPUType | None) -> GPUType:
         "maxGPUsPerNode",
         "fp8Native",
         "interconnect",
+        "interNodeGbps",
     }
     unknown = set(raw) - known
     if unknown:
@@ -94,6 +97,8 @@ def _gpu(name: str, raw: dict[str, Any], base: GPUType | None) -> GPUType:
         if raw["interconnect"] not in ("pcie", "nvlink"):
             raise CatalogError(f"{where}.interconnect: expected pcie or nvlink, got {raw['interconnect']!r}")
         g = replace(g, interconnect=raw["interconnect"])
+    if "interNodeGbps" in raw:
+        g = replace(g, internode_bytes_per_s=_num(f"{where}.interNodeGbps", raw["interNodeGbps"]) * GBPS)
     return g
 
 

@@ -19,6 +19,15 @@ Sources:
   of 2,039 GB/s) and without an NVLink switch; the catalog counts them as the same type (an admin
   who wants them apart defines a GPU type of their own for the PCIe label). Operator config
   ``gpuProductLabels`` adds further labels per type (:func:`~.config.load_catalog`).
+- ``internode_bytes_per_s`` (operator config ``interNodeGbps``): network bandwidth of one node of
+  the type's largest (8-GPU) instance, what a replica spanning nodes (pipeline parallelism, one
+  stage per node) moves its activations over. AWS instance specifications: p4d.24xlarge and
+  p4de.24xlarge (8x A100) 400 Gbps (4x 100 Gbps EFA); g6e.48xlarge (8x L40S) 400 Gbps ("G6e
+  instances support up to four network cards and can deliver up to 400 Gbps", EC2 User Guide,
+  "Maximize network bandwidth on accelerated computing instances with EFA"); g5.48xlarge (8x A10G)
+  100 Gbps (EC2 accelerated computing instances: "up to 100 Gbps of network bandwidth"; AWS Batch
+  GPU instance table: g5.48xlarge 100 Gbps). 0 means not stated: the planner then plans no
+  replica across nodes on that type.
 - ``fp8_native``: FP8 tensor cores (Ada / Hopper). On Ampere (A10G, A100) TGI still
   serves fp8 weights through its Marlin weight-only kernels: memory savings are the same,
   compute runs in bf16.
@@ -29,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 GB = 1_000_000_000
+#: Bytes/s in one Gbit/s (network bandwidths are quoted in Gbps).
+GBPS = 1e9 / 8
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,8 @@ class GPUType:
     interconnect: str = "pcie"  # "pcie" or "nvlink": tensor-parallel all-reduce cost
     # further nvidia.com/gpu.product values of the same type (e.g. the PCIe variant of an SXM4 card)
     extra_product_labels: tuple[str, ...] = ()
+    # network bandwidth of one node (bytes/s) between pipeline stages on different nodes; 0: unknown
+    internode_bytes_per_s: float = 0.0
 
     @property
     def product_labels(self) -> tuple[str, ...]:
@@ -71,6 +84,7 @@ DEFAULT_GPUS: dict[str, GPUType] = {
             bf16_flops=70e12,
             price_per_gpu_hour=1.006,
             max_gpus_per_node=8,
+            internode_bytes_per_s=100 * GBPS,
         ),
         GPUType(
             name="L40S",
@@ -80,6 +94,7 @@ DEFAULT_GPUS: dict[str, GPUType] = {
             bf16_flops=362e12,
             price_per_gpu_hour=1.861,
             max_gpus_per_node=8,
+            internode_bytes_per_s=400 * GBPS,
             fp8_native=True,
         ),
         GPUType(
@@ -91,6 +106,7 @@ DEFAULT_GPUS: dict[str, GPUType] = {
             bf16_flops=312e12,
             price_per_gpu_hour=4.096,
             max_gpus_per_node=8,
+            internode_bytes_per_s=400 * GBPS,
             interconnect="nvlink",
         ),
         GPUType(
@@ -102,6 +118,7 @@ DEFAULT_GPUS: dict[str, GPUType] = {
             bf16_flops=312e12,
             price_per_gpu_hour=5.12,
             max_gpus_per_node=8,
+            internode_bytes_per_s=400 * GBPS,
             interconnect="nvlink",
         ),
     )

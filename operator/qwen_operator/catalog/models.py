@@ -35,6 +35,13 @@ replicates KV heads when the degree exceeds them (``QKVParallelLinear``: one KV 
 GPU, ``degree / kv_heads`` copies), so it also accepts ``degree % kv_heads == 0``. That is
 what lets Qwen3-235B-A22B (4 KV heads) run on 8 GPUs under vLLM, not under TGI.
 
+Pipeline stages (:meth:`QwenModel.stage_layers`, :meth:`QwenModel.stage_weight_bytes`): a replica
+spanning nodes runs one pipeline stage per node (vLLM: tensor parallelism within a node, pipeline
+parallelism across nodes). vLLM splits the decoder layers evenly over the stages (a remainder puts
+one more layer on some stages; ``VLLM_PP_LAYER_PARTITION`` overrides it), the first stage also holds
+the input embedding and the last one the final norm and the LM head. The heaviest stage is sized as
+``ceil(layers / stages)`` layers plus one vocabulary matrix, an upper bound whichever stage it is.
+
 ``thinking``: the model has Qwen3's hybrid thinking mode (``enable_thinking`` in its chat
 template). Qwen2.5 and the Qwen3-Coder instruct models have none.
 """
@@ -136,6 +143,21 @@ class QwenModel:
         dense = self.params - self.embedding_params
         return dense * BYTES_PER_PARAM[quantization] + self.embedding_params * 2.0
 
+    def stage_layers(self, stages: int) -> int:
+        """Decoder layers on the fullest of ``stages`` pipeline stages (``ceil(layers / stages)``)."""
+        return -(-self.layers // max(1, stages))
+
+    def stage_weight_bytes(self, quantization: str = "none", stages: int = 1) -> float:
+        """Bytes of weights on the heaviest of ``stages`` pipeline stages (all its GPUs together): its
+        share of the decoder layers plus one bf16 vocabulary matrix (the first stage's embedding or the
+        last one's LM head; with tied embeddings the last stage keeps its own copy). One stage: the whole
+        model (:meth:`weight_bytes`)."""
+        whole = self.weight_bytes(quantization)  # validates the quantization name
+        if stages <= 1:
+            return whole
+        body = (self.params - self.embedding_params) * BYTES_PER_PARAM[quantization]
+        return body * self.stage_layers(stages) / self.layers + self.vocab_size * self.hidden_size * 2.0
+
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         """KV cache per token: 2 (K and V) x layers x kv_heads x head_dim x dtype bytes."""
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
@@ -148,6 +170,11 @@ class QwenModel:
     def kv_bytes_per_token_per_shard(self, shards: int, dtype_bytes: int = 2) -> int:
         """KV cache bytes per token on each GPU of a ``shards``-way replica (replicated heads count in full)."""
         return 2 * self.layers * self.kv_heads_per_shard(shards) * self.head_dim * dtype_bytes
+
+    def kv_bytes_per_token_per_stage_shard(self, shards: int, stages: int, dtype_bytes: int = 2) -> int:
+        """KV cache bytes per token on each GPU of the fullest of ``stages`` pipeline stages, each
+        ``shards``-way tensor parallel (a stage caches only its own layers' K and V)."""
+        return 2 * self.stage_layers(stages) * self.kv_heads_per_shard(shards) * self.head_dim * dtype_bytes
 
     def valid_shards(self, max_shards: int = 8, kv_replication: bool = False) -> list[int]:
         """Tensor-parallel degrees that divide the attention heads and the KV heads, or, with

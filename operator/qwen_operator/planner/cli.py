@@ -29,9 +29,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "plan",
         help="print where a QwenDeployment's replicas would go",
-        description="Print the placement table (GPU type, shards, GPUs/replica, fits?, $/h, throughput, time to first "
-        "token, requests/s within the SLO, why) "
-        "and the pools for a QwenDeployment file.",
+        description="Print the placement table (GPU type, shards, nodes, GPUs/replica, fits?, $/h, throughput, time "
+        "to first token, requests/s within the SLO, why) "
+        "and the pools for a QwenDeployment file. A model one node of a GPU type cannot hold is also planned "
+        "across nodes (engine vllm: tensor parallel within a node, pipeline parallel across nodes, a "
+        "LeaderWorkerSet group, which this version of the operator does not render yet).",
     )
     _common(p)
     p.add_argument(
@@ -137,7 +139,8 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], QwenDeploymentSp
         print(f"warning: {pr.field}: {pr.message}", file=sys.stderr)
     flag = getattr(args, "reasoning", None)
     reasoning = None if flag is None else (spec.runtime.reasoning if flag == "spec" else flag) == "enabled"
-    result = plan(spec, catalog, replicas=args.replicas, free_gpus=free, reasoning=reasoning)
+    multi_node = getattr(args, "handler", None) is _plan_cmd  # render: only what the operator can apply
+    result = plan(spec, catalog, replicas=args.replicas, free_gpus=free, reasoning=reasoning, multi_node=multi_node)
     return meta, spec, catalog, result, problems
 
 
@@ -161,13 +164,14 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def format_plan(p: Plan) -> str:
-    head = ["GPU", "SHARDS", "GPUS/REPLICA", "FITS", "$/H/REPLICA", "TOK/S/SEQ*", "TTFT IDLE", "REQ/S@SLO**"]
+    head = ["GPU", "SHARDS", "NODES", "GPUS/REPLICA", "FITS", "$/H/REPLICA", "TOK/S/SEQ*", "TTFT IDLE", "REQ/S@SLO**"]
     rows = [[*head, "$/H PER REQ/S", "WHY"]]
     for c in p.candidates:
         rows.append(
             [
                 c.gpu_type,
                 str(c.shards) if c.shards else "-",
+                str(c.nodes) if c.shards else "-",
                 str(c.gpus_per_replica) if c.shards else "-",
                 "yes" if c.fits else "no",
                 f"{c.price_per_hour:.3f}" if c.fits else "-",
@@ -179,7 +183,7 @@ def format_plan(p: Plan) -> str:
             ]
         )
     for name in p.unknown_gpu_types:
-        rows.append([name, "-", "-", "no", "-", "-", "-", "-", "-", "not in the catalog"])
+        rows.append([name, "-", "-", "-", "no", "-", "-", "-", "-", "-", "not in the catalog"])
     out = [f"model {p.model}: {p.desired_replicas} replica(s) wanted", ""]
     out.append(_table(rows) if len(rows) > 1 else "(no candidates)")
     out.append("* estimated decode tokens/s per sequence (bandwidth-bound)")
@@ -189,13 +193,27 @@ def format_plan(p: Plan) -> str:
     )
     out.append("")
     if p.pools:
-        pool_rows = [["POOL", "REPLICAS", "SHARDS", "GPUS", "$/H"]]
+        pool_rows = [["POOL", "REPLICAS", "SHARDS", "NODES", "GPUS", "$/H"]]
         for pool in p.pools:
+            cand = p.candidate(pool.gpu_type)
+            nodes = cand.nodes if cand is not None else 1
             pool_rows.append(
-                [pool.gpu_type, str(pool.replicas), str(pool.shards), str(pool.gpus), f"{pool.cost_per_hour:.3f}"]
+                [
+                    pool.gpu_type,
+                    str(pool.replicas),
+                    str(pool.shards),
+                    str(nodes),
+                    str(pool.gpus * nodes),  # Pool counts one node's GPUs per replica
+                    f"{pool.cost_per_hour:.3f}",
+                ]
             )
         out.append(_table(pool_rows))
         out.append(f"total: {p.placed} replica(s), {p.cost_per_hour:.3f} $/h")
+        if any(c.multi_node for c in p.candidates if p.pool(c.gpu_type)):
+            out.append(
+                "note: pools spanning nodes need a LeaderWorkerSet per replica; this version of the operator "
+                "does not render it yet (qwenctl render and the controller leave them out)"
+            )
     else:
         out.append("no pools")
     if p.reason:

@@ -21,9 +21,27 @@ Memory model (per GPU, one replica split over ``shards`` GPUs)::
 
 Valid degrees divide both the attention and the KV heads (``QwenModel.valid_shards``; with
 ``engine: vllm`` also multiples of the KV heads, which vLLM replicates) and are at most the
-GPUs of one node (``GPUType.max_gpus_per_node``): a replica never spans nodes. A model whose
-weights do not fit one node of a GPU type (Qwen3-235B-A22B in bf16 on L40S) gets a one-line
-reason saying so: replicas across nodes (LeaderWorkerSet) are not planned.
+GPUs of one node (``GPUType.max_gpus_per_node``). A model whose weights do not fit one node of a
+GPU type (Qwen3-235B-A22B in bf16 on A100-40GB or L40S) gets a one-line reason saying so.
+
+Replicas spanning nodes (:func:`multi_node_candidate`, only with ``Workload.multi_node``, which
+``qwenctl plan`` sets and the controller does not: this version of the operator does not render
+the LeaderWorkerSet such a replica runs as). For a GPU type on one node of which the model fits
+at no valid degree, the planner takes the fewest nodes ``n`` (2 ..
+``PlacementPolicy.max_nodes_per_replica``) whose heaviest pipeline stage fits per GPU::
+
+    stage weights / tp + stage kv_reserve / tp + overhead  <=  memory x utilisation
+
+with ``tp`` the largest valid tensor-parallel degree on one node (the node's GPUs: vLLM's
+documented multi-node layout, tensor parallelism within a node and pipeline parallelism across
+nodes), the stage weights :meth:`..catalog.models.QwenModel.stage_weight_bytes` and the KV reserve
+of the stage's own layers. The candidate has ``nodes = n``, ``shards = tp``, ``n x tp`` GPUs and
+``n x tp`` GPUs' price per replica. Engine vllm only: TGI shards a replica over one machine's GPUs
+(tensor parallelism) and has no pipeline parallelism. Its decode throughput per sequence is one
+token per pass through every stage, ``1 / (decode_bytes / (bandwidth x tp x tp_efficiency) +
+(n - 1) x hop)`` (:data:`..capacity.model.PIPELINE_HOP_LATENCY_S` plus one token's activations
+over :attr:`..catalog.gpus.GPUType.internode_bytes_per_s`); the SLO figures come from the replica
+model with ``nodes = n``.
 
 Mixture-of-experts models (Qwen3-30B-A3B, Qwen3-235B-A22B): memory counts **total**
 parameters (every expert is resident: Qwen3-30B-A3B needs the GPUs of a 30B dense model),
@@ -68,7 +86,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ..capacity.model import ReplicaModel, SLOCapacity, supports_kv_replication, typical_output_tokens
+from ..capacity.model import (
+    PIPELINE_ACTIVATION_TENSORS,
+    PIPELINE_HOP_LATENCY_S,
+    ReplicaModel,
+    SLOCapacity,
+    supports_kv_replication,
+    supports_pipeline_parallel,
+    typical_output_tokens,
+)
 from ..catalog import BYTES_PER_PARAM, GB, GPUType, QwenModel
 
 
@@ -82,6 +108,7 @@ class PlacementPolicy:
     tp_efficiency_nvlink: float = 0.9
     tp_efficiency_pcie: float = 0.8
     rank_by: str = "slo"  # "slo": $/h per request/s within the SLO; "decode": $/h per decode token/s
+    max_nodes_per_replica: int = 8  # most nodes (pipeline stages) a replica may span (Workload.multi_node)
 
 
 DEFAULT_POLICY = PlacementPolicy()
@@ -104,6 +131,10 @@ class Workload:
     #: spec.runtime.reasoning == "enabled": add thinking tokens to the typical reply (models with
     #: Qwen3's thinking mode only). None: not stated, typicalOutputTokens is the whole reply.
     reasoning: bool | None = None
+    #: Also plan replicas spanning nodes (pipeline parallelism, a LeaderWorkerSet group) on GPU types
+    #: one node of which holds no replica: ``qwenctl plan`` sets it; the controller does not (it
+    #: cannot run them yet).
+    multi_node: bool = False
 
     @property
     def typical_prompt(self) -> int:
@@ -155,10 +186,16 @@ class Candidate:
     slo_rate: float = 0.0  # requests/s within the SLO per replica (0: not estimated or cannot meet it)
     slo_concurrency: float = 0.0  # requests in flight at slo_rate
     rank_by: str = "slo"  # PlacementPolicy.rank_by; "slo" without slo_rate ranks by decode (see rank_key)
+    nodes: int = 1  # nodes (pipeline stages) one replica spans, each with ``shards`` GPUs
 
     @property
     def gpus_per_replica(self) -> int:
-        return self.shards
+        return self.shards * self.nodes
+
+    @property
+    def multi_node(self) -> bool:
+        """The replica spans nodes (a LeaderWorkerSet group, which this operator version does not render)."""
+        return self.nodes > 1
 
     @property
     def cost_per_slo_rate(self) -> float:
@@ -203,6 +240,10 @@ def _fit(work: Workload, gpu: GPUType, shards: int, policy: PlacementPolicy) -> 
     kv_per_token_per_gpu = work.model.kv_bytes_per_token_per_shard(shards)
     tokens = max(0, int(free_for_kv / kv_per_token_per_gpu))
     return weights + kv + policy.overhead_bytes_per_gpu <= usable, weights, kv, usable, tokens
+
+
+#: The end of the one-node "does not fit" reason; :func:`multi_node_candidate` replaces it with its own answer.
+_NOT_ACROSS_NODES = "; replicas spanning nodes (LeaderWorkerSet) are not supported"
 
 
 def candidate_for(work: Workload, gpu: GPUType, policy: PlacementPolicy = DEFAULT_POLICY) -> Candidate:
@@ -263,7 +304,7 @@ def candidate_for(work: Workload, gpu: GPUType, policy: PlacementPolicy = DEFAUL
         if work.weight_bytes > node:
             why = (
                 f"does not fit on one node: {_gb(work.weight_bytes)} of weights > {_gb(node)} usable on "
-                f"{node_limit}x {gpu.name}; replicas spanning nodes (LeaderWorkerSet) are not supported"
+                f"{node_limit}x {gpu.name}{_NOT_ACROSS_NODES}"
             )
         elif not work.kv_replication and largest < node_limit:
             wider = [n for n in work.model.valid_shards(node_limit, kv_replication=True) if n > largest]
@@ -280,14 +321,14 @@ _SLO_CACHE: dict[tuple[object, ...], SLOCapacity | None] = {}
 _SLO_CACHE_MAX = 1024
 
 
-def slo_capacity(work: Workload, gpu: GPUType, shards: int) -> SLOCapacity | None:
+def slo_capacity(work: Workload, gpu: GPUType, shards: int, nodes: int = 1) -> SLOCapacity | None:
     """The replica model's answer for ``work``'s typical request on ``shards`` x ``gpu`` (memoised:
     the reconcile loop asks the same question every few seconds). None: the replica model
     refuses the replica (its memory budget differs slightly from the planner's)."""
     assert work.slo_seconds is not None
     p, o = work.typical_prompt, work.typical_output
     key: tuple[object, ...] = (repr(work.model), gpu, shards, work.quantization, work.max_concurrent_requests)
-    key += (work.engine, work.max_input_tokens, work.max_total_tokens, p, o, work.slo_seconds)
+    key += (work.engine, work.max_input_tokens, work.max_total_tokens, p, o, work.slo_seconds, nodes)
     if key not in _SLO_CACHE:
         if len(_SLO_CACHE) >= _SLO_CACHE_MAX:
             _SLO_CACHE.clear()
@@ -301,6 +342,7 @@ def slo_capacity(work: Workload, gpu: GPUType, shards: int) -> SLOCapacity | Non
                 max_input_tokens=work.max_input_tokens,
                 max_total_tokens=work.max_total_tokens,
                 engine=work.engine,
+                nodes=nodes,
             )
         except ValueError:
             _SLO_CACHE[key] = None
@@ -311,7 +353,7 @@ def slo_capacity(work: Workload, gpu: GPUType, shards: int) -> SLOCapacity | Non
 
 def _with_slo(c: Candidate, work: Workload, gpu: GPUType) -> Candidate:
     """``c`` with its time-to-first-token figures; not usable when an idle replica misses the SLO."""
-    cap = slo_capacity(work, gpu, c.shards)
+    cap = slo_capacity(work, gpu, c.shards, c.nodes)
     slo, p, o = work.slo_seconds, work.typical_prompt, work.typical_output
     if cap is None:
         return replace(c, reason=f"{c.reason}; time to first token not estimated")
@@ -321,7 +363,7 @@ def _with_slo(c: Candidate, work: Workload, gpu: GPUType) -> Candidate:
             fits=False,
             idle_ttft=cap.idle_ttft,
             reason=f"misses the SLO: time to first token of a {p}-token prompt is {cap.idle_ttft:.2f} s on an idle "
-            f"{c.shards}x {gpu.name} replica > P95 TTFT SLO {slo:g} s (spec.scaling.p95LatencySeconds); "
+            f"{_shape(c.shards, c.nodes, gpu)} replica > P95 TTFT SLO {slo:g} s (spec.scaling.p95LatencySeconds); "
             f"fits in memory ({c.reason.split(': ', 1)[1]})",
         )
     return replace(
@@ -335,9 +377,121 @@ def _with_slo(c: Candidate, work: Workload, gpu: GPUType) -> Candidate:
 
 
 def candidates(work: Workload, gpus: list[GPUType], policy: PlacementPolicy = DEFAULT_POLICY) -> list[Candidate]:
-    """One candidate per allowed GPU type, best (lowest :func:`rank_key`) first, unusable last."""
+    """One candidate per allowed GPU type, best (lowest :func:`rank_key`) first, unusable last.
+
+    With ``work.multi_node``, a GPU type one node of which holds no replica gets
+    :func:`multi_node_candidate` instead (replicas spanning nodes)."""
     found = [candidate_for(work, gpu, policy) for gpu in gpus]
+    if work.multi_node:
+        found = [multi_node_candidate(work, gpu, policy, c) for gpu, c in zip(gpus, found, strict=True)]
     return sorted(found, key=rank_key)
+
+
+def _shape(shards: int, nodes: int, gpu: GPUType) -> str:
+    """``8x A100-40GB`` or, across nodes, ``2 nodes x 8x A100-40GB``."""
+    return f"{shards}x {gpu.name}" if nodes == 1 else f"{nodes} nodes x {shards}x {gpu.name}"
+
+
+def _fit_stages(
+    work: Workload, gpu: GPUType, shards: int, nodes: int, policy: PlacementPolicy
+) -> tuple[bool, float, float, float, int]:
+    """:func:`_fit` for a replica of ``nodes`` pipeline stages of ``shards`` GPUs, per GPU of the heaviest stage."""
+    weights = work.model.stage_weight_bytes(work.quantization, nodes) / shards
+    per_token = work.model.kv_bytes_per_token_per_stage_shard(shards, nodes)
+    sequences = max(1, min(policy.min_batch_sequences, work.max_concurrent_requests))
+    kv = float(per_token * work.max_total_tokens * sequences)
+    usable = gpu.memory_bytes * policy.utilisation
+    tokens = max(0, int((usable - policy.overhead_bytes_per_gpu - weights) / per_token))
+    return weights + kv + policy.overhead_bytes_per_gpu <= usable, weights, kv, usable, tokens
+
+
+def pipeline_throughput(
+    work: Workload, gpu: GPUType, shards: int, nodes: int, policy: PlacementPolicy = DEFAULT_POLICY
+) -> float:
+    """Relative decode tokens/s per sequence of a replica across ``nodes`` nodes: one token per pass
+    through every stage, the stages' decode time (:func:`relative_throughput` at ``shards`` GPUs)
+    plus ``nodes - 1`` hops of one token's activations."""
+    if nodes == 1:
+        return relative_throughput(work, gpu, shards, policy)
+    activations = work.model.hidden_size * 2.0 * PIPELINE_ACTIVATION_TENSORS  # one token's, bf16
+    hop = PIPELINE_HOP_LATENCY_S + activations / gpu.internode_bytes_per_s
+    return 1.0 / (1.0 / relative_throughput(work, gpu, shards, policy) + (nodes - 1) * hop)
+
+
+#: The WHY text's note on a replica across nodes.
+LWS_NOTE = (
+    "runs as a LeaderWorkerSet group of {nodes} pods (one per node; vLLM tensor parallel {tp} within a node, "
+    "pipeline parallel {nodes} across nodes): this version of the operator does not render it yet"
+)
+
+
+def multi_node_candidate(
+    work: Workload, gpu: GPUType, policy: PlacementPolicy = DEFAULT_POLICY, single: Candidate | None = None
+) -> Candidate:
+    """The fewest nodes of ``gpu`` one replica of ``work`` fits across, when one node holds none.
+
+    ``single``: :func:`candidate_for`'s answer (computed when not given); returned unchanged when the
+    model fits one node in memory (whatever the SLO says) or ``tensorParallel`` names a degree one
+    node cannot run. Otherwise: a candidate with ``nodes`` > 1 (engine vllm, a GPU type with an
+    inter-node bandwidth), or ``single`` with the reason why no replica spans nodes."""
+    single = single if single is not None else candidate_for(work, gpu, policy)
+    base = single.reason.replace(_NOT_ACROSS_NODES, "")
+    node_limit = gpu.max_gpus_per_node
+    own = work.model.valid_shards(node_limit, work.kv_replication)
+    if single.fits or any(_fit(work, gpu, n, policy)[0] for n in own):
+        return single
+    if work.tensor_parallel is not None and work.tensor_parallel not in own:
+        return single
+    if not supports_pipeline_parallel(work.engine):
+        if any(_fit(work, gpu, n, policy)[0] for n in work.model.valid_shards(node_limit, kv_replication=True)):
+            return single  # its reason already says vllm would fit one node
+        return replace(
+            single,
+            reason=f"{base}; {work.engine} cannot run one replica across nodes (it shards a replica over "
+            "one machine's GPUs only, no pipeline parallelism); engine vllm can",
+        )
+    if not gpu.internode_bytes_per_s > 0:
+        return replace(
+            single,
+            reason=f"{base}; a replica across nodes needs the node network bandwidth "
+            f"(catalog.gpuTypes.{gpu.name}.interNodeGbps)",
+        )
+    tp = work.tensor_parallel if work.tensor_parallel is not None else (own[-1] if own else 0)
+    if not tp:
+        return single
+    top = min(policy.max_nodes_per_replica, work.model.layers)
+    for nodes in range(2, top + 1):
+        fits, weights, kv, usable, tokens = _fit_stages(work, gpu, tp, nodes, policy)
+        if not fits:
+            continue
+        memory = (
+            f"{_shape(tp, nodes, gpu)}: {_gb(weights)} weights + {_gb(kv)} KV + "
+            f"{_gb(policy.overhead_bytes_per_gpu)} overhead <= {_gb(usable)} per GPU of the heaviest pipeline stage; "
+            f"KV room for {tokens} tokens ({tokens / work.max_total_tokens:.1f} full-length sequences); "
+            + LWS_NOTE.format(nodes=nodes, tp=tp)
+        )
+        cand = Candidate(
+            gpu_type=gpu.name,
+            fits=True,
+            shards=tp,
+            price_per_hour=nodes * tp * gpu.price_per_gpu_hour,
+            throughput=pipeline_throughput(work, gpu, tp, nodes, policy),
+            reason=memory,
+            weights_per_gpu=weights,
+            kv_per_gpu=kv,
+            usable_per_gpu=usable,
+            kv_tokens=tokens,
+            rank_by=policy.rank_by,
+            nodes=nodes,
+        )
+        return _with_slo(cand, work, gpu) if work.slo_seconds is not None else cand
+    _, weights, kv, usable, _ = _fit_stages(work, gpu, tp, top, policy)
+    return replace(
+        single,
+        reason=f"{base}; nor across up to {top} nodes: at {top} nodes x {tp}x {gpu.name} needs "
+        f"{_gb(weights)} weights + {_gb(kv)} KV + {_gb(policy.overhead_bytes_per_gpu)} overhead > "
+        f"{_gb(usable)} usable per GPU",
+    )
 
 
 def rank_key(c: Candidate) -> tuple[int, float, float, str]:

@@ -7,8 +7,8 @@ that fits no allowed GPU type or a cluster without free GPUs all give a plan who
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from ..api.spec import QwenDeploymentSpec
 from ..catalog import Catalog, GPUType, resolve_gpu_name, resolve_model_name
@@ -107,6 +107,7 @@ def plan(
     current: Mapping[str, int] | None = None,
     policy: PlacementPolicy = DEFAULT_POLICY,
     reasoning: bool | None = None,
+    multi_node: bool = False,
 ) -> Plan:
     """Plan ``replicas`` (default: :meth:`QwenDeploymentSpec.desired_replicas`) for ``spec``.
 
@@ -115,6 +116,12 @@ def plan(
     runs now; existing pools are kept and resized rather than re-planned from scratch.
     ``reasoning``: count Qwen3 thinking tokens in the typical reply (:func:`workload_for`); the
     controller passes ``spec.runtime.reasoning == "enabled"``, None keeps today's figures.
+    ``multi_node``: also plan replicas spanning nodes on GPU types one node of which holds none
+    (:attr:`Workload.multi_node`; ``qwenctl plan`` passes True). The controller leaves it False: this
+    version of the operator does not render the LeaderWorkerSet such a replica needs. Their pools
+    (:class:`Pool` has no node count) keep ``shards`` as the tensor-parallel degree per node, so a
+    multi-node pool's ``Pool.gpus`` counts one node's GPUs per replica; take
+    ``Candidate.gpus_per_replica`` for the whole replica.
     """
     desired = spec.desired_replicas() if replicas is None else max(0, replicas)
     try:
@@ -127,6 +134,8 @@ def plan(
             reason_code=MODEL_NOT_IN_CATALOG,
             reason=f"model {spec.model.name!r} is not in the catalog; known: {', '.join(sorted(catalog.models))}",
         )
+    if multi_node:
+        work = replace(work, multi_node=True)
     gpus, unknown = allowed_gpus(spec, catalog)
     found = tuple(candidates(work, gpus, policy))
     common = {"model": work.model.name, "desired_replicas": desired, "unknown_gpu_types": tuple(unknown)}
@@ -147,7 +156,7 @@ def plan(
                 **common,  # type: ignore[arg-type]
             )
         where = "no allowed GPU type"
-        if found and all("does not fit on one node" in c.reason for c in found):
+        if not multi_node and found and all("does not fit on one node" in c.reason for c in found):
             where += " on a single node (replicas spanning nodes are not supported)"
         return Plan(
             candidates=found,
@@ -157,7 +166,7 @@ def plan(
             f"maxTotalTokens {work.max_total_tokens}) fits {where}: {detail}",
             **common,  # type: ignore[arg-type]
         )
-    pools, unplaced, why = resize(found, current or {}, desired, free_gpus)
+    pools, unplaced, why = _resize(found, current or {}, desired, free_gpus)
     return Plan(
         candidates=found,
         pools=tuple(pools),
@@ -166,3 +175,27 @@ def plan(
         reason=why,
         **common,  # type: ignore[arg-type]
     )
+
+
+def _resize(
+    found: tuple[Candidate, ...], current: Mapping[str, int], desired: int, free: FreeGPUs | None
+) -> tuple[list[Pool], int, str]:
+    """:func:`.pools.resize`, also for candidates spanning nodes: such a replica needs ``nodes`` nodes
+    with ``shards`` free GPUs each, so resize sees it as one replica of ``nodes x shards`` GPUs and the
+    free GPUs of its type as whole groups of nodes; its pool keeps ``shards`` (GPUs per node)."""
+    spanning = {c.gpu_type: c for c in found if c.nodes > 1}
+    if not spanning:
+        return resize(found, current, desired, free)
+    view = [replace(c, shards=c.gpus_per_replica, nodes=1) if c.gpu_type in spanning else c for c in found]
+    groups: dict[str, int | Sequence[int]] | None = None
+    if free is not None:
+        groups = dict(free)
+        for name, c in spanning.items():
+            f = free.get(name, 0)
+            if not isinstance(f, int):  # per node: nodes with a whole stage's GPUs free, in groups of ``nodes``
+                stages = sum(max(0, n) // c.shards for n in f)
+                groups[name] = stages // c.nodes * c.gpus_per_replica
+            # a total (an int): fragmentation across nodes is ignored, as for one-node replicas
+    pools, unplaced, why = resize(view, current, desired, groups)
+    back = [replace(p, shards=spanning[p.gpu_type].shards) if p.gpu_type in spanning else p for p in pools]
+    return back, unplaced, why
