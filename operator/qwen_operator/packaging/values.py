@@ -180,6 +180,8 @@ class GPUTypeOverride(_Values):
     """FP8 tensor cores (Ada / Hopper)."""
     interconnect: Literal["pcie", "nvlink"] | None = None
     """GPU-to-GPU link used by tensor-parallel all-reduce."""
+    inter_node_gbps: float | None = Field(default=None, gt=0, alias="interNodeGbps")
+    """Network bandwidth of one node in Gbit/s, between the pipeline stages of a replica spanning nodes."""
 
 
 class ModelOverride(_Values):
