@@ -34,7 +34,7 @@ from .failures import pod_cause
 from .inventory import LiveInventory
 from .kube import Kube, StatusConflictError
 from .metrics import RECONCILE_SECONDS, RECONCILES
-from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute, with_watcher_status
+from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute, with_own_status, with_watcher_status
 from .rollout import pool_pods_unschedulable
 from .routing import is_router
 from .versions import MANAGER as MODEL_SYNC_MANAGER
@@ -77,6 +77,9 @@ class Controller:
     # drift already reverted: (kind, namespace, name) -> the live resourceVersion it was seen at
     reverted: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
     last_status: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # the resourceVersion the cached QwenDeployment had when last_status was written: while the
+    # cache still shows it, the watch has not delivered that write, and last_status is the truth
+    last_status_rv: dict[Key, str | None] = field(default_factory=dict)
     # a canary timeout recorded in status.model: (resourceVersion it was computed from, what was written)
     model_written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
     reconciles: int = 0
@@ -127,6 +130,7 @@ class Controller:
         if event_type == "DELETED":
             self.qwds.pop(key, None)
             self.last_status.pop(key, None)
+            self.last_status_rv.pop(key, None)
             self.wants_gpus.discard(key)
             task = self.tasks.pop(key, None)
             self.triggers.pop(key, None)
@@ -310,6 +314,9 @@ class Controller:
         if written is not None and written[0] == rv:  # the watch has not delivered that write yet
             obs = with_watcher_status(obs, written[1])
             self.model_written[key] = written
+        own = self.last_status.get(key)
+        if own is not None and key in self.last_status_rv and self.last_status_rv[key] == rv:
+            obs = with_own_status(obs, own)  # our last status write is not in the cache yet
         out = compute(obs, self.catalog)
         if out.wants_gpus:
             self.wants_gpus.add(key)
@@ -328,8 +335,8 @@ class Controller:
                 return Outcome(requeue_after=0.5)  # nothing applied or deleted on a stale decision
             self.model_written[key] = (rv, out.model_status)
         self._filter_expected(out)
-        if out.status is not None and self.last_status.get(key) == out.status:
-            out.status = None  # already written; the watch has not caught up yet
+        if out.status is not None and self.last_status_rv.get(key) == rv and self.last_status.get(key) == out.status:
+            out.status = None  # already written; the watch has not caught up yet (a newer copy is compared)
         qwd = self.qwds[key]
         now = time.monotonic()
         for m in out.apply:
@@ -347,6 +354,7 @@ class Controller:
         if out.status is not None:
             await run(KUBE, self.kube.apply_status, key[0], key[1], out.status)
             self.last_status[key] = out.status
+            self.last_status_rv[key] = rv
         for e in out.events:
             try:
                 await run(KUBE, self.kube.event, qwd, e.type, e.reason, e.message)
@@ -359,7 +367,7 @@ class Controller:
                 key[1],
                 len(out.apply),
                 len(out.delete),
-                "updated" if out.status is not None else "unchanged",
+                f"updated ({', '.join(out.status_changed)})" if out.status is not None else "unchanged",
                 out.plan.pool_summary if out.plan else "-",
             )
         return out

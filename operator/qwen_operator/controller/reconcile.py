@@ -94,6 +94,7 @@ class Outcome:
     apply: list[dict[str, Any]] = field(default_factory=list)
     delete: list[dict[str, Any]] = field(default_factory=list)  # live Deployments to delete
     status: dict[str, Any] | None = None  # this controller's status fields, None = unchanged
+    status_changed: tuple[str, ...] = ()  # which of them differ from the live status (the log says why it wrote)
     events: list[Event] = field(default_factory=list)
     plan: Plan | None = None
     spec: QwenDeploymentSpec | None = None
@@ -144,6 +145,22 @@ def with_watcher_status(obs: Observed, written: Mapping[str, Any]) -> Observed:
     status = dict(qwd.get("status") or {})
     status["model"] = written.get("model") or {}
     others = [c for c in status.get("conditions") or [] if c.get("type") != cond.MODEL_SYNCED]
+    status["conditions"] = others + list(written.get("conditions") or [])
+    qwd["status"] = status
+    return replace(obs, qwd=qwd)
+
+
+def with_own_status(obs: Observed, written: Mapping[str, Any]) -> Observed:
+    """``obs`` with this controller's status subset (:func:`_status_subset`'s keys and the Ready,
+    Progressing and Degraded conditions) replaced by ``written``: what it last wrote while the watch
+    has not delivered that write yet. Deciding from the stale copy would stamp a new
+    ``lastTransitionTime`` on each pass and write again (under load, every resync until the event
+    arrives)."""
+    qwd = dict(obs.qwd)
+    status = dict(qwd.get("status") or {})
+    mine = {cond.READY, cond.PROGRESSING, cond.DEGRADED}
+    status.update({k: v for k, v in written.items() if k != "conditions"})
+    others = [c for c in status.get("conditions") or [] if c.get("type") not in mine]
     status["conditions"] = others + list(written.get("conditions") or [])
     qwd["status"] = status
     return replace(obs, qwd=qwd)
@@ -214,6 +231,17 @@ def _status_subset(status: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _changed(status: Mapping[str, Any], live: Mapping[str, Any]) -> tuple[str, ...]:
+    """The status fields that differ (a condition by its type and field: ``conditions.Ready.message``)."""
+    out = [k for k in sorted({*status, *live}) if k != "conditions" and status.get(k) != live.get(k)]
+    mine = {c.get("type"): c for c in status.get("conditions") or []}
+    theirs = {c.get("type"): c for c in live.get("conditions") or []}
+    for t in sorted({*mine, *theirs}, key=str):
+        a, b = mine.get(t) or {}, theirs.get(t) or {}
+        out += [f"conditions.{t}.{f}" for f in sorted({*a, *b}) if a.get(f) != b.get(f)]
+    return tuple(out)
+
+
 def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.datetime | None = None) -> Outcome:
     """``now`` stamps condition transitions; ``at`` is the clock canary deadlines are read on (default: ``now``)."""
     clock = at or parse_time(now) or dt.datetime.now(dt.UTC)
@@ -232,8 +260,10 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
             now=now,
         )
         status = {"observedGeneration": generation, "selector": selector_string(name), **extra, "conditions": merged}
-        if status != _status_subset(live_status):
+        live = _status_subset(live_status)
+        if status != live:
             out.status = status
+            out.status_changed = _changed(status, live)
         return out
 
     try:
