@@ -61,7 +61,9 @@ def test_plan_from_cluster_counts_gpus_taken_by_running_pods(kube_api: Any, name
     pools = {
         line.split()[0]: int(line.split()[1])
         for line in proc.stdout.splitlines()
-        if line.split() and line.split()[0] in ("A10G", "L40S") and len(line.split()) == 5
+        if line.split()
+        and line.split()[0] in ("A10G", "L40S")
+        and len(line.split()) == 6  # POOL REPLICAS SHARDS NODES GPUS $/H
     }
     # L40S first (cheapest per request/s within the SLO) on its 2 free GPUs, the rest spills to A10G
     assert pools == {"L40S": 2, "A10G": 4}, proc.stdout
