@@ -120,8 +120,19 @@ def pool_estimates(
     length instead of ``typicalPromptTokens``. Which pools there are stays placement's (the
     typical request): a type the observed prompts rule out, or an estimate in another unit,
     keeps its typical-request estimate."""
-    base = _estimates(spec, catalog, current)
+    return learned_estimates(spec, catalog, current, _estimates(spec, catalog, current), prompt_tokens)
+
+
+def learned_estimates(
+    spec: QwenDeploymentSpec,
+    catalog: Catalog,
+    current: Mapping[str, int],
+    base: Sequence[PoolEstimate],
+    prompt_tokens: int | None,
+) -> list[PoolEstimate]:
+    """``base`` (:func:`pool_estimates` at the typical request) re-weighed at ``prompt_tokens``."""
     if prompt_tokens is None or prompt_tokens == spec.scaling.typical_prompt_tokens:
+        return list(base)
         return base
     scaling = spec.scaling.model_copy(update={"typical_prompt_tokens": prompt_tokens})
     learned = {e.gpu_type: e for e in _estimates(spec.model_copy(update={"scaling": scaling}), catalog, current)}
@@ -485,19 +496,21 @@ class Autoscaler:
         for gpu_type in stuck:
             state.stuck_until[gpu_type] = now + STUCK_BACKOFF_SECONDS
         blocked = {t for t, until in state.stuck_until.items() if until > now}
+        current = _current(obs)
+        base = pool_estimates(spec, self.catalog, current)  # one plan per tick at the typical request
         if self.fetch is None:
             fleet = FleetSignals(
                 error="No Prometheus URL is configured (operator config prometheus.url or --prometheus-url)."
             )
         else:
             # a canary's queue is real load (the router sends it traffic), though never capacity to size
-            types = [e.gpu_type for e in pool_estimates(spec, self.catalog, _current(obs))]
+            types = [e.gpu_type for e in base]
             prefixes = [pool_deployment_name(key[1], t) for t in types]
             prefixes += [canary_name(key[1], t) for t in types]
             router = router_name(key[1]) if spec.routing.enabled else None
             fleet = await run(METRICS, self.fetch, key[0], prefixes, runtime_for(spec).metrics, router)
         prompt = observed_prompt_tokens(spec, fleet)
-        estimates = pool_estimates(spec, self.catalog, _current(obs), prompt)
+        estimates = learned_estimates(spec, self.catalog, current, base, prompt)
         pools = pool_states(
             obs, spec, self.catalog, estimates, stuck={t: len(v) for t, v in stuck.items()}, blocked=blocked
         )

@@ -61,7 +61,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -71,6 +70,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from .procs import free_port
 
 NAME = "lws"
 VERSION = "v0.9.0"
@@ -199,13 +200,6 @@ def build(force: bool = False) -> Path:
 
 
 # --- running it ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def webhook_configurations(manifest: list[dict[str, Any]], base_url: str, ca_bundle: bytes) -> list[dict[str, Any]]:
