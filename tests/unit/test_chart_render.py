@@ -216,6 +216,8 @@ def test_rbac_is_exactly_what_the_operator_needs(default: list[dict[str, Any]]) 
         # the Gateway API path (spec.routing.gateway.inferencePool)
         *(("inference.networking.k8s.io", "inferencepools", v) for v in (*read, "create", "patch", "delete")),
         *(("gateway.networking.k8s.io", "httproutes", v) for v in (*read, "create", "patch", "delete")),
+        # pools whose replica spans nodes (a LeaderWorkerSet each)
+        *(("leaderworkerset.x-k8s.io", "leaderworkersets", v) for v in (*read, "create", "patch", "delete")),
         *(("", "nodes", v) for v in read),
         ("", "events", "create"),
         *(
@@ -240,6 +242,7 @@ def test_rbac_is_exactly_what_the_operator_needs(default: list[dict[str, Any]]) 
         "servicemonitors.monitoring.coreos.com",
         "inferencepools.inference.networking.k8s.io",
         "httproutes.gateway.networking.k8s.io",
+        "leaderworkersets.leaderworkerset.x-k8s.io",
     ]
 
 
@@ -259,8 +262,15 @@ def test_service_monitor_rbac_is_optional() -> None:
     assert not {g for g in _grants(objects) if g[0] == "monitoring.coreos.com"}
     (crd_rule,) = [r for r in _rules(objects) if "customresourcedefinitions" in r["resources"]]
     assert "servicemonitors.monitoring.coreos.com" not in crd_rule["resourceNames"]
-    neither = _grants(template("rbac.serviceMonitors=false", "rbac.gatewayAPI=false"))
+    neither = _grants(template("rbac.serviceMonitors=false", "rbac.gatewayAPI=false", "rbac.leaderWorkerSet=false"))
     assert not {g for g in neither if g[0] == "apiextensions.k8s.io"}
+
+
+def test_leader_worker_set_rbac_is_optional(default: list[dict[str, Any]]) -> None:
+    grants = _grants(template("rbac.leaderWorkerSet=false"))
+    assert not {g for g in grants if g[0] == "leaderworkerset.x-k8s.io"}
+    (crd_rule,) = [r for r in _rules(default) if "customresourcedefinitions" in r["resources"]]
+    assert "leaderworkersets.leaderworkerset.x-k8s.io" in crd_rule["resourceNames"]
 
 
 def test_gateway_api_rbac_is_optional() -> None:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from qwen_operator.api.spec import QwenDeploymentSpec
 from qwen_operator.capacity.model import PIPELINE_HOP_LATENCY_S, ReplicaModel
@@ -47,7 +48,7 @@ def test_235b_bf16_on_a100_40gb_needs_the_fewest_nodes_that_fit() -> None:
     if c.nodes > 2:
         assert not _fit_stages(work, A100_40, c.shards, c.nodes - 1, DEFAULT_POLICY)[0]
     assert c.nodes == 2  # 470 GB over 16x 40 GB
-    assert "LeaderWorkerSet" in c.reason and "does not render it yet" in c.reason
+    assert "LeaderWorkerSet" in c.reason and "needs the LeaderWorkerSet CRD" in c.reason
     # per GPU: about 1/16 of the weights (the heaviest stage: 47 of 94 layers plus one vocabulary matrix)
     whole = DEFAULT_MODELS[BIG].weight_bytes("none")
     assert whole / 16 <= c.weights_per_gpu < whole / 16 * 1.02
@@ -191,11 +192,14 @@ def test_qwenctl_plan_shows_nodes_and_the_leaderworkerset_note(
     )
     assert main(["plan", "-f", str(f), "--gpus", "a100-40gb=32"]) == 0
     out = capsys.readouterr().out
-    assert "NODES" in out and "LeaderWorkerSet" in out and "does not render it yet" in out
+    assert "NODES" in out and "LeaderWorkerSetNotInstalled" in out
     row = next(line for line in out.splitlines() if line.startswith("A100-40GB"))
     assert row.split()[:4] == ["A100-40GB", "8", "2", "16"]
     pool = out[out.index("POOL") :].splitlines()[1].split()
     assert pool[:5] == ["A100-40GB", "1", "8", "2", "16"]
-    # render shows what the operator can apply: no replica across nodes
-    assert main(["render", "-f", str(f)]) == 1
-    assert "NoGPUTypeFits" in capsys.readouterr().err
+    # render shows what the operator applies in a cluster with LeaderWorkerSet: one group of 2 pods
+    assert main(["render", "-f", str(f)]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    (lws,) = [d for d in docs if d and d["kind"] == "LeaderWorkerSet"]
+    assert not [d for d in docs if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "q-a100-40gb"]
+    assert lws["metadata"]["name"] == "q-a100-40gb" and lws["spec"]["leaderWorkerTemplate"]["size"] == 2

@@ -138,4 +138,12 @@ the rest through owner references.
   resources: ["httproutes"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}
+{{- if .Values.rbac.leaderWorkerSet }}
+# Pools whose replica spans nodes: a LeaderWorkerSet per pool (its controller creates the group
+# pods), only when that CRD exists; server-side applied, watched (drift, status), deleted when
+# the pool leaves the plan.
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{- end }}
 {{- end }}

@@ -50,16 +50,21 @@ class Condition(BaseModel):
 
 
 class PoolStatus(BaseModel):
-    """One GPU pool: a Deployment of identical replicas on one GPU type."""
+    """One GPU pool: a Deployment of identical replicas on one GPU type (a LeaderWorkerSet of
+    identical groups when a replica spans nodes)."""
 
     model_config = _CONFIG
 
     gpu_type: str = Field(max_length=32)
     """GPU catalog type of this pool, e.g. L40S."""
     deployment: str = Field(default="", max_length=253)
-    """Name of the pool's Deployment."""
+    """Name of the pool's Deployment (or LeaderWorkerSet: see kind)."""
+    kind: str | None = Field(default=None, max_length=32)
+    """LeaderWorkerSet when a replica spans nodes; absent for a Deployment."""
     shards: int = Field(ge=1, le=64)
-    """Tensor-parallel shards (GPUs) per replica."""
+    """Tensor-parallel shards (GPUs) per replica, per node when the replica spans nodes."""
+    nodes: int | None = Field(default=None, ge=2, le=64)
+    """Nodes one replica spans (pipeline stages, one pod each in its LeaderWorkerSet group); absent: one node."""
     replicas: int = Field(default=0, ge=0)
     """Replicas the pool is sized to."""
     ready_replicas: int = Field(default=0, ge=0)

@@ -123,6 +123,7 @@ def pool_targets(
     current: Mapping[str, int],
     free: Mapping[str, Sequence[int]],
     shards: Mapping[str, int],
+    spans: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, int], dict[str, list[int]]]:
     """Where the reconciler starts from to apply the autoscaler's per-pool ``desired`` counts.
 
@@ -131,7 +132,8 @@ def pool_targets(
     type, a replica needs all its ``shards`` on one node). Returns those starting sizes and
     the free GPUs left after them: the planner then places only what no longer fits (its
     spill-over, cheapest per unit first), so the GPUs counted here are not booked twice.
-    Pools absent from ``desired`` go to zero.
+    Pools absent from ``desired`` go to zero. ``spans``: nodes one replica of a type spans (a
+    LeaderWorkerSet group: ``shards`` free on each of that many nodes; default 1).
     """
     left = {t: [max(0, n) for n in nodes] for t, nodes in free.items()}
     start: dict[str, int] = {}
@@ -140,11 +142,13 @@ def pool_targets(
         n = min(want, live)
         need = shards.get(gpu_type, 0)
         nodes = left.get(gpu_type, [])
+        span = max(1, (spans or {}).get(gpu_type, 1))
         for _ in range(want - n):
-            node = next((i for i, f in enumerate(nodes) if need > 0 and f >= need), None)
-            if node is None:
+            picks = [i for i, f in enumerate(nodes) if need > 0 and f >= need][:span]
+            if len(picks) < span:
                 break
-            nodes[node] -= need
+            for i in picks:
+                nodes[i] -= need
             n += 1
         start[gpu_type] = n
     return start, left

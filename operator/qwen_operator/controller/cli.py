@@ -374,6 +374,7 @@ def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any)
     import kopf
     from kubernetes import client, config
 
+    from ..render.lws import LWS_CRD
     from .autoscaler import Autoscaler
     from .handlers import Controller, register
     from .kube import Kube
@@ -383,6 +384,8 @@ def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any)
     ctl_config.service_monitor_crd = _crd_exists(api, "servicemonitors.monitoring.coreos.com")
     # the Gateway API path (spec.routing.gateway.inferencePool) needs both CRDs in the cluster
     ctl_config.gateway_api_crds = all(_crd_exists(api, crd) for crd in GATEWAY_API_CRDS)
+    # replicas spanning nodes run as LeaderWorkerSet groups: planned only when the CRD is installed
+    ctl_config.lws_crd = _crd_exists(api, LWS_CRD)
     controller = Controller(Kube(api), catalog, ctl_config)
     prom_url = args.prometheus_url or cfg.prometheus.url or None
     fetch = None

@@ -27,6 +27,7 @@ import kopf
 from ..api import GROUP, PLURAL, VERSION
 from ..catalog import Catalog
 from ..nodeagent.plan import CACHE_ANNOTATION, parse_report
+from ..render.lws import LWS_GROUP, LWS_KIND, LWS_PLURAL, LWS_VERSION
 from ..render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY, label_value
 from ..render.workload import OperatorDefaults
 from .executors import KUBE, run
@@ -34,7 +35,7 @@ from .failures import pod_cause
 from .inventory import LiveInventory
 from .kube import Kube, StatusConflictError
 from .metrics import RECONCILE_SECONDS, RECONCILES
-from .reconcile import HASH_ANNOTATION, Observed, Outcome, compute, with_own_status, with_watcher_status
+from .reconcile import HASH_ANNOTATION, POOL_KINDS, Observed, Outcome, compute, with_own_status, with_watcher_status
 from .rollout import pool_pods_unschedulable
 from .routing import is_router
 from .versions import MANAGER as MODEL_SYNC_MANAGER
@@ -51,6 +52,7 @@ class ControllerConfig:
     operator_image: str | None = None
     service_monitor_crd: bool = False
     gateway_api_crds: bool = False  # InferencePool and HTTPRoute CRDs exist (watched and applied only then)
+    lws_crd: bool = False  # the LeaderWorkerSet CRD exists: pools spanning nodes are planned, watched and applied
     pod_annotations: tuple[tuple[str, str], ...] = ()
     defaults: OperatorDefaults = field(default_factory=OperatorDefaults)  # operator config registry, nodeCache
 
@@ -262,14 +264,15 @@ class Controller:
         return Observed(
             qwd=self.qwds[key],
             # the router's Deployment is no GPU pool: it goes with the other owned objects
-            deployments=[o for o in owned if o["kind"] == "Deployment" and not is_router(o)],
-            others=[o for o in owned if o["kind"] != "Deployment" or is_router(o)],
+            deployments=[o for o in owned if o["kind"] in POOL_KINDS and not is_router(o)],
+            others=[o for o in owned if o["kind"] not in POOL_KINDS or is_router(o)],
             nodes=list(self.nodes.values()),
             # this resource's pods only: free GPUs come from the live inventory, not a recount of every pod
             pods=list(self.pods_by_owner.get((key[0], label_value(key[1])), {}).values()),
             inventory=self.live_inventory.inventory() if self.live_inventory is not None else None,
             service_monitor_crd=self.config.service_monitor_crd,
             gateway_api_crds=self.config.gateway_api_crds,
+            lws_crd=self.config.lws_crd,
             operator_image=self.config.operator_image,
             pod_annotations=self.config.pod_annotations,
             defaults=self.config.defaults,
@@ -449,6 +452,8 @@ def register_routing(registry: kopf.OperatorRegistry, controller: Controller, ma
     ]
     if controller.config.service_monitor_crd:  # e.g. the router's ServiceMonitor goes when routing is turned off
         watched.append(("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor"))
+    if controller.config.lws_crd:  # pools whose replicas span nodes (render/lws.py)
+        watched.append((LWS_GROUP, LWS_VERSION, LWS_PLURAL, LWS_KIND))
     if controller.config.gateway_api_crds:
         watched += [
             ("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool"),

@@ -52,6 +52,7 @@ CUSTOM_KINDS = {
     "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
     "InferencePool": ("inference.networking.k8s.io", "v1", "inferencepools"),
     "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
+    "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
 }
 APPLY = "application/apply-patch+yaml"
 

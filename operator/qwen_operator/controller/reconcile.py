@@ -38,8 +38,9 @@ from ..api.validate import validate_spec
 from ..autoscale.loop import pool_targets
 from ..catalog import Catalog
 from ..planner.placement import rank_key
-from ..planner.plan import INSUFFICIENT_GPUS, OK, Plan, plan
+from ..planner.plan import INSUFFICIENT_GPUS, LWS_NOT_INSTALLED, NO_GPU_TYPE_FITS, OK, Plan, plan
 from ..planner.pools import Pool
+from ..render.lws import LWS_CRD, LWS_KIND, pod_template
 from ..render.manifests import render
 from ..render.names import (
     ANNOTATION_MODEL_VERSION,
@@ -78,6 +79,8 @@ from .rollout import (
 from .routing import is_router, pool_capacity, router_not_ready, stale_objects
 
 HASH_ANNOTATION = "serving.qwenops.io/applied-hash"
+#: The kinds of a pool's object: a Deployment, or a LeaderWorkerSet when a replica spans nodes.
+POOL_KINDS = ("Deployment", LWS_KIND)
 CACHE_PATH_NOT_ALLOWED = "CachePathNotAllowed"
 __all__ = ["GPU_TYPE_ANNOTATION", "HASH_ANNOTATION", "Event", "Observed", "Outcome", "compute", "with_watcher_status"]
 
@@ -125,12 +128,15 @@ class Observed:
     """Everything one reconcile reads."""
 
     qwd: Mapping[str, Any]
-    deployments: Sequence[Mapping[str, Any]] = ()  # pool Deployments owned by this resource
+    # pool Deployments (and LeaderWorkerSets, for replicas spanning nodes) owned by this resource
+    deployments: Sequence[Mapping[str, Any]] = ()
     others: Sequence[Mapping[str, Any]] = ()  # other owned objects (Service, PDB, ServiceMonitor)
     nodes: Sequence[Mapping[str, Any]] = ()
     pods: Sequence[Mapping[str, Any]] = ()  # pods requesting GPUs, any namespace
     service_monitor_crd: bool = False
     gateway_api_crds: bool = False  # InferencePool and HTTPRoute CRDs exist: render the Gateway API path
+    # the LeaderWorkerSet CRD exists: a model no node holds is planned across nodes (render/lws.py)
+    lws_crd: bool = False
     operator_image: str | None = None
     pod_annotations: tuple[tuple[str, str], ...] = ()
     defaults: OperatorDefaults = field(default_factory=OperatorDefaults)  # operator config registry, nodeCache
@@ -313,15 +319,18 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     autoscaler = live_status.get("autoscaler") or {}
     desired = spec.desired_replicas(autoscaler.get("desiredReplicas"))
     free = {t: inventory.free_per_node.get(t, []) for t in catalog.gpus}
-    the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=current)
+    the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=current, multi_node=obs.lws_crd)
+    if the_plan.reason_code == NO_GPU_TYPE_FITS and not obs.lws_crd:
+        the_plan = _without_lws(the_plan, plan(spec, catalog, replicas=desired, multi_node=True))
     spilled = False
     if spec.scaling.enabled and autoscaler.get("desiredPools"):
         # the autoscaler placed its decision per pool (autoscale.loop): start from those counts as far
         # as free GPUs allow now, and let the planner spill over only what no longer fits
         wanted = {str(p.get("gpuType")): int(p.get("replicas") or 0) for p in autoscaler["desiredPools"]}
         shards = {c.gpu_type: c.shards for c in the_plan.candidates if c.fits}
-        start, free = pool_targets(wanted, current, free, shards)
-        the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=start)
+        spans = {c.gpu_type: c.nodes for c in the_plan.candidates if c.fits}
+        start, free = pool_targets(wanted, current, free, shards, spans)
+        the_plan = plan(spec, catalog, replicas=desired, free_gpus=free, current=start, multi_node=obs.lws_crd)
         spilled = {t: n for t, n in wanted.items() if n} != {
             p.gpu_type: p.replicas for p in the_plan.pools if p.replicas
         }
@@ -373,9 +382,9 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     # create once: no pool Deployment on a guessed (floating) version; live pools are kept as they are
     unresolved = spec.model.registry.startswith(("s3://", "oci://")) and pool_version(model) is None
     if unresolved:
-        rendered = [m for m in rendered if not (m["kind"] == "Deployment" and m["metadata"]["name"] in by_name)]
+        rendered = [m for m in rendered if not (m["kind"] in POOL_KINDS and m["metadata"]["name"] in by_name)]
     for m in rendered:
-        if m["kind"] == "Deployment" and m["metadata"]["name"] in by_name:
+        if m["kind"] in POOL_KINDS and m["metadata"]["name"] in by_name:
             annotations = m["metadata"].setdefault("annotations", {})
             annotations[GPU_TYPE_ANNOTATION] = by_name[m["metadata"]["name"]]
             if borrowed is not None and by_name[m["metadata"]["name"]] == borrowed:
@@ -436,7 +445,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
                     f"Canary Deployment {m['metadata']['name']}: {_replicas(m)} replica(s) on {canary_version}.",
                 )
             )
-        elif m["kind"] == "Deployment" and not is_router(m):
+        elif m["kind"] in POOL_KINDS and not is_router(m):
             gpu = _gpu_type(m)
             if prev is None:
                 out.events.append(
@@ -444,7 +453,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
                         "Normal",
                         "PoolCreated",
                         f"Created pool {gpu}: {_replicas(m)} replica(s) "
-                        f"of {_shards(the_plan, gpu)} GPU(s) in Deployment {m['metadata']['name']}.",
+                        f"of {_replica_shape(the_plan, gpu)} in {m['kind']} {m['metadata']['name']}.",
                     )
                 )
             elif _replicas(prev) != _replicas(m):
@@ -458,14 +467,14 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
             else:
                 out.events.append(Event("Normal", "PoolUpdated", f"Updated pool {gpu} (template changed)."))
 
-    planned_names = {m["metadata"]["name"] for m in manifests if m["kind"] == "Deployment"}
+    planned_names = {m["metadata"]["name"] for m in manifests if m["kind"] in POOL_KINDS}
     for dep in obs.deployments:
         if is_canary(dep) and dep["metadata"]["name"] not in planned_names:
             out.delete.append(dict(dep))
             out.events.append(Event("Normal", "CanaryRemoved", f"Removed canary Deployment {dep['metadata']['name']}."))
     planned_live = [d for d in pool_deps if d["metadata"]["name"] in planned_names]
     planned_ready = sum(_ready(d) for d in planned_live)
-    applying = {m["metadata"]["name"] for m in out.apply if m["kind"] == "Deployment" and not is_canary(m)}
+    applying = {m["metadata"]["name"] for m in out.apply if m["kind"] in POOL_KINDS and not is_canary(m)}
     replacement_ready = not applying and planned_ready >= the_plan.placed and all(_settled(d) for d in planned_live)
     # while the version is unresolved nothing is planned: live pools stay until it resolves
     leaving = [] if unresolved else [d for d in pool_deps if d["metadata"]["name"] not in planned_names]
@@ -478,7 +487,7 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
                     "Normal",
                     "PoolRemoved",
                     f"Removed pool {_gpu_type(dep)} "
-                    f"(Deployment {dep['metadata']['name']}, {_replicas(dep)} replica(s)).",
+                    f"({dep.get('kind', 'Deployment')} {dep['metadata']['name']}, {_replicas(dep)} replica(s)).",
                 )
             )
         else:
@@ -495,10 +504,12 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     for dep in sorted(pool_deps, key=lambda d: (d["metadata"]["name"] not in planned_names, _gpu_type(d))):
         gpu = _gpu_type(dep)
         cand = the_plan.candidate(gpu)
+        span = _nodes_of(dep)
         pools_status.append(
             {
                 "gpuType": gpu,
                 "deployment": dep["metadata"]["name"],
+                **({"kind": LWS_KIND, "nodes": span} if dep.get("kind") == LWS_KIND else {}),
                 "shards": cand.shards if cand and cand.shards else _shards_of(dep),
                 "replicas": _replicas(dep),
                 "readyReplicas": _ready(dep),
@@ -590,12 +601,15 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
 
 
 def _template_version(dep: Mapping[str, Any]) -> str | None:
-    meta = dep.get("spec", {}).get("template", {}).get("metadata", {})
+    meta = pod_template(dep).get("metadata") or {}
     return (meta.get("annotations") or {}).get(ANNOTATION_MODEL_VERSION)
 
 
 def _strategy(dep: Mapping[str, Any]) -> dict[str, Any]:
-    return dict((dep.get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {})
+    spec = dep.get("spec") or {}
+    if dep.get("kind") == LWS_KIND:
+        return dict((spec.get("rolloutStrategy") or {}).get("rollingUpdateConfiguration") or {})
+    return dict((spec.get("strategy") or {}).get("rollingUpdate") or {})
 
 
 def _rolling(dep: Mapping[str, Any], target_version: str, old_pods: bool = False) -> bool:
@@ -660,6 +674,8 @@ def _borrow_surge(
         dep = live_by_type.get(pool.gpu_type)
         if dep is None or pool.replicas <= 0 or not _rolling(dep, target_version, pool.gpu_type in old_pods):
             continue
+        if pool.multi_node:  # the LeaderWorkerSet controller rolls its groups (surge group first); nothing borrowed
+            continue
         room = inventory.free_replicas(pool.gpu_type, pool.shards)
         # sticky: a pool already rolling one at a time keeps doing so until it settles (the GPU its
         # old pod freed is for its new pod, not a reason to flip back and release the borrowed one)
@@ -669,7 +685,8 @@ def _borrow_surge(
     if not no_surge:
         return the_plan, [], None, False
     extra = len(no_surge)
-    for cand in sorted((c for c in the_plan.candidates if c.fits and c.gpu_type not in no_surge), key=rank_key):
+    lenders = (c for c in the_plan.candidates if c.fits and not c.multi_node and c.gpu_type not in no_surge)
+    for cand in sorted(lenders, key=rank_key):
         planned = next((p for p in the_plan.pools if p.gpu_type == cand.gpu_type), None)
         planned_n = planned.replicas if planned else 0
         live_n = _replicas(live_by_type[cand.gpu_type]) if cand.gpu_type in live_by_type else 0
@@ -714,13 +731,38 @@ def _surge_events(
     ]
 
 
-def _shards(the_plan: Plan, gpu: str) -> int:
+def _replica_shape(the_plan: Plan, gpu: str) -> str:
+    """``2 GPU(s)`` or, for a replica across nodes, ``2 nodes x 8 GPU(s)``."""
     c = the_plan.candidate(gpu)
-    return c.shards if c else 0
+    shards = c.shards if c else 0
+    return f"{c.nodes} nodes x {shards} GPU(s)" if c is not None and c.multi_node else f"{shards} GPU(s)"
+
+
+def _nodes_of(dep: Mapping[str, Any]) -> int:
+    """Nodes one replica of a pool object spans: a LeaderWorkerSet's group size, else 1."""
+    if dep.get("kind") != LWS_KIND:
+        return 1
+    return int(((dep.get("spec") or {}).get("leaderWorkerTemplate") or {}).get("size") or 1)
+
+
+def _without_lws(one_node: Plan, across: Plan) -> Plan:
+    """``one_node`` (no GPU type holds a replica on one node) with the reason the LeaderWorkerSet CRD is
+    missing, when ``across`` (planned across nodes) has a way to run it."""
+    spanning = [c for c in across.candidates if c.fits and c.multi_node]
+    if not spanning:
+        return one_node
+    shapes = ", ".join(f"{c.nodes} nodes x {c.shards}x {c.gpu_type}" for c in spanning)
+    return replace(
+        one_node,
+        reason_code=LWS_NOT_INSTALLED,
+        reason=f"{one_node.model} fits no allowed GPU type on one node; a replica across nodes would fit ({shapes}, "
+        f"vLLM pipeline parallel) and runs as a LeaderWorkerSet group, but the {LWS_CRD} CRD is not installed: "
+        "install LeaderWorkerSet (https://lws.sigs.k8s.io) and restart the operator.",
+    )
 
 
 def _shards_of(dep: Mapping[str, Any]) -> int:
-    for c in dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+    for c in pod_template(dep).get("spec", {}).get("containers", []):
         limit = (c.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu")
         if limit:
             return int(limit)

@@ -53,6 +53,7 @@ from ..catalog import Catalog, resolve_gpu_name
 from ..engines.runtimes import model_has_thinking
 from ..planner.plan import Plan
 from ..planner.pools import Pool
+from ..render.lws import LWS_KIND, pod_template
 from ..render.names import (
     ANNOTATION_MODEL_VERSION,
     CANARY_COMPONENT,
@@ -292,11 +293,12 @@ def canary_gpu_type(
     ``canaryTimeoutSeconds`` bounds the wait). ``live`` (the GPU type a canary of this
     version already runs on) is kept: the canary's own pods use the room it was placed by.
     """
-    planned = sorted(the_plan.pools, key=lambda p: p.price_per_replica_hour)
+    # a canary is one Deployment: never on a pool whose replica spans nodes (a LeaderWorkerSet group)
+    planned = sorted((p for p in the_plan.pools if not p.multi_node), key=lambda p: p.price_per_replica_hour)
     others = [
         Pool(c.gpu_type, c.shards, 0, c.price_per_hour, c.throughput)
         for c in sorted(the_plan.candidates, key=lambda c: c.price_per_hour)
-        if c.fits and c.shards > 0 and all(p.gpu_type != c.gpu_type for p in planned)
+        if c.fits and c.shards > 0 and not c.multi_node and all(p.gpu_type != c.gpu_type for p in planned)
     ]
     options = [*planned, *others]
     if not options:
@@ -430,7 +432,8 @@ def watcher_status(
 
 # -- observations the watcher decides on -------------------------------------------------
 def template_version(dep: Mapping[str, Any]) -> str | None:
-    tmpl = dep.get("spec", {}).get("template", {}).get("metadata", {})
+    """The model version of a pool object's (server) pod template: a Deployment's, a LeaderWorkerSet's leader's."""
+    tmpl = pod_template(dep).get("metadata") or {}
     return (tmpl.get("annotations") or {}).get(ANNOTATION_MODEL_VERSION)
 
 
@@ -444,6 +447,15 @@ def settled(dep: Mapping[str, Any]) -> bool:
         and int(st.get("readyReplicas") or 0) == want
         and int(st.get("replicas") or 0) == want
     )
+
+
+def no_canary_reason(deployments: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why no canary can run: every pool's replica spans nodes (a LeaderWorkerSet group; a canary is one
+    Deployment of one-node replicas). None when some pool is a Deployment, or there is no pool yet."""
+    pools = [d for d in deployments if not is_canary(d)]
+    if pools and all(d.get("kind") == LWS_KIND for d in pools):
+        return "no canary for replicas spanning nodes (LeaderWorkerSet pools roll group by group)"
+    return None
 
 
 def pools_on(deployments: Iterable[Mapping[str, Any]], version: str, desired: int = 1) -> bool:
@@ -521,6 +533,8 @@ class SyncInput:
     pools_settled_on_target: bool
     canary_urls: list[str] | None  # Ready canary endpoints on the target, None until all are Ready
     smoke: tuple[bool, str] | None = None  # the smoke test's outcome once run
+    # why no canary can run although canaryReplicas > 0 (every pool's replica spans nodes): promote without one
+    no_canary: str | None = None
 
 
 @dataclass
@@ -548,7 +562,12 @@ def decide(inp: SyncInput) -> SyncStep:
         m = replace(m, resolved_from=inp.spec_version, failed=None)  # a new request: forget failures
     if res.digest != m.target:
         canary = None
-        if inp.canary_replicas > 0 and m.current is not None and res.digest not in (m.current, m.failed):
+        if (
+            inp.canary_replicas > 0
+            and m.current is not None
+            and res.digest not in (m.current, m.failed)
+            and not inp.no_canary
+        ):
             canary = Canary(res.digest, TESTING)
         moved = "" if inp.sync_bytes is None else f"; {inp.sync_bytes} byte(s) of chunks to move per node"
         events.append(
@@ -568,6 +587,8 @@ def decide(inp: SyncInput) -> SyncStep:
                     f"pools stay on {short(m.current)} until the canary passes its smoke test.",
                 )
             )
+        elif inp.no_canary and inp.canary_replicas > 0 and m.current is not None and res.digest != m.current:
+            events.append(("Normal", "CanarySkipped", f"{inp.no_canary}: rolling to {short(res.digest)}."))
         elif res.digest == m.failed:
             events.append(
                 ("Warning", "CanaryNotRetried", f"{short(res.digest)} failed its canary before; not retried.")
@@ -579,9 +600,11 @@ def decide(inp: SyncInput) -> SyncStep:
     if m.rolled_back:
         return SyncStep(m, _rolled_back(m), events)
     if m.testing:
-        if inp.canary_replicas <= 0:
-            m = replace(m, canary=Canary(target, PASSED, "canaryReplicas set to 0: promoted without a smoke test"))
-            events.append(("Normal", "CanarySkipped", f"spec.rollout.canaryReplicas is 0: rolling to {short(target)}."))
+        if inp.canary_replicas <= 0 or inp.no_canary:
+            why = inp.no_canary or "canaryReplicas set to 0"
+            m = replace(m, canary=Canary(target, PASSED, f"{why}: promoted without a smoke test"))
+            said = inp.no_canary or "spec.rollout.canaryReplicas is 0"
+            events.append(("Normal", "CanarySkipped", f"{said}: rolling to {short(target)}."))
         elif inp.canary_urls is None:
             return SyncStep(
                 m,

@@ -60,7 +60,7 @@ from .executors import KUBE, REGISTRY, SMOKE, run
 from .kube import StatusConflictError
 from .prestage import eligible_nodes, gate, staging
 from .reconcile import Observed
-from .rollout import ModelState, Resolution, SyncInput, canary_urls, decide, not_managed, pools_on
+from .rollout import ModelState, Resolution, SyncInput, canary_urls, decide, no_canary_reason, not_managed, pools_on
 
 log = logging.getLogger("qwen_operator.versions")
 MANAGER = "qwen-operator-modelsync"
@@ -321,6 +321,7 @@ class VersionWatcher:
             sync_bytes=nbytes,
             pools_settled_on_target=pools_on(obs.deployments, target, _desired(qwd, spec)),
             canary_urls=canary_urls(key[1], key[0], target, spec.rollout.canary_replicas, obs.pods),
+            no_canary=no_canary_reason(obs.deployments),
         )
         step = decide(inp)
         if step.smoke_urls:

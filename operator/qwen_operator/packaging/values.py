@@ -101,6 +101,9 @@ class Rbac(_Values):
     gateway_api: bool = Field(default=True, alias="gatewayAPI")
     """Let the operator manage the Gateway API path (spec.routing.gateway.inferencePool): InferencePools and
     HTTPRoutes, and read whether those CRDs exist. Off: only the built-in router is rendered."""
+    leader_worker_set: bool = Field(default=True, alias="leaderWorkerSet")
+    """Let the operator run replicas that span nodes as LeaderWorkerSets (leaderworkerset.x-k8s.io) and read
+    whether that CRD exists. Off: a model no single node holds is reported, never placed."""
 
 
 class OperatorArgs(_Values):

@@ -139,8 +139,8 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], QwenDeploymentSp
         print(f"warning: {pr.field}: {pr.message}", file=sys.stderr)
     flag = getattr(args, "reasoning", None)
     reasoning = None if flag is None else (spec.runtime.reasoning if flag == "spec" else flag) == "enabled"
-    multi_node = getattr(args, "handler", None) is _plan_cmd  # render: only what the operator can apply
-    result = plan(spec, catalog, replicas=args.replicas, free_gpus=free, reasoning=reasoning, multi_node=multi_node)
+    # as the controller plans in a cluster with the LeaderWorkerSet CRD (without it: no replica spans nodes)
+    result = plan(spec, catalog, replicas=args.replicas, free_gpus=free, reasoning=reasoning, multi_node=True)
     return meta, spec, catalog, result, problems
 
 
@@ -203,7 +203,7 @@ def format_plan(p: Plan) -> str:
                     str(pool.replicas),
                     str(pool.shards),
                     str(nodes),
-                    str(pool.gpus * nodes),  # Pool counts one node's GPUs per replica
+                    str(pool.gpus),
                     f"{pool.cost_per_hour:.3f}",
                 ]
             )
@@ -211,8 +211,9 @@ def format_plan(p: Plan) -> str:
         out.append(f"total: {p.placed} replica(s), {p.cost_per_hour:.3f} $/h")
         if any(c.multi_node for c in p.candidates if p.pool(c.gpu_type)):
             out.append(
-                "note: pools spanning nodes need a LeaderWorkerSet per replica; this version of the operator "
-                "does not render it yet (qwenctl render and the controller leave them out)"
+                "note: a pool spanning nodes runs as a LeaderWorkerSet (a group of NODES pods per replica): the "
+                "cluster needs the LeaderWorkerSet CRD and controller (leaderworkerset.x-k8s.io); without them the "
+                "operator reports Degraded/LeaderWorkerSetNotInstalled"
             )
     else:
         out.append("no pools")

@@ -132,8 +132,8 @@ class Workload:
     #: Qwen3's thinking mode only). None: not stated, typicalOutputTokens is the whole reply.
     reasoning: bool | None = None
     #: Also plan replicas spanning nodes (pipeline parallelism, a LeaderWorkerSet group) on GPU types
-    #: one node of which holds no replica: ``qwenctl plan`` sets it; the controller does not (it
-    #: cannot run them yet).
+    #: one node of which holds no replica: ``qwenctl plan`` sets it; the controller only when the
+    #: LeaderWorkerSet CRD is installed.
     multi_node: bool = False
 
     @property
@@ -194,7 +194,7 @@ class Candidate:
 
     @property
     def multi_node(self) -> bool:
-        """The replica spans nodes (a LeaderWorkerSet group, which this operator version does not render)."""
+        """The replica spans nodes (a LeaderWorkerSet group)."""
         return self.nodes > 1
 
     @property
@@ -243,7 +243,7 @@ def _fit(work: Workload, gpu: GPUType, shards: int, policy: PlacementPolicy) -> 
 
 
 #: The end of the one-node "does not fit" reason; :func:`multi_node_candidate` replaces it with its own answer.
-_NOT_ACROSS_NODES = "; replicas spanning nodes (LeaderWorkerSet) are not supported"
+_NOT_ACROSS_NODES = "; replicas spanning nodes need the LeaderWorkerSet CRD"
 
 
 def candidate_for(work: Workload, gpu: GPUType, policy: PlacementPolicy = DEFAULT_POLICY) -> Candidate:
@@ -421,7 +421,7 @@ def pipeline_throughput(
 #: The WHY text's note on a replica across nodes.
 LWS_NOTE = (
     "runs as a LeaderWorkerSet group of {nodes} pods (one per node; vLLM tensor parallel {tp} within a node, "
-    "pipeline parallel {nodes} across nodes): this version of the operator does not render it yet"
+    "pipeline parallel {nodes} across nodes; needs the LeaderWorkerSet CRD in the cluster)"
 )
 
 

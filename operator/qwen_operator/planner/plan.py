@@ -21,6 +21,8 @@ MODEL_NOT_IN_CATALOG = "ModelNotInCatalog"
 NO_GPU_TYPE_FITS = "NoGPUTypeFits"
 NO_GPU_TYPE_MEETS_SLO = "NoGPUTypeMeetsSLO"
 INSUFFICIENT_GPUS = "InsufficientGPUs"
+#: The model fits across nodes only and the cluster has no LeaderWorkerSet CRD (set by the controller).
+LWS_NOT_INSTALLED = "LeaderWorkerSetNotInstalled"
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,9 @@ def plan(
     ``reasoning``: count Qwen3 thinking tokens in the typical reply (:func:`workload_for`); the
     controller passes ``spec.runtime.reasoning == "enabled"``, None keeps today's figures.
     ``multi_node``: also plan replicas spanning nodes on GPU types one node of which holds none
-    (:attr:`Workload.multi_node`; ``qwenctl plan`` passes True). The controller leaves it False: this
-    version of the operator does not render the LeaderWorkerSet such a replica needs. Their pools
-    (:class:`Pool` has no node count) keep ``shards`` as the tensor-parallel degree per node, so a
-    multi-node pool's ``Pool.gpus`` counts one node's GPUs per replica; take
-    ``Candidate.gpus_per_replica`` for the whole replica.
+    (:attr:`Workload.multi_node`; ``qwenctl plan`` passes True, the controller only when the
+    LeaderWorkerSet CRD is installed: such a pool renders as a LeaderWorkerSet). Their pools keep
+    ``shards`` as the tensor-parallel degree per node and carry ``nodes``.
     """
     desired = spec.desired_replicas() if replicas is None else max(0, replicas)
     try:
@@ -157,7 +157,7 @@ def plan(
             )
         where = "no allowed GPU type"
         if not multi_node and found and all("does not fit on one node" in c.reason for c in found):
-            where += " on a single node (replicas spanning nodes are not supported)"
+            where += " on a single node (replicas spanning nodes need the LeaderWorkerSet CRD)"
         return Plan(
             candidates=found,
             unplaced=desired,
@@ -197,5 +197,10 @@ def _resize(
                 groups[name] = stages // c.nodes * c.gpus_per_replica
             # a total (an int): fragmentation across nodes is ignored, as for one-node replicas
     pools, unplaced, why = resize(view, current, desired, groups)
-    back = [replace(p, shards=spanning[p.gpu_type].shards) if p.gpu_type in spanning else p for p in pools]
+    back = [
+        replace(p, shards=spanning[p.gpu_type].shards, nodes=spanning[p.gpu_type].nodes)
+        if p.gpu_type in spanning
+        else p
+        for p in pools
+    ]
     return back, unplaced, why

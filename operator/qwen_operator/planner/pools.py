@@ -24,17 +24,23 @@ FreeGPUs = Mapping[str, int | Sequence[int]]
 
 @dataclass(frozen=True)
 class Pool:
-    """Replicas of one GPU type (one Deployment)."""
+    """Replicas of one GPU type (one Deployment, or one LeaderWorkerSet when a replica spans nodes)."""
 
     gpu_type: str
-    shards: int
+    shards: int  # GPUs per node of a replica (the tensor-parallel degree)
     replicas: int
     price_per_replica_hour: float
     throughput_per_replica: float = 0.0
+    nodes: int = 1  # nodes one replica spans (pipeline stages of ``shards`` GPUs each)
 
     @property
     def gpus(self) -> int:
-        return self.shards * self.replicas
+        return self.shards * self.nodes * self.replicas
+
+    @property
+    def multi_node(self) -> bool:
+        """A replica is a LeaderWorkerSet group of :attr:`nodes` pods."""
+        return self.nodes > 1
 
     @property
     def cost_per_hour(self) -> float:
@@ -77,7 +83,7 @@ def _unplaced_reason(count: int, fitting: list[Candidate], free: FreeGPUs | None
 
 
 def _pool(c: Candidate, replicas: int) -> Pool:
-    return Pool(c.gpu_type, c.shards, replicas, c.price_per_hour, c.throughput)
+    return Pool(c.gpu_type, c.shards, replicas, c.price_per_hour, c.throughput, c.nodes)
 
 
 def fill(candidates: Sequence[Candidate], desired: int, free: FreeGPUs | None = None) -> tuple[list[Pool], int, str]:

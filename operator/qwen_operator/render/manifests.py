@@ -2,7 +2,8 @@
 
 Output is plain dicts, ordered Service, [Service ``<name>-servers``], PodDisruptionBudget,
 [ServiceMonitor], [router ServiceAccount, Role, RoleBinding, PDB, Deployment],
-[InferencePool, HTTPRoute], then one Deployment per pool in plan order. The router objects
+[InferencePool, HTTPRoute], then one Deployment per pool in plan order (a LeaderWorkerSet for a
+pool whose replica spans nodes: :mod:`.lws`). The router objects
 come with ``spec.routing.enabled``; the Gateway API objects with
 ``spec.routing.gateway.inferencePool`` and only when the controller saw both CRDs
 (``RenderContext.gateway_api``; ``qwenctl render`` prints them regardless). Pools with
@@ -19,6 +20,7 @@ from ..catalog import Catalog, resolve_gpu_name
 from ..engines.runtimes import model_has_thinking
 from ..planner.plan import Plan
 from .gateway import http_route, inference_pool
+from .lws import leader_worker_set
 from .router import router_objects
 from .service import pod_disruption_budget, servers_service, service, service_monitor
 from .workload import RenderContext, pool_deployment
@@ -40,5 +42,9 @@ def render(spec: QwenDeploymentSpec, plan: Plan, ctx: RenderContext, catalog: Ca
         if pool.replicas <= 0:
             continue
         gpu = catalog.gpus[resolve_gpu_name(pool.gpu_type, catalog.gpus)]
-        out.append(pool_deployment(spec, ctx, pool, gpu, model_has_thinking(spec, catalog)))
+        thinking = model_has_thinking(spec, catalog)
+        if pool.multi_node:  # a replica across nodes: a LeaderWorkerSet group per replica
+            out.append(leader_worker_set(spec, ctx, pool, gpu, thinking))
+        else:
+            out.append(pool_deployment(spec, ctx, pool, gpu, thinking))
     return out

@@ -37,7 +37,11 @@ _INT_FLAGS = {
 #: vLLM's: ``--max-num-seqs`` caps the running batch (vLLM's scheduler), not admission: requests
 #: beyond it wait in an unbounded queue (vLLM never answers 429), so the replica gets
 #: :data:`VLLM_UNBOUNDED_QUEUE` as its admission limit. ``--max-model-len`` is prompt + reply.
-_VLLM_INT_FLAGS = {"--max-num-seqs": "max_batch_size", "--max-model-len": "max_total_tokens"}
+_VLLM_INT_FLAGS = {
+    "--max-num-seqs": "max_batch_size",
+    "--max-model-len": "max_total_tokens",
+    "--pipeline-parallel-size": "nodes",  # a LeaderWorkerSet leader: its replica spans this many nodes
+}
 #: The simulated vLLM replica's admission limit: in effect none (vLLM's waiting queue is unbounded).
 VLLM_UNBOUNDED_QUEUE = 1_000_000
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
