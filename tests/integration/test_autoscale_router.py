@@ -25,7 +25,7 @@ import yaml
 from kubernetes import client
 
 from qwen_operator.api.spec import QwenDeploymentSpec
-from qwen_operator.autoscale.prometheus import PrometheusSource
+from qwen_operator.autoscale.prometheus import FleetSignals, PrometheusSource
 from qwen_operator.capacity.model import ReplicaModel
 from qwen_operator.catalog import load_catalog
 from qwen_operator.controller.autoscaler import pool_estimates
@@ -166,6 +166,18 @@ def test_adapter_reads_this_resources_router_ttft_and_held_only(prometheus: Prom
         )
         assert shaped.prompt_tokens == pytest.approx(prompt, rel=1e-6), shaped
         assert shaped.prompt_samples is not None and shaped.prompt_samples > 0, shaped
+        # ... and the reply length, from the engine's own generated-tokens histogram (TGI's name): the
+        # mean of what the simulated TGI generated for the 6 requests both routers sent it
+        gen = tgi.sim.metrics.generated_tokens
+        assert gen.count == 6 and gen.sum > 0  # every answer above came from this replica
+        mean = gen.sum / gen.count
+
+        def scraped() -> FleetSignals | None:
+            s = source.fetch("llm", ["chat-a10g"], metrics)
+            return s if s.output_tokens is not None and abs(s.output_tokens - mean) <= 1e-6 * mean else None
+
+        replies = wait_for("the engine's generated-tokens mean over all 6 replies", scraped, 30)
+        assert replies.output_samples is not None and replies.output_samples > 0, replies
         engine = source.fetch("llm", ["chat-a10g"], metrics)  # routing external: the fallback
         assert not engine.routed and (engine.p95_seconds is None or engine.p95_seconds < after.p95_seconds)
         # a namespace with no router series: the adapter falls back to the engine's signals

@@ -350,6 +350,11 @@ class ScalingSpec(_Checked):
     typicalPromptTokens. Placement keeps typicalPromptTokens; false: always typicalPromptTokens."""
     typical_output_tokens: int = Field(default=128, ge=1, le=1048576)
     """Generated tokens of a typical request; sizes placement's per-replica capacity estimate."""
+    learn_output_tokens: bool = True
+    """The autoscaler weighs each pool's replicas at the mean reply length the engines generated over the last
+    10 minutes (their own generated-tokens histogram, thinking included: status.autoscaler.observedOutputTokens;
+    at least 100 finished requests) instead of typicalOutputTokens. Placement keeps typicalOutputTokens; false:
+    always typicalOutputTokens."""
     scale_down_delay_seconds: int = Field(default=300, ge=0, le=86400)
     """How long load must stay low before replicas are removed (stabilisation window)."""
     interval_seconds: int = Field(default=15, ge=5, le=3600)

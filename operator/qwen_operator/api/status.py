@@ -210,6 +210,10 @@ class AutoscalerStatus(BaseModel):
     """Mean prompt length (the router's estimate, characters / 4) over the last 10 minutes, rounded to two
     significant digits, that sized each pool's replicas at the last evaluation (spec.scaling.learnPromptTokens;
     absent: typicalPromptTokens did)."""
+    observed_output_tokens: int | None = Field(default=None, ge=1)
+    """Mean generated tokens per finished request in the engines' own histogram (thinking included) over the
+    last 10 minutes, rounded to two significant digits, that sized each pool's replicas at the last evaluation
+    (spec.scaling.learnOutputTokens; absent: typicalOutputTokens did)."""
     last_scale_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """When the autoscaler last changed desiredReplicas."""
     last_decision: str | None = Field(default=None, max_length=1024)

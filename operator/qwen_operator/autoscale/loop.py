@@ -38,6 +38,7 @@ class PoolEstimate:
     shards: int = 1
     target_in_flight: float | None = None  # requests in flight one ready replica should carry
     per_second: bool = True  # False: throughput is a relative unit and a request rate cannot be compared
+    nodes: int = 1  # nodes one replica spans (a LeaderWorkerSet group of ``shards`` GPUs per node)
 
 
 def pool_state(cap: PoolEstimate, ready: int, starting: int, free: int) -> PoolState:

@@ -79,6 +79,8 @@ class FleetSignals:
     latency_source: LatencySource = ""  # where p95_seconds comes from
     prompt_tokens: float | None = None  # mean estimated prompt tokens per request the router saw (PROMPT_WINDOW)
     prompt_samples: float | None = None  # requests behind prompt_tokens
+    output_tokens: float | None = None  # mean generated tokens per finished request in the engines (PROMPT_WINDOW)
+    output_samples: float | None = None  # finished requests behind output_tokens
 
     @property
     def ok(self) -> bool:
@@ -120,6 +122,20 @@ def queries(metrics: MetricNames, sel: str, window: str = "1m", quantile: float 
         "p95": f"histogram_quantile({quantile}, sum by (le)"
         f"(rate({metrics.slo_latency_histogram}_bucket{{{sel}}}[{window}])))",
         "rate": f"sum(rate({metrics.requests_counter}{{{sel}}}[{window}]))",
+        **output_queries(metrics, sel),
+    }
+
+
+def output_queries(metrics: MetricNames, sel: str) -> dict[str, str]:
+    """The mean reply length the engines generated (thinking included) over :data:`PROMPT_WINDOW`, and
+    how many finished requests it averages; none when the engine's names have no such histogram."""
+    gen = metrics.generated_tokens_histogram
+    if not gen:
+        return {}
+    return {
+        "output_tokens": f"sum(increase({gen}_sum{{{sel}}}[{PROMPT_WINDOW}]))"
+        f" / sum(increase({gen}_count{{{sel}}}[{PROMPT_WINDOW}]))",
+        "output_samples": f"sum(increase({gen}_count{{{sel}}}[{PROMPT_WINDOW}]))",
     }
 
 
@@ -398,6 +414,8 @@ class PrometheusSource:
             in_flight = _scalar(self._query(q["in_flight"]))
             p95 = _scalar(self._query(q["p95"]))
             rate = _scalar(self._query(q["rate"]))
+            output = _scalar(self._query(q["output_tokens"])) if "output_tokens" in q else None
+            replies = _scalar(self._query(q["output_samples"])) if "output_samples" in q else None
             held = r_queue = r_p95 = r_rate = prompt = samples = None
             if rq is not None:
                 held = _scalar(self._query(rq["held"]))
@@ -429,6 +447,8 @@ class PrometheusSource:
             latency_source=source,
             prompt_tokens=prompt,
             prompt_samples=samples,
+            output_tokens=output,
+            output_samples=replies,
         )
 
 

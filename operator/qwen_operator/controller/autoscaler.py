@@ -106,8 +106,23 @@ def observed_prompt_tokens(spec: QwenDeploymentSpec, fleet: FleetSignals) -> int
     return max(1, min(rounded, spec.runtime.max_input_tokens))
 
 
+def observed_output_tokens(spec: QwenDeploymentSpec, fleet: FleetSignals) -> int | None:
+    """The mean reply the engines generated (thinking tokens included: they are generated tokens), rounded
+    to two significant digits, to weigh the pools with; None: ``typicalOutputTokens`` does (learning off, no
+    engine series, or fewer than :data:`MIN_PROMPT_SAMPLES` finished requests)."""
+    mean, samples = fleet.output_tokens, fleet.output_samples
+    if not spec.scaling.learn_output_tokens or mean is None or samples is None or samples < MIN_PROMPT_SAMPLES:
+        return None
+    rounded = int(float(f"{max(1.0, mean):.2g}"))
+    return max(1, min(rounded, spec.runtime.max_total_tokens - 1))
+
+
 def pool_estimates(
-    spec: QwenDeploymentSpec, catalog: Catalog, current: Mapping[str, int], prompt_tokens: int | None = None
+    spec: QwenDeploymentSpec,
+    catalog: Catalog,
+    current: Mapping[str, int],
+    prompt_tokens: int | None = None,
+    multi_node: bool = False,
 ) -> list[PoolEstimate]:
     """What one replica of each allowed GPU type is worth, from the planner's candidates (pure).
 
@@ -119,8 +134,10 @@ def pool_estimates(
     ``prompt_tokens`` (:func:`observed_prompt_tokens`): each pool is weighed at that prompt
     length instead of ``typicalPromptTokens``. Which pools there are stays placement's (the
     typical request): a type the observed prompts rule out, or an estimate in another unit,
-    keeps its typical-request estimate."""
-    return learned_estimates(spec, catalog, current, _estimates(spec, catalog, current), prompt_tokens)
+    keeps its typical-request estimate. ``multi_node``: replicas may span nodes (the LeaderWorkerSet
+    CRD is installed: ``Observed.lws_crd``), as the reconciler plans them."""
+    base = _estimates(spec, catalog, current, multi_node)
+    return learned_estimates(spec, catalog, current, base, prompt_tokens, multi_node)
 
 
 def learned_estimates(
@@ -129,13 +146,21 @@ def learned_estimates(
     current: Mapping[str, int],
     base: Sequence[PoolEstimate],
     prompt_tokens: int | None,
+    multi_node: bool = False,
+    output_tokens: int | None = None,
 ) -> list[PoolEstimate]:
-    """``base`` (:func:`pool_estimates` at the typical request) re-weighed at ``prompt_tokens``."""
-    if prompt_tokens is None or prompt_tokens == spec.scaling.typical_prompt_tokens:
+    """``base`` (:func:`pool_estimates` at the typical request) re-weighed at the observed request shape:
+    ``prompt_tokens`` (:func:`observed_prompt_tokens`) and ``output_tokens`` (:func:`observed_output_tokens`),
+    each None to keep the spec's typical length."""
+    update: dict[str, int] = {}
+    if prompt_tokens is not None and prompt_tokens != spec.scaling.typical_prompt_tokens:
+        update["typical_prompt_tokens"] = prompt_tokens
+    if output_tokens is not None and output_tokens != spec.scaling.typical_output_tokens:
+        update["typical_output_tokens"] = output_tokens
+    if not update:
         return list(base)
-        return base
-    scaling = spec.scaling.model_copy(update={"typical_prompt_tokens": prompt_tokens})
-    learned = {e.gpu_type: e for e in _estimates(spec.model_copy(update={"scaling": scaling}), catalog, current)}
+    respec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update=update)})
+    learned = {e.gpu_type: e for e in _estimates(respec, catalog, current, multi_node)}
     out = []
     for e in base:
         seen = learned.get(e.gpu_type)
@@ -143,8 +168,10 @@ def learned_estimates(
     return out
 
 
-def _estimates(spec: QwenDeploymentSpec, catalog: Catalog, current: Mapping[str, int]) -> list[PoolEstimate]:
-    the_plan = plan(spec, catalog, replicas=sum(current.values()), current=current)
+def _estimates(
+    spec: QwenDeploymentSpec, catalog: Catalog, current: Mapping[str, int], multi_node: bool = False
+) -> list[PoolEstimate]:
+    the_plan = plan(spec, catalog, replicas=sum(current.values()), current=current, multi_node=multi_node)
     fitting = [c for c in the_plan.candidates if c.fits]
     by_slo = bool(fitting) and all(c.slo_rate > 0 for c in fitting)
     utilisation = targets_for(spec).utilisation
@@ -154,6 +181,7 @@ def _estimates(spec: QwenDeploymentSpec, catalog: Catalog, current: Mapping[str,
             cost_per_hour=c.price_per_hour,
             throughput=max(c.slo_rate if by_slo else c.throughput, 1e-9),
             shards=c.shards,
+            nodes=c.nodes,
             target_in_flight=c.slo_concurrency * utilisation if by_slo and c.slo_concurrency > 0 else None,
             per_second=by_slo,
         )
@@ -181,13 +209,14 @@ def pool_states(
     live = _live_pools(obs)
     inventory = obs.inventory if obs.inventory is not None else compute_inventory(obs.nodes, obs.pods, catalog.gpus)
     if estimates is None:
-        estimates = pool_estimates(spec, catalog, _current(obs))
+        estimates = pool_estimates(spec, catalog, _current(obs), multi_node=obs.lws_crd)
     out = []
     for cap in estimates:
         dep = live.get(cap.gpu_type)
         spec_replicas, ready = _own_replicas(dep or {})
         starting = max(0, spec_replicas - ready - (stuck or {}).get(cap.gpu_type, 0))
-        free = 0 if cap.gpu_type in blocked else inventory.free_replicas(cap.gpu_type, cap.shards)
+        # a group spanning nodes needs ``shards`` free on each of ``nodes`` nodes
+        free = 0 if cap.gpu_type in blocked else inventory.free_replicas(cap.gpu_type, cap.shards) // max(1, cap.nodes)
         out.append(pool_state(cap, ready, starting, free))
     return out
 
@@ -282,14 +311,14 @@ def observation(now: float, pools: Sequence[PoolState], fleet: FleetSignals, flo
     )
 
 
-def cold_start_seconds(spec: QwenDeploymentSpec, catalog: Catalog) -> float:
+def cold_start_seconds(spec: QwenDeploymentSpec, catalog: Catalog, multi_node: bool = False) -> float:
     """The replica model's cold start on the slowest GPU type the plan may use (pure)."""
     try:
         work = workload_for(spec, catalog)
     except KeyError:
         return DEFAULT_COLD_START_SECONDS
     worst = 0.0
-    for cand in plan(spec, catalog, replicas=0).candidates:
+    for cand in plan(spec, catalog, replicas=0, multi_node=multi_node).candidates:
         if not cand.fits:
             continue
         try:
@@ -302,6 +331,8 @@ def cold_start_seconds(spec: QwenDeploymentSpec, catalog: Catalog) -> float:
                 max_concurrent_requests=work.max_concurrent_requests,
                 max_input_tokens=work.max_input_tokens,
                 max_total_tokens=work.max_total_tokens,
+                engine=work.engine,
+                nodes=cand.nodes,
             )
         except (KeyError, ValueError):
             continue
@@ -491,13 +522,14 @@ class Autoscaler:
         wall = self.clock()
         generation = int(obs.qwd.get("metadata", {}).get("generation") or 0)
         if state.credit is None or state.credit[0] != generation:
-            state.credit = (generation, cold_start_seconds(spec, self.catalog) * failures.WARM_UP_CREDIT_FACTOR)
+            cold = cold_start_seconds(spec, self.catalog, obs.lws_crd)
+            state.credit = (generation, cold * failures.WARM_UP_CREDIT_FACTOR)
         stuck = stuck_replicas(obs, wall, state.credit[1])
         for gpu_type in stuck:
             state.stuck_until[gpu_type] = now + STUCK_BACKOFF_SECONDS
         blocked = {t for t, until in state.stuck_until.items() if until > now}
         current = _current(obs)
-        base = pool_estimates(spec, self.catalog, current)  # one plan per tick at the typical request
+        base = pool_estimates(spec, self.catalog, current, multi_node=obs.lws_crd)  # one plan per tick
         if self.fetch is None:
             fleet = FleetSignals(
                 error="No Prometheus URL is configured (operator config prometheus.url or --prometheus-url)."
@@ -509,8 +541,8 @@ class Autoscaler:
             prefixes += [canary_name(key[1], t) for t in types]
             router = router_name(key[1]) if spec.routing.enabled else None
             fleet = await run(METRICS, self.fetch, key[0], prefixes, runtime_for(spec).metrics, router)
-        prompt = observed_prompt_tokens(spec, fleet)
-        estimates = learned_estimates(spec, self.catalog, current, base, prompt)
+        prompt, output = observed_prompt_tokens(spec, fleet), observed_output_tokens(spec, fleet)
+        estimates = learned_estimates(spec, self.catalog, current, base, prompt, obs.lws_crd, output)
         pools = pool_states(
             obs, spec, self.catalog, estimates, stuck={t: len(v) for t, v in stuck.items()}, blocked=blocked
         )
@@ -549,6 +581,7 @@ class Autoscaler:
                 "queueDepth": _waiting(fleet),
                 "p95Seconds": None if fleet.p95_seconds is None else round(fleet.p95_seconds, 2),
                 "observedPromptTokens": prompt,
+                "observedOutputTokens": output,
                 "lastScaleTime": state.last_scale_time or live.get("lastScaleTime"),
                 "lastDecision": (note + (decision.reason if decision else condition.message))[:1000],
                 "floor": floor.replicas if floor else None,
@@ -608,4 +641,14 @@ def _stuck_note(stuck: Mapping[str, Sequence[failures.Stuck]], blocked: Collecti
 
 def _numbers(status: Mapping[str, Any]) -> dict[str, Any]:
     a = status["autoscaler"]
-    return {k: a.get(k) for k in ("desiredReplicas", "queueDepth", "p95Seconds", "observedPromptTokens", "profile")}
+    return {
+        k: a.get(k)
+        for k in (
+            "desiredReplicas",
+            "queueDepth",
+            "p95Seconds",
+            "observedPromptTokens",
+            "observedOutputTokens",
+            "profile",
+        )
+    }

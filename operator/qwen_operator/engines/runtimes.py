@@ -53,6 +53,8 @@ class MetricNames:
     slo_latency_histogram: str  # what scaling.p95LatencySeconds is compared with (time to first token)
     requests_counter: str
     failures_counter: str | None  # None: the engine has no failure counter
+    #: generated tokens per finished request (histogram base name): the observed reply length, thinking included
+    generated_tokens_histogram: str = ""
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class TGI:
         slo_latency_histogram="tgi_request_queue_duration",
         requests_counter="tgi_request_count",
         failures_counter="tgi_request_failure",
+        generated_tokens_histogram="tgi_request_generated_tokens",
     )
 
     def args(self, spec: QwenDeploymentSpec, shards: int, model_path: str, thinking_model: bool = False) -> list[str]:
@@ -220,6 +223,7 @@ class VLLM:
         slo_latency_histogram="vllm:time_to_first_token_seconds",
         requests_counter="vllm:request_success_total",
         failures_counter=None,  # vLLM labels outcomes by finished_reason instead
+        generated_tokens_histogram="vllm:request_generation_tokens",
     )
 
     def args(self, spec: QwenDeploymentSpec, shards: int, model_path: str, thinking_model: bool = False) -> list[str]:

@@ -83,7 +83,7 @@ class SimulatedTGI:
         self.chat = chat or ChatOptions()
         self._t0 = time.monotonic()
         self.engine = ReplicaEngine(model, start_time=0.0)
-        self.metrics = TGIMetrics()
+        self.metrics = TGIMetrics(model.max_total_tokens)
         #: vLLM: the one name it answers to (``--served-model-name``, else the model)
         self.served_model_name = served_model_name or model.model.name
         self.vllm_metrics = VLLMMetrics(self.served_model_name, model.max_total_tokens)
@@ -128,6 +128,7 @@ class SimulatedTGI:
             fut = req.tag
             self.metrics.request_success += 1
             self.metrics.duration.observe(req.duration)
+            self.metrics.generated_tokens.observe(req.output_tokens)
             if vllm:
                 self.vllm_metrics.finished(req, self._live.pop(req, "length"))
             if isinstance(fut, asyncio.Future):

@@ -44,12 +44,16 @@ class Histogram:
 class TGIMetrics:
     """The subset of TGI's metrics the operator reads, plus a few it shows to people."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_total_tokens: int = 4096) -> None:
         self.request_count = 0
         self.request_success = 0
         self.request_failure: dict[str, int] = {}
         self.duration = Histogram()
         self.queue_duration = Histogram()
+        # generated tokens per successful request (TGI's tgi_request_generated_tokens): 100 equal buckets
+        # up to the replica's total-token limit (the autoscaler reads only _sum and _count)
+        step = max(1, max_total_tokens) / 100
+        self.generated_tokens = Histogram(tuple(step * (i + 1) for i in range(100)))
 
     def failure(self, err: str) -> None:
         self.request_failure[err] = self.request_failure.get(err, 0) + 1
@@ -65,4 +69,5 @@ class TGIMetrics:
         lines += [f'tgi_request_failure{{err="{err}"}} {n}' for err, n in sorted(self.request_failure.items())]
         lines += self.duration.render("tgi_request_duration")
         lines += self.queue_duration.render("tgi_request_queue_duration")
+        lines += self.generated_tokens.render("tgi_request_generated_tokens")
         return "\n".join(lines) + "\n"
