@@ -132,6 +132,9 @@ def nodes(kube_api: Any, namespace: str) -> Iterator[dict[str, str]]:
         except client.ApiException as exc:
             if exc.status != 404:
                 raise
+        # the namespace is deleted after this fixture: a pod left on a deleted kwok node would wait ~40 s
+        # for the pod garbage collector; its replacement is Pending (no node) and goes with the namespace
+        core.delete_collection_namespaced_pod(namespace, field_selector=f"spec.nodeName={name}", grace_period_seconds=0)
 
 
 @pytest.fixture

@@ -185,8 +185,10 @@ def pcie_node(kube_api: Any) -> Iterator[str]:
 
 
 def test_an_a100_pool_lands_on_a_pcie_node(
-    kube_api: Any, namespace: str, operator: OperatorProcess, pcie_node: str
+    kube_api: Any, pcie_node: str, namespace: str, operator: OperatorProcess
 ) -> None:
+    # pcie_node before namespace: the node outlives the namespace's pods (a pod left on a deleted kwok
+    # node is only removed by the pod garbage collector, ~40 s later)
     qwds = Qwd(kube_api, namespace)
     body = resource("pcie", replicas=1, gpu_types=["A100-80GB"])
     body["spec"]["pod"] = {"nodeSelector": {"qwen-test/pcie": pcie_node}}  # only the PCIe node qualifies
