@@ -496,3 +496,57 @@ def test_a_status_write_the_watch_has_not_delivered_is_not_written_again_with_a_
     world = Observed(qwd=edited, deployments=settled.deployments, others=settled.others, nodes=NODES)
     asyncio.run(ctl.reconcile(key))
     assert len(writes) == 2 and writes[1]["readySummary"] == "2/2"
+
+
+def test_another_writers_event_before_our_own_does_not_repeat_our_status_write(monkeypatch: Any) -> None:
+    """The autoscaler (or the version watcher) writes status just before the controller does; the
+    watch then delivers that other write first. The cache has moved past the resourceVersion the
+    controller wrote over, yet still lacks its write: the controller keeps deciding from its own
+    last write until the watch shows the resourceVersion that write produced."""
+    import asyncio
+
+    from qwen_operator.controller import conditions
+    from qwen_operator.controller.handlers import Controller
+
+    settled = converge(Observed(qwd=qwd(), nodes=NODES))
+    stale = copy.deepcopy(settled.qwd)
+    stale["metadata"]["resourceVersion"] = "5"
+    for c in stale["status"]["conditions"]:
+        if c["type"] == "Ready":
+            c.update(status="False", reason="ReplicasNotReady", lastTransitionTime="T0")
+    worlds = {"now": Observed(qwd=stale, deployments=settled.deployments, others=settled.others, nodes=NODES)}
+    writes: list[dict[str, Any]] = []
+
+    class Kube:
+        def apply_status(self, ns: str, name: str, status: dict[str, Any], *_: Any, **__: Any) -> str:
+            writes.append(copy.deepcopy(status))
+            return "7"  # the server's resourceVersion after our write (another writer's is 6)
+
+    ctl = Controller(kube=Kube(), catalog=CATALOG)  # type: ignore[arg-type]
+    key = ("llm", "chat")
+    ctl.qwds[key] = stale
+    ctl.tasks[key] = None  # type: ignore[assignment]  # its reconcile loop: driven by hand here
+    monkeypatch.setattr(ctl, "observed", lambda k: worlds["now"])
+    clock = iter(f"2026-12-03T06:41:{s:02d}Z" for s in range(60))
+    monkeypatch.setattr(conditions, "now_rfc3339", lambda: next(clock))
+
+    asyncio.run(ctl.reconcile(key))
+    assert len(writes) == 1
+    # the autoscaler's write (rv 6, made before ours) arrives first: our fields are still the stale ones
+    theirs = copy.deepcopy(stale)
+    theirs["metadata"]["resourceVersion"] = "6"
+    theirs["status"]["autoscaler"] = {"desiredReplicas": 2}
+    ctl.on_qwd("MODIFIED", theirs)
+    worlds["now"] = Observed(qwd=theirs, deployments=settled.deployments, others=settled.others, nodes=NODES)
+    for _ in range(3):
+        asyncio.run(ctl.reconcile(key))
+    assert len(writes) == 1, [w["conditions"] for w in writes]
+    # our write arrives (rv 7): the cache is the truth again, and it says nothing new
+    ours = copy.deepcopy(theirs)
+    ours["metadata"]["resourceVersion"] = "7"
+    ours["status"].update(writes[0])
+    ctl.on_qwd("MODIFIED", ours)
+    assert key not in ctl.last_status_written
+    worlds["now"] = Observed(qwd=ours, deployments=settled.deployments, others=settled.others, nodes=NODES)
+    asyncio.run(ctl.reconcile(key))
+    assert len(writes) == 1

@@ -43,6 +43,9 @@ from .versions import MANAGER as MODEL_SYNC_MANAGER
 log = logging.getLogger("qwen_operator.controller")
 Key = tuple[str, str]
 EXPECTATION_TTL = 30.0
+#: How long the controller trusts its own status write over a cache that has not shown it (a watch
+#: that re-lists may never deliver that exact resourceVersion).
+STATUS_WRITE_TTL = 30.0
 STARTUP_GRACE_SECONDS = 2.0
 
 
@@ -82,6 +85,10 @@ class Controller:
     # the resourceVersion the cached QwenDeployment had when last_status was written: while the
     # cache still shows it, the watch has not delivered that write, and last_status is the truth
     last_status_rv: dict[Key, str | None] = field(default_factory=dict)
+    # the resourceVersion our last status write produced and when, until the watch delivers exactly
+    # it: another writer's event in between (the autoscaler's, the version watcher's) moves the cache
+    # to a version that still lacks our write, and deciding from it would write the same status again
+    last_status_written: dict[Key, tuple[str, float]] = field(default_factory=dict)
     # a canary timeout recorded in status.model: (resourceVersion it was computed from, what was written)
     model_written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
     reconciles: int = 0
@@ -133,6 +140,7 @@ class Controller:
             self.qwds.pop(key, None)
             self.last_status.pop(key, None)
             self.last_status_rv.pop(key, None)
+            self.last_status_written.pop(key, None)
             self.wants_gpus.discard(key)
             task = self.tasks.pop(key, None)
             self.triggers.pop(key, None)
@@ -144,6 +152,9 @@ class Controller:
                 self.versions.stop(key)
             return
         self.qwds[key] = copy.deepcopy(dict(body))
+        pending = self.last_status_written.get(key)
+        if pending is not None and pending[0] == body["metadata"].get("resourceVersion"):
+            del self.last_status_written[key]  # the cache now holds our last status write
         if self.versions is not None:
             self.versions.sync(key)
         if self.autoscaler is not None:
@@ -318,7 +329,9 @@ class Controller:
             obs = with_watcher_status(obs, written[1])
             self.model_written[key] = written
         own = self.last_status.get(key)
-        if own is not None and key in self.last_status_rv and self.last_status_rv[key] == rv:
+        pending = self.last_status_written.get(key)
+        undelivered = pending is not None and time.monotonic() - pending[1] < STATUS_WRITE_TTL
+        if own is not None and ((key in self.last_status_rv and self.last_status_rv[key] == rv) or undelivered):
             obs = with_own_status(obs, own)  # our last status write is not in the cache yet
         out = compute(obs, self.catalog)
         if out.wants_gpus:
@@ -338,7 +351,11 @@ class Controller:
                 return Outcome(requeue_after=0.5)  # nothing applied or deleted on a stale decision
             self.model_written[key] = (rv, out.model_status)
         self._filter_expected(out)
-        if out.status is not None and self.last_status_rv.get(key) == rv and self.last_status.get(key) == out.status:
+        if (
+            out.status is not None
+            and self.last_status.get(key) == out.status
+            and (self.last_status_rv.get(key) == rv or undelivered)
+        ):
             out.status = None  # already written; the watch has not caught up yet (a newer copy is compared)
         qwd = self.qwds[key]
         now = time.monotonic()
@@ -355,9 +372,13 @@ class Controller:
             await run(KUBE, self.kube.delete, d)
             self.expected[("delete", key[0], d["metadata"]["name"])] = (d["metadata"].get("uid") or "", now)
         if out.status is not None:
-            await run(KUBE, self.kube.apply_status, key[0], key[1], out.status)
+            produced = await run(KUBE, self.kube.apply_status, key[0], key[1], out.status)
             self.last_status[key] = out.status
             self.last_status_rv[key] = rv
+            if isinstance(produced, str) and produced != rv:
+                self.last_status_written[key] = (produced, time.monotonic())
+            else:
+                self.last_status_written.pop(key, None)
         for e in out.events:
             try:
                 await run(KUBE, self.kube.event, qwd, e.type, e.reason, e.message)

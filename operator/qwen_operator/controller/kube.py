@@ -175,16 +175,17 @@ class Kube:
         status: Mapping[str, Any],
         manager: str = FIELD_MANAGER,
         resource_version: str | None = None,
-    ) -> None:
+    ) -> str | None:
         """Server-side apply ``status`` under ``manager``; with ``resource_version``, only if the
-        resource is still at that version (else :class:`StatusConflictError`, nothing written)."""
+        resource is still at that version (else :class:`StatusConflictError`, nothing written).
+        Returns the resourceVersion the write produced (None when the response has none)."""
         metadata: dict[str, Any] = {"name": name, "namespace": namespace}
         if resource_version:
             metadata["resourceVersion"] = resource_version
         body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "status": dict(status)}
         WRITES.add(f"status:{manager}")
         try:
-            self.custom.patch_namespaced_custom_object_status(
+            written = self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, body, field_manager=manager, force=True, _content_type=APPLY
             )
         except client.ApiException as exc:
@@ -194,6 +195,8 @@ class Kube:
                     f"{namespace}/{name} changed since resourceVersion {resource_version}: status not written"
                 ) from exc
             raise
+        rv = ((written or {}).get("metadata") or {}).get("resourceVersion") if isinstance(written, dict) else None
+        return str(rv) if rv else None
 
     # -- events --------------------------------------------------------------------------
     def event(self, qwd: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
