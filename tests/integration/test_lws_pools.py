@@ -65,6 +65,17 @@ def resource(replicas: int) -> dict[str, Any]:
     }
 
 
+def workers_pdb_ready(core: client.CoreV1Api, namespace: str) -> bool:
+    try:
+        pdb = client.PolicyV1Api(core.api_client).read_namespaced_pod_disruption_budget(f"{NAME}-workers", namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    status = pdb.status
+    return bool(status and status.observed_generation and status.expected_pods == 1)
+
+
 def ready(pod: client.V1Pod) -> bool:
     conditions = pod.status.conditions or []
     return pod.status.phase == "Running" and any(c.type == "Ready" and c.status == "True" for c in conditions)
@@ -131,6 +142,15 @@ def test_a_model_no_node_holds_runs_as_leader_worker_set_groups(
         assert core.read_node(n).metadata.labels["nvidia.com/gpu.product"] == "NVIDIA-A10G"
 
     status = wait_lws(lws_controller, "QwenDeployment Ready with 1 group", lambda: status_ready(1), 60)
+    # a drain may not evict the only group's worker (its group would restart): the workers' PDB
+    wait_lws(lws_controller, "the workers' PDB observed", lambda: workers_pdb_ready(core, namespace), 30)
+    with pytest.raises(client.ApiException) as refused:
+        core.create_namespaced_pod_eviction(
+            worker.metadata.name,
+            namespace,
+            {"metadata": {"name": worker.metadata.name, "namespace": namespace}},
+        )
+    assert refused.value.status == 429, refused.value.body
     (pool,) = status["pools"]
     assert (pool["kind"], pool["nodes"], pool["shards"], pool["readyReplicas"]) == ("LeaderWorkerSet", 2, 1, 1)
     assert status["poolSummary"] == "A10G:1"

@@ -217,3 +217,22 @@ def test_no_canary_for_leader_worker_set_pools_the_roll_is_promoted_without_one(
 def test_autoscaler_pool_targets_need_whole_groups_of_nodes() -> None:
     start, left = pool_targets({"A100-40GB": 2}, {}, {"A100-40GB": [8, 8, 8]}, {"A100-40GB": 8}, {"A100-40GB": 2})
     assert start == {"A100-40GB": 1} and left == {"A100-40GB": [0, 0, 8]}
+
+
+def test_the_workers_have_their_own_disruption_budget() -> None:
+    """A drain that evicts a worker restarts its whole group; the leaders' PDB does not select workers."""
+    spec = QwenDeploymentSpec.model_validate(big_spec())
+    ctx = RenderContext(name="big", namespace="llm")
+    one = render(spec, plan(spec, CATALOG, replicas=1, multi_node=True), ctx, CATALOG)
+    (pdb,) = [m for m in one if m["kind"] == "PodDisruptionBudget" and m["metadata"]["name"] == "big-workers"]
+    assert pdb["spec"]["maxUnavailable"] == 0  # the only group: no voluntary eviction of its workers
+    assert pdb["spec"]["selector"]["matchLabels"] == {
+        "serving.qwenops.io/deployment": "big",
+        LABEL_COMPONENT: WORKER_COMPONENT,
+    }
+    two = render(spec, plan(spec, CATALOG, replicas=2, multi_node=True), ctx, CATALOG)
+    (pdb,) = [m for m in two if m["kind"] == "PodDisruptionBudget" and m["metadata"]["name"] == "big-workers"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    small = QwenDeploymentSpec.model_validate(big_spec(model={"name": "Qwen/Qwen3-14B", "registry": "hf://x/y"}))
+    flat = render(small, plan(small, CATALOG, multi_node=True), ctx, CATALOG)
+    assert [m["metadata"]["name"] for m in flat if m["kind"] == "PodDisruptionBudget"] == ["big"]

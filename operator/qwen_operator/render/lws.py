@@ -41,9 +41,11 @@ from .names import (
     ANNOTATION_MODEL,
     ANNOTATION_MODEL_VERSION,
     LABEL_COMPONENT,
+    LABEL_DEPLOYMENT,
     LABEL_MODEL_VERSION,
     LABEL_POOL,
     common_labels,
+    dns_label,
     label_value,
     pool_deployment_name,
     pool_slug,
@@ -83,6 +85,24 @@ exec vllm serve "$@"
 """
 #: The worker: join the leader's Ray head and stay in the foreground (the pod lives as long as Ray).
 WORKER_SCRIPT = f'exec ray start --block --address="$LWS_LEADER_ADDRESS:{RAY_PORT}" --disable-usage-stats'
+
+
+def workers_pod_disruption_budget(ctx: RenderContext, groups: int) -> dict[str, Any]:
+    """``<name>-workers``: the PodDisruptionBudget over the worker pods of every LeaderWorkerSet pool.
+
+    A worker evicted by a drain restarts its whole group (``RecreateGroupOnPodRestart``): one replica
+    down, as if its leader were evicted, and the leaders' PDB (``app.kubernetes.io/component:
+    server``) does not see workers. So at most one worker at a time, and none while ``groups`` is 1
+    (the only replica, as the leaders' PDB keeps its leader)."""
+    budget = {"maxUnavailable": 1 if groups > 1 else 0}
+    labels = common_labels(ctx.name, WORKER_COMPONENT)
+    selector = {k: labels[k] for k in (LABEL_DEPLOYMENT, LABEL_COMPONENT)}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(ctx, dns_label(f"{ctx.name}-workers"), labels),
+        "spec": {**budget, "selector": {"matchLabels": selector}, "unhealthyPodEvictionPolicy": "AlwaysAllow"},
+    }
 
 
 def pipeline_args(nodes: int) -> list[str]:

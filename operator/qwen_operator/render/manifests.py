@@ -1,6 +1,6 @@
 """The renderer's entry point: spec + plan -> every manifest the operator applies.
 
-Output is plain dicts, ordered Service, [Service ``<name>-servers``], PodDisruptionBudget,
+Output is plain dicts, ordered Service, [Service ``<name>-servers``], PodDisruptionBudget, [PDB ``<name>-workers``],
 [ServiceMonitor], [router ServiceAccount, Role, RoleBinding, PDB, Deployment],
 [InferencePool, HTTPRoute], then one Deployment per pool in plan order (a LeaderWorkerSet for a
 pool whose replica spans nodes: :mod:`.lws`). The router objects
@@ -20,7 +20,7 @@ from ..catalog import Catalog, resolve_gpu_name
 from ..engines.runtimes import model_has_thinking
 from ..planner.plan import Plan
 from .gateway import http_route, inference_pool
-from .lws import leader_worker_set
+from .lws import leader_worker_set, workers_pod_disruption_budget
 from .router import router_objects
 from .service import pod_disruption_budget, servers_service, service, service_monitor
 from .workload import RenderContext, pool_deployment
@@ -32,6 +32,9 @@ def render(spec: QwenDeploymentSpec, plan: Plan, ctx: RenderContext, catalog: Ca
     if spec.routing.enabled:
         out.append(servers_service(spec, ctx))
     out.append(pod_disruption_budget(spec, ctx, sum(max(0, p.replicas) for p in plan.pools)))
+    groups = sum(max(0, p.replicas) for p in plan.pools if p.multi_node)
+    if groups:  # the worker pods of LeaderWorkerSet groups: the leaders' PDB does not select them
+        out.append(workers_pod_disruption_budget(ctx, groups))
     if ctx.service_monitor:
         out.append(service_monitor(spec, ctx))
     if spec.routing.enabled:
