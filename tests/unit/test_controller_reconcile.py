@@ -550,3 +550,26 @@ def test_another_writers_event_before_our_own_does_not_repeat_our_status_write(m
     worlds["now"] = Observed(qwd=ours, deployments=settled.deployments, others=settled.others, nodes=NODES)
     asyncio.run(ctl.reconcile(key))
     assert len(writes) == 1
+
+
+def test_the_caches_keep_no_managed_fields() -> None:
+    """Server-side apply bookkeeping is often the largest part of an object and the controller never
+    reads it: the caches (every QwenDeployment, owned object and node) drop it; the event's own body
+    is left as it was."""
+    from qwen_operator.controller.handlers import Controller
+
+    ctl = Controller(kube=None, catalog=CATALOG)  # type: ignore[arg-type]
+    fields = [{"manager": "qwen-operator", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]
+    dep = {
+        "kind": "Deployment",
+        "metadata": {"name": "chat-l40s", "namespace": "llm", "labels": {"serving.qwenops.io/deployment": "chat"}},
+        "spec": {"replicas": 1},
+    }
+    dep["metadata"]["managedFields"] = copy.deepcopy(fields)
+    node = {"metadata": {"name": "n1", "managedFields": copy.deepcopy(fields)}, "status": {}}
+    ctl.on_owned("ADDED", dep)
+    ctl.on_node("ADDED", node)
+    cached = ctl.owned[("llm", "chat")][("Deployment", "chat-l40s")]
+    assert "managedFields" not in cached["metadata"] and cached["spec"] == {"replicas": 1}
+    assert "managedFields" not in ctl.nodes["n1"]["metadata"]
+    assert dep["metadata"]["managedFields"] == fields  # the caller's copy is untouched

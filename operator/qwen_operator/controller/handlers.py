@@ -115,7 +115,7 @@ class Controller:
                 if not bucket:
                     del self.pods_by_owner[(key[0], str(owner))]
             return
-        stored = copy.deepcopy(dict(body))
+        stored = _slim(body)
         self.pods[key] = stored
         if owner:
             self.pods_by_owner.setdefault((key[0], owner), {})[key] = stored
@@ -151,7 +151,7 @@ class Controller:
             if self.versions is not None:
                 self.versions.stop(key)
             return
-        self.qwds[key] = copy.deepcopy(dict(body))
+        self.qwds[key] = _slim(body)
         pending = self.last_status_written.get(key)
         if pending is not None and pending[0] == body["metadata"].get("resourceVersion"):
             del self.last_status_written[key]  # the cache now holds our last status write
@@ -176,7 +176,7 @@ class Controller:
         if event_type == "DELETED":
             bucket.pop(ident, None)
         else:
-            bucket[ident] = copy.deepcopy(dict(body))
+            bucket[ident] = _slim(body)
         self.trigger(key)
         self.poke_versions(key)
 
@@ -190,7 +190,7 @@ class Controller:
         if event_type == "DELETED":
             self.nodes.pop(name, None)
         else:
-            self.nodes[name] = copy.deepcopy(dict(body))
+            self.nodes[name] = _slim(body)
         assert self.live_inventory is not None
         self.live_inventory.node(name, self.nodes.get(name))
         if before is None or event_type == "DELETED" or _capacity_view(before) != _capacity_view(self.nodes[name]):
@@ -454,6 +454,16 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     @kopf.on.event("", "v1", "pods", when=lambda spec, **_: _gpu_pod(spec), registry=registry)
     async def pod_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
         controller.on_pod(event.get("type"), body)
+
+
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a watched object for the caches, without ``metadata.managedFields`` (server-side
+    apply bookkeeping, often the largest part of an object, which the controller never reads): the
+    caches hold every QwenDeployment, owned object, GPU pod and node."""
+    meta = body.get("metadata")
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        body = {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    return copy.deepcopy(dict(body))
 
 
 def _with_kind(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
