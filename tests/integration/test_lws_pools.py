@@ -9,6 +9,7 @@ replica into 2 pipeline stages of 1 GPU on 2 nodes: one LeaderWorkerSet group pe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,4 +193,12 @@ def test_a_model_no_node_holds_runs_as_leader_worker_set_groups(
 
     wait_lws(lws_controller, "the operator restores the LeaderWorkerSet's replicas to 2", restored, 60)
     wait_lws(lws_controller, "two groups Ready again", lambda: groups_ready(2), 90)
+    wait_lws(lws_controller, "QwenDeployment Ready with 2 groups again", lambda: status_ready(2), 60)
+
+    # at rest: two resyncs (5 s each) write nothing, to the LeaderWorkerSet (the LWS webhook's defaults
+    # are not drift) or to the resource's status
+    before = ((lws() or {})["metadata"]["resourceVersion"], qwd()["metadata"]["resourceVersion"])
+    time.sleep(12)
+    after = ((lws() or {})["metadata"]["resourceVersion"], qwd()["metadata"]["resourceVersion"])
+    assert after == before, "the operator wrote at rest: see its log"
     assert lws_operator.alive() and lws_controller.alive()
