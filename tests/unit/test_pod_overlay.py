@@ -315,6 +315,9 @@ def reject(**raw: Any) -> str:
         ("vllm", "--max_model_len=9000"),  # vLLM's parser reads underscores as dashes
         ("vllm", "-tp"),
         ("vllm", "--served-model-name"),
+        ("vllm", "--pipeline-parallel-size=2"),  # placement's, for replicas across nodes (LeaderWorkerSet)
+        ("vllm", "-pp"),
+        ("vllm", "--distributed-executor-backend=ray"),
     ],
 )
 def test_owned_engine_flags_are_refused_by_name(engine: str, arg: str) -> None:

@@ -407,6 +407,9 @@ OWNED_FLAGS: dict[str, tuple[str, ...]] = {
         "--served-model-name",
         "--tensor-parallel-size",
         "-tp",
+        "--pipeline-parallel-size",  # placement's: a replica across nodes (LeaderWorkerSet), render/lws.py
+        "-pp",
+        "--distributed-executor-backend",
         "--max-model-len",
         "--max-num-seqs",
         "--port",
