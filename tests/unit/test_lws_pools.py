@@ -236,3 +236,23 @@ def test_the_workers_have_their_own_disruption_budget() -> None:
     small = QwenDeploymentSpec.model_validate(big_spec(model={"name": "Qwen/Qwen3-14B", "registry": "hf://x/y"}))
     flat = render(small, plan(small, CATALOG, multi_node=True), ctx, CATALOG)
     assert [m["metadata"]["name"] for m in flat if m["kind"] == "PodDisruptionBudget"] == ["big"]
+
+
+def test_a_pool_moving_from_a_leader_worker_set_to_one_node_keeps_it_until_the_replacement_is_ready() -> None:
+    """gpuTypes changed to A100-80GB, where one node holds the model: a pool Deployment replaces the
+    LeaderWorkerSet, which is deleted only once the Deployment's replica is Ready."""
+    first = compute(Observed(qwd=qwd(), nodes=NODES, lws_crd=True), CATALOG, now="T")
+    live_lws = as_live(lws_of(first.apply))
+    a100 = {**node("b0"), "metadata": {"name": "b0", "labels": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}}}
+    moved = qwd(placement={"gpuTypes": ["A100-80GB"]})
+    out = compute(Observed(qwd=moved, deployments=[live_lws], nodes=[*NODES, a100], lws_crd=True), CATALOG, now="T")
+    (dep,) = [m for m in out.apply if m["kind"] == "Deployment"]
+    assert dep["metadata"]["name"] == "big-a100-80gb"
+    assert not out.delete  # the LeaderWorkerSet serves until its replacement is Ready
+    ready = compute(
+        Observed(qwd=moved, deployments=[live_lws, as_live(dep)], nodes=[*NODES, a100], lws_crd=True),
+        CATALOG,
+        now="T",
+    )
+    assert [(d["kind"], d["metadata"]["name"]) for d in ready.delete] == [(LWS_KIND, "big-a100-40gb")]
+    assert any(e.reason == "PoolRemoved" and "LeaderWorkerSet big-a100-40gb" in e.message for e in ready.events)
