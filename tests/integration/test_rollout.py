@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ import pytest
 import yaml
 from kubernetes import client
 
+from qwen_operator.catalog import DEFAULT_GPUS
 from qwen_operator.modelsync.manifest import diff
 from qwen_operator.modelsync.registry import Registry
 from qwen_operator.modelsync.synthetic import Checkpoint, Shape
 from qwen_operator.sandbox.cluster import Sandbox
+from qwen_operator.sandbox.nodes import NodeSpec, node_manifest
 from qwen_operator.testing.operator import OperatorProcess
 from qwen_operator.testing.s3 import S3Bucket
 from qwen_operator.testing.wait import wait_for
@@ -392,8 +395,30 @@ class RolloutSampler:
         self._thread.join(5)
 
 
+@pytest.fixture
+def spare_a10g(kube_api: Any) -> Iterator[str]:
+    """One more one-GPU A10G kwok node, so the roll below has room beyond its exact fit (2 pool replicas,
+    the canary and the surge pod on the sandbox's 4 A10G GPUs). Exactly full, the scheduler may see the
+    next surge pod before the GPU its predecessor freed (Unschedulable for a moment), and a pool waiting
+    for a GPU is where the operator gives the canary's GPU back by design. Requested before
+    ``namespace``: it is deleted after the namespace's pods are gone."""
+    core = client.CoreV1Api(kube_api)
+    name = f"gpu-a10g-spare-{uuid.uuid4().hex[:5]}"
+    core.create_node(node_manifest(NodeSpec(name, DEFAULT_GPUS["A10G"], 1, "g5.xlarge", 4, 16)))
+    try:
+        wait_for(
+            "the spare A10G node Ready (kwok)",
+            lambda: any(c.type == "Ready" and c.status == "True" for c in core.read_node(name).status.conditions or []),
+            timeout=60,
+        )
+        yield name
+    finally:
+        core.delete_node(name)
+
+
 def test_passed_canary_with_a_traffic_share_serves_until_every_pool_runs_its_version(
     kube_api: Any,
+    spare_a10g: str,
     namespace: str,
     s3_bucket: S3Bucket,
     models: dict[str, Path],
