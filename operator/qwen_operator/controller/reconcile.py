@@ -600,11 +600,6 @@ def compute(obs: Observed, catalog: Catalog, now: str | None = None, at: dt.date
     return finish(conds, extra)
 
 
-def _template_version(dep: Mapping[str, Any]) -> str | None:
-    meta = pod_template(dep).get("metadata") or {}
-    return (meta.get("annotations") or {}).get(ANNOTATION_MODEL_VERSION)
-
-
 def _strategy(dep: Mapping[str, Any]) -> dict[str, Any]:
     spec = dep.get("spec") or {}
     if dep.get("kind") == LWS_KIND:
@@ -627,7 +622,7 @@ def _rolling(dep: Mapping[str, Any], target_version: str, old_pods: bool = False
     updated = int(st.get("updatedReplicas") or 0)
     in_progress = observed and (updated < _replicas(dep) or int(st.get("replicas") or 0) > updated)
     one_at_a_time_unready = _strategy(dep) == NO_SURGE_ROLLING_UPDATE and _ready(dep) < _replicas(dep)
-    return _template_version(dep) != target_version or in_progress or old_pods or one_at_a_time_unready
+    return template_version(dep) != target_version or in_progress or old_pods or one_at_a_time_unready
 
 
 def pools_with_old_pods(
@@ -708,7 +703,7 @@ def _surge_events(
     no_surge: list[str], borrowed: str | None, live_by_type: Mapping[str, Mapping[str, Any]], target_version: str
 ) -> list[Event]:
     """One Event when a pool starts rolling without surge (not on every reconcile)."""
-    starting = [g for g in no_surge if _template_version(live_by_type[g]) != target_version]
+    starting = [g for g in no_surge if template_version(live_by_type[g]) != target_version]
     if not starting:
         return []
     pools = ", ".join(starting)

@@ -38,25 +38,19 @@ from ..api.spec import QwenDeploymentSpec
 from ..catalog import GPUType
 from ..planner.pools import Pool
 from .names import (
-    ANNOTATION_MODEL,
-    ANNOTATION_MODEL_VERSION,
     LABEL_COMPONENT,
     LABEL_DEPLOYMENT,
-    LABEL_MODEL_VERSION,
-    LABEL_POOL,
     common_labels,
     dns_label,
-    label_value,
     pool_deployment_name,
-    pool_slug,
 )
 from .workload import (
     NO_SURGE_ROLLING_UPDATE,
     RenderContext,
-    merged_labels,
     metadata,
+    pool_labels,
+    server_pod_metadata,
     server_pod_spec,
-    version_of,
 )
 
 LWS_GROUP = "leaderworkerset.x-k8s.io"
@@ -144,23 +138,15 @@ def leader_worker_set(
     spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gpu: GPUType, thinking_model: bool = False
 ) -> dict[str, Any]:
     """The LeaderWorkerSet of one GPU pool whose replicas span ``pool.nodes`` nodes (engine vllm)."""
-    model_version = version_of(spec, ctx)
-    labels = {**common_labels(ctx.name), LABEL_POOL: pool_slug(pool.gpu_type)}
-    admin = ctx.defaults.pods
-    leader_labels = merged_labels(
-        admin.labels, spec.pod.labels, labels, {LABEL_MODEL_VERSION: label_value(model_version)}
-    )
-    worker_labels = {**leader_labels, LABEL_COMPONENT: WORKER_COMPONENT}
-    annotations = merged_labels(
-        ctx.pod_annotations,
-        admin.annotations,
-        spec.pod.annotations,
-        {ANNOTATION_MODEL_VERSION: model_version, ANNOTATION_MODEL: spec.model.name},
-    )
+    leader = server_pod_metadata(spec, ctx, pool)
+    worker = {
+        "labels": {**leader["labels"], LABEL_COMPONENT: WORKER_COMPONENT},
+        "annotations": dict(leader["annotations"]),
+    }
     return {
         "apiVersion": LWS_API_VERSION,
         "kind": LWS_KIND,
-        "metadata": metadata(ctx, pool_deployment_name(ctx.name, pool.gpu_type), labels),
+        "metadata": metadata(ctx, pool_deployment_name(ctx.name, pool.gpu_type), pool_labels(ctx, pool)),
         "spec": {
             "replicas": pool.replicas,
             "startupPolicy": "LeaderCreated",
@@ -172,11 +158,11 @@ def leader_worker_set(
                 "size": pool.nodes,
                 "restartPolicy": "RecreateGroupOnPodRestart",
                 "leaderTemplate": {
-                    "metadata": {"labels": leader_labels, "annotations": dict(annotations)},
+                    "metadata": leader,
                     "spec": _leader_spec(server_pod_spec(spec, ctx, pool, gpu, thinking_model), pool.nodes),
                 },
                 "workerTemplate": {
-                    "metadata": {"labels": worker_labels, "annotations": dict(annotations)},
+                    "metadata": worker,
                     "spec": _worker_spec(server_pod_spec(spec, ctx, pool, gpu, thinking_model)),
                 },
             },

@@ -545,19 +545,36 @@ def server_pod_spec(
     return out
 
 
+def pool_labels(ctx: RenderContext, pool: Pool) -> dict[str, str]:
+    """The labels of a pool's object (Deployment or LeaderWorkerSet) and its server pods."""
+    return {**common_labels(ctx.name), LABEL_POOL: pool_slug(pool.gpu_type)}
+
+
+def server_pod_metadata(spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool) -> dict[str, Any]:
+    """A pool's server pod template metadata: admin defaults, then the resource's, then the operator's
+    own keys (admission refused those), and the model version as a label and an annotation."""
+    model_version = version_of(spec, ctx)
+    admin = ctx.defaults.pods
+    own_labels = {**pool_labels(ctx, pool), LABEL_MODEL_VERSION: label_value(model_version)}
+    return {
+        "labels": merged_labels(admin.labels, spec.pod.labels, own_labels),
+        "annotations": merged_labels(
+            ctx.pod_annotations,
+            admin.annotations,
+            spec.pod.annotations,
+            {ANNOTATION_MODEL_VERSION: model_version, ANNOTATION_MODEL: spec.model.name},
+        ),
+    }
+
+
 def pool_deployment(
     spec: QwenDeploymentSpec, ctx: RenderContext, pool: Pool, gpu: GPUType, thinking_model: bool = False
 ) -> dict[str, Any]:
     """The Deployment of one GPU pool; ``thinking_model``: the catalog model has Qwen3's thinking mode."""
-    model_version = version_of(spec, ctx)
-    labels = {**common_labels(ctx.name), LABEL_POOL: pool_slug(pool.gpu_type)}
-    admin = ctx.defaults.pods
-    # admin defaults, then the resource's, then the operator's own keys (admission refused those)
-    pod_labels = merged_labels(admin.labels, spec.pod.labels, labels, {LABEL_MODEL_VERSION: label_value(model_version)})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(ctx, pool_deployment_name(ctx.name, pool.gpu_type), labels),
+        "metadata": metadata(ctx, pool_deployment_name(ctx.name, pool.gpu_type), pool_labels(ctx, pool)),
         "spec": {
             "replicas": pool.replicas,
             "selector": {"matchLabels": pool_selector(ctx.name, pool.gpu_type)},
@@ -570,15 +587,7 @@ def pool_deployment(
             "progressDeadlineSeconds": STARTUP_BUDGET_SECONDS + 600,
             "revisionHistoryLimit": 3,
             "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": merged_labels(
-                        ctx.pod_annotations,
-                        admin.annotations,
-                        spec.pod.annotations,
-                        {ANNOTATION_MODEL_VERSION: model_version, ANNOTATION_MODEL: spec.model.name},
-                    ),
-                },
+                "metadata": server_pod_metadata(spec, ctx, pool),
                 "spec": server_pod_spec(spec, ctx, pool, gpu, thinking_model),
             },
         },
