@@ -13,42 +13,23 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from test_autoscale_prompt_tokens import qwd, spec_of, tick  # the same resource and autoscaler tick
 
-from qwen_operator.api.spec import QwenDeploymentSpec
 from qwen_operator.autoscale.prometheus import PROMPT_WINDOW, FleetSignals, queries
 from qwen_operator.capacity.model import ReplicaModel
 from qwen_operator.catalog import load_catalog
 from qwen_operator.controller.autoscaler import (
     MIN_PROMPT_SAMPLES,
-    Autoscaler,
     learned_estimates,
     observed_output_tokens,
     pool_estimates,
 )
-from qwen_operator.controller.reconcile import GPU_TYPE_ANNOTATION, Observed
 from qwen_operator.engines.runtimes import RUNTIMES
 from qwen_operator.sim.engine import Request
 from qwen_operator.sim.server import SimulatedTGI
 
 CATALOG = load_catalog(None)
 NOON = dt.datetime(2026, 12, 3, 12, tzinfo=dt.UTC)
-
-
-def qwd(**scaling: Any) -> dict[str, Any]:
-    return {
-        "metadata": {"name": "chat", "namespace": "llm", "uid": "u-1", "generation": 1},
-        "spec": {
-            "model": {"name": "Qwen/Qwen3-14B", "registry": "s3://models/qwen3-14b", "quantization": "fp8"},
-            "placement": {"gpuTypes": ["L40S"]},
-            "scaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 6, **scaling},
-            "runtime": {"maxInputTokens": 6000, "maxTotalTokens": 8192},
-        },
-        "status": {"autoscaler": {"desiredReplicas": 2}},
-    }
-
-
-def spec_of(obj: dict[str, Any]) -> QwenDeploymentSpec:
-    return QwenDeploymentSpec.model_validate(obj["spec"])
 
 
 def signals(output: float | None, samples: float | None = 500.0, rate: float = 5.0) -> FleetSignals:
@@ -62,33 +43,6 @@ def signals(output: float | None, samples: float | None = 500.0, rate: float = 5
         output_tokens=output,
         output_samples=None if output is None else samples,
     )
-
-
-def tick(obj: dict[str, Any], fleet: FleetSignals) -> dict[str, Any]:
-    node = {
-        "metadata": {"name": "l0", "labels": {"nvidia.com/gpu.product": "NVIDIA-L40S"}},
-        "spec": {},
-        "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [{"type": "Ready", "status": "True"}]},
-    }
-    dep = {
-        "metadata": {"name": "chat-l40s", "annotations": {GPU_TYPE_ANNOTATION: "L40S"}},
-        "spec": {"replicas": 2},
-        "status": {"readyReplicas": 2},
-    }
-    obs = Observed(qwd=obj, deployments=[dep], nodes=[node])
-    written: dict[str, Any] = {}
-
-    class Kube:
-        def apply_status(self, ns: str, name: str, status: dict[str, Any], manager: str) -> None:
-            written.update(status)
-
-        def event(self, *_: Any) -> None:
-            pass
-
-    scaler = Autoscaler(Kube(), CATALOG, lambda *_: fleet, lambda key: obs, "http://prometheus", clock=lambda: NOON)
-    asyncio.run(scaler.tick(("llm", "chat")))
-    autoscaler: dict[str, Any] = written["autoscaler"]
-    return autoscaler
 
 
 @pytest.mark.parametrize("engine", ["tgi", "vllm"])
