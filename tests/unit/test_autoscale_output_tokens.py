@@ -9,7 +9,6 @@ finished; the simulated servers export both."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from typing import Any
 
 import pytest
@@ -29,7 +28,6 @@ from qwen_operator.sim.engine import Request
 from qwen_operator.sim.server import SimulatedTGI
 
 CATALOG = load_catalog(None)
-NOON = dt.datetime(2026, 12, 3, 12, tzinfo=dt.UTC)
 
 
 def signals(output: float | None, samples: float | None = 500.0, rate: float = 5.0) -> FleetSignals:
