@@ -28,6 +28,7 @@ from qwen_operator.catalog import DEFAULT_GPUS
 from qwen_operator.modelsync.manifest import diff
 from qwen_operator.modelsync.registry import Registry
 from qwen_operator.modelsync.synthetic import Checkpoint, Shape
+from qwen_operator.router.discovery import DIAL_ANNOTATION
 from qwen_operator.sandbox.cluster import Sandbox
 from qwen_operator.sandbox.nodes import NodeSpec, node_manifest
 from qwen_operator.testing.operator import OperatorProcess
@@ -141,8 +142,8 @@ class CanaryEndpoints:
         while not self._stop.is_set():
             sel = f"{LABEL}=chat,serving.qwenops.io/canary=true"
             for p in self.fleet.core.list_namespaced_pod(self.fleet.ns, label_selector=sel).items:
-                if self.url and (p.metadata.annotations or {}).get("sandbox.qwenops.io/endpoint") != self.url:
-                    patch = {"metadata": {"annotations": {"sandbox.qwenops.io/endpoint": self.url}}}
+                if self.url and (p.metadata.annotations or {}).get(DIAL_ANNOTATION) != self.url:
+                    patch = {"metadata": {"annotations": {DIAL_ANNOTATION: self.url}}}
                     self.fleet.core.patch_namespaced_pod(p.metadata.name, self.fleet.ns, patch)
             time.sleep(0.1)
 

@@ -191,6 +191,22 @@ def test_place_scale_down_keeps_capacity_above_target() -> None:
     assert place_scale_down(pools, {"A10G": 2, "A100-80GB": 1}, 1.5, 1, 1) == {"A10G": 2, "A100-80GB": 0}
 
 
+def test_place_scale_down_heads_for_the_cheapest_fleet_that_covers_the_target() -> None:
+    owned = PoolState("A10G", cost_per_hour=0.0, throughput=1.33, free=0)  # the cluster's own A10G
+    rented = PoolState("L40S", cost_per_hour=1.861, throughput=19.2, free=4)
+    pools = [owned, rented]
+    # the spike is still in the window (2.2 req/s): only the L40S covers it; removing the $0
+    # A10G saves nothing and would leave the L40S as the last replica, so nothing goes
+    assert place_scale_down(pools, {"A10G": 1, "L40S": 1}, 2.2, 1, 1) == {"A10G": 1, "L40S": 1}
+    # traffic fell: the A10G alone covers it, the L40S goes
+    assert place_scale_down(pools, {"A10G": 1, "L40S": 1}, 0.2, 1, 1) == {"A10G": 1, "L40S": 0}
+    # priced A10Gs that cannot cover the need go first: the L40S alone is the cheapest cover
+    priced = [PoolState("A10G", cost_per_hour=1.006, throughput=1.33), rented]
+    assert place_scale_down(priced, {"A10G": 3, "L40S": 1}, 2.2, 2, 1) == {"A10G": 1, "L40S": 1}
+    # trimming to a count (no target): most expensive per unit of throughput first
+    assert place_scale_down(priced, {"A10G": 3, "L40S": 1}, -math.inf, 1, 3) == {"A10G": 2, "L40S": 1}
+
+
 @pytest.mark.parametrize(
     ("rate", "kind", "total"),
     [

@@ -12,7 +12,6 @@ import pytest
 from qwen_operator.catalog import load_catalog
 from qwen_operator.controller.reconcile import Observed, compute
 from qwen_operator.controller.rollout import (
-    ENDPOINT_ANNOTATION,
     FAILED,
     PASSED,
     TESTING,
@@ -24,11 +23,11 @@ from qwen_operator.controller.rollout import (
     canary_wanted,
     decide,
     is_canary,
-    pod_url,
     pool_version,
     pools_on,
     template_version,
 )
+from qwen_operator.router.discovery import DIAL_ANNOTATION
 
 CATALOG = load_catalog(None)
 V1, V2, V3 = "sha256:" + "1" * 64, "sha256:" + "2" * 64, "sha256:" + "3" * 64
@@ -182,12 +181,16 @@ def pod(name: str, version: str, ready: bool = True, canary: bool = True, **meta
     }
 
 
-def test_pod_url_prefers_the_sandbox_endpoint_annotation() -> None:
-    assert pod_url(pod("p", V2)) == "http://10.0.0.7:80"
-    assert pod_url(pod("p", V2, annotations={ENDPOINT_ANNOTATION: "http://127.0.0.1:9/"})) == "http://127.0.0.1:9"
-    no_ip = pod("p", V2)
+def test_the_smoke_test_dials_a_canary_as_the_router_does() -> None:
+    sandbox = pod("c1", V2, annotations={DIAL_ANNOTATION: "http://127.0.0.1:9/"})
+    # a cluster: the pod IP and its port named http; the annotation is ignored
+    assert canary_urls("chat", "llm", V2, 1, [sandbox]) == ["http://10.0.0.7:80"]
+    # the sandbox ($QWEN_ROUTER_DIAL=annotation): the simulated server the annotation names
+    assert canary_urls("chat", "llm", V2, 1, [sandbox], "annotation") == ["http://127.0.0.1:9"]
+    no_ip = pod("c1", V2)
     no_ip["status"].pop("podIP")
-    assert pod_url(no_ip) is None
+    assert canary_urls("chat", "llm", V2, 1, [no_ip]) is None
+    assert canary_urls("chat", "llm", V2, 1, [no_ip], "annotation") is None
 
 
 def test_canary_urls_need_every_canary_replica_ready_on_the_target() -> None:

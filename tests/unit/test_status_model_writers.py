@@ -16,7 +16,6 @@ from kubernetes import client
 from qwen_operator.controller.kube import Kube, StatusConflictError
 from qwen_operator.controller.reconcile import Observed
 from qwen_operator.controller.rollout import (
-    ENDPOINT_ANNOTATION,
     FAILED,
     LABEL_CANARY,
     TESTING,
@@ -26,6 +25,7 @@ from qwen_operator.controller.rollout import (
 )
 from qwen_operator.controller.versions import MANAGER, VersionWatcher
 from qwen_operator.render.names import ANNOTATION_MODEL_VERSION, LABEL_DEPLOYMENT, label_value
+from qwen_operator.router.discovery import DIAL_ANNOTATION
 
 V1, V2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 KEY = ("llm", "chat")
@@ -84,7 +84,7 @@ def canary_pod() -> dict[str, Any]:
             "name": "chat-canary-abc",
             "namespace": "llm",
             "labels": {LABEL_DEPLOYMENT: label_value("chat"), LABEL_CANARY: "true"},
-            "annotations": {ANNOTATION_MODEL_VERSION: V2, ENDPOINT_ANNOTATION: "http://canary.test"},
+            "annotations": {ANNOTATION_MODEL_VERSION: V2, DIAL_ANNOTATION: "http://canary.test"},
         },
         "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }
@@ -113,6 +113,7 @@ def test_a_smoke_result_never_overwrites_a_canary_timeout_recorded_during_the_sm
         interval=0.0,
         smoke=smoke,
         registry_factory=lambda url: StableIsV2(),  # type: ignore[arg-type, return-value]
+        dial="annotation",
     )
     asyncio.run(watcher.tick(KEY))
 

@@ -191,20 +191,60 @@ def place_scale_up(pools: list[PoolState], current: dict[str, int], need: float,
 def place_scale_down(
     pools: list[PoolState], current: dict[str, int], target: float, steps: int, floor: int
 ) -> dict[str, int]:
-    """Remove up to ``steps`` replicas, most expensive per unit throughput first, keeping
-    capacity >= ``target`` and at least ``floor`` replicas."""
+    """Remove up to ``steps`` replicas, keeping capacity >= ``target`` and at least ``floor`` replicas.
+
+    With a capacity target, the removals head for the cheapest sub-fleet of ``current`` that
+    still covers it (exact for a deployment's handful of pools, as in :func:`place_scale_up`);
+    between sub-fleets of equal $/h, the one whose cheapest ``max(floor, 1)`` replicas cost least,
+    i.e. what it shrinks to when traffic falls further. So a replica that costs nothing (an owned
+    A10G) is not removed while a rented L40S beside it is still needed: removing it saves nothing
+    now and would leave the L40S as the last replica. Replicas go most expensive per unit of
+    throughput first. Without a target (``-inf``: trimming to a count) the most expensive per
+    unit of throughput go first.
+    """
     by_name = {p.gpu_type: p for p in pools}
     counts = dict(current)
+    goal = _cheapest_cover(pools, current, target, floor) if not math.isinf(target) else None
     for _ in range(steps):
         if sum(counts.values()) <= floor:
             break
         cap = _capacity(by_name, counts)
         order = sorted((p for p in pools if counts[p.gpu_type] > 0), key=lambda p: (-p.unit_cost, -p.cost_per_hour))
+        if goal is not None:
+            order = [p for p in order if counts[p.gpu_type] > goal[p.gpu_type]]
         pick = next((p for p in order if cap - p.throughput >= target - _EPS), None)
         if pick is None:
             break
         counts[pick.gpu_type] -= 1
     return counts
+
+
+def _cheapest_cover(
+    pools: list[PoolState], current: dict[str, int], target: float, floor: int
+) -> dict[str, int] | None:
+    """The cheapest sub-fleet of ``current`` with capacity >= ``target`` and >= ``floor`` replicas
+    (ties: the cheaper ``max(floor, 1)`` replicas it would keep last, then fewer replicas); None
+    when there are too many combinations to try (the caller falls back to the greedy order)."""
+    live = [p for p in pools if current.get(p.gpu_type, 0) > 0]
+    ranges = [range(current[p.gpu_type] + 1) for p in live]
+    if math.prod(len(r) for r in ranges) > 50_000:
+        return None
+    last = max(floor, 1)
+    best: tuple[float, float, int] | None = None
+    goal = dict(current)
+    for combo in itertools.product(*ranges):
+        n = sum(combo)
+        if n < min(floor, sum(current.values())):
+            continue
+        if sum(k * p.throughput for k, p in zip(combo, live, strict=True)) < target - _EPS:
+            continue
+        cost = sum(k * p.cost_per_hour for k, p in zip(combo, live, strict=True))
+        each = sorted(p.cost_per_hour for k, p in zip(combo, live, strict=True) for _ in range(k))
+        key = (round(cost, 9), round(sum(each[:last]), 9), n)
+        if best is None or key < best:
+            best = key
+            goal = {**current, **{p.gpu_type: k for k, p in zip(combo, live, strict=True)}}
+    return goal
 
 
 def _held(signals: Signals) -> float:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..cli import UserError
+from ..router.discovery import DIAL_ENV, DIAL_MODES
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -229,6 +230,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"operator config: {exc}") from None
     if args.prometheus_url or cfg.prometheus.url:
         prometheus_connection(cfg, args.prometheus_url)  # inconsistent auth / TLS settings stop here
+    dial_mode()  # a bad $QWEN_ROUTER_DIAL stops here
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = str(args.kubeconfig)
     try:
@@ -403,6 +405,7 @@ def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any)
         interval=float(cfg.model_sync.interval_seconds),
         registry_factory=registry_factory(cfg),
         gpus=catalog.gpus,
+        dial=dial_mode(),
     )
     registry = kopf.OperatorRegistry()
 
@@ -443,6 +446,15 @@ def _wire(args: argparse.Namespace, cfg: OperatorConfig, catalog: Any, api: Any)
 
     register(registry, controller)
     return registry, controller
+
+
+def dial_mode() -> str:
+    """How the canary smoke test reaches a pod: ``$QWEN_ROUTER_DIAL``, the router's switch (``pod-ip``,
+    the default, or the sandbox's ``annotation``), so both dial a pod the same way."""
+    dial = os.environ.get(DIAL_ENV, "") or "pod-ip"
+    if dial not in DIAL_MODES:
+        raise UserError(f"{DIAL_ENV}: {dial!r} is not valid; valid: {', '.join(DIAL_MODES)}")
+    return dial
 
 
 def prometheus_connection(cfg: OperatorConfig, url: str | None = None) -> PrometheusConnection:

@@ -66,9 +66,9 @@ from ..render.names import (
     pool_deployment_name,
 )
 from ..render.workload import RenderContext, pool_deployment
+from ..router.discovery import LABEL_CANARY, pod_url
 from . import conditions as cond
 
-LABEL_CANARY = "serving.qwenops.io/canary"
 #: The catalog GPU type a pool (or canary) Deployment runs on.
 GPU_TYPE_ANNOTATION = "serving.qwenops.io/gpu-type"
 #: On a pool Deployment lending replicas to a roll ("borrowed surge"): how many of its replicas are
@@ -78,8 +78,6 @@ BORROWED_ANNOTATION = "serving.qwenops.io/borrowed-replicas"
 #: ``status.model.canary.message`` of a canary rolled back by ``canaryTimeoutSeconds`` starts so.
 TIMEOUT_MARK = "not Ready within canaryTimeoutSeconds"
 CANARY_FAILED, CANARY_TIMEOUT = "CanaryFailed", "CanaryTimeout"
-#: Sandbox only: the URL of the simulated server standing in for a pod (pods run no containers there).
-ENDPOINT_ANNOTATION = "sandbox.qwenops.io/endpoint"
 TESTING, PASSED, FAILED = "Testing", "Passed", "Failed"
 #: ``status.model.prestage.phase`` holding the pools on ``currentVersion`` (controller/prestage.py).
 PRESTAGE_WAITING = "Waiting"
@@ -476,26 +474,16 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
 
-def pod_url(pod: Mapping[str, Any]) -> str | None:
-    """Where to reach a pod's server: the sandbox endpoint annotation, else ``http://<podIP>:<http port>``."""
-    override = (pod.get("metadata", {}).get("annotations") or {}).get(ENDPOINT_ANNOTATION)
-    if override:
-        return str(override).rstrip("/")
-    ip = pod.get("status", {}).get("podIP")
-    if not ip:
-        return None
-    for c in pod.get("spec", {}).get("containers") or []:
-        for p in c.get("ports") or []:
-            if p.get("name") == "http":
-                host = f"[{ip}]" if ":" in ip else ip
-                return f"http://{host}:{p['containerPort']}"
-    return None
-
-
 def canary_urls(
-    name: str, namespace: str, version: str, replicas: int, pods: Sequence[Mapping[str, Any]]
+    name: str,
+    namespace: str,
+    version: str,
+    replicas: int,
+    pods: Sequence[Mapping[str, Any]],
+    dial: str = "pod-ip",
 ) -> list[str] | None:
-    """URLs of the Ready canary pods on ``version``; None until ``replicas`` of them are Ready and reachable."""
+    """URLs of the Ready canary pods on ``version``; None until ``replicas`` of them are Ready and reachable.
+    ``dial``: how a pod is reached, as the router dials it (:func:`..router.discovery.pod_url`)."""
     urls = []
     for pod in pods:
         meta = pod.get("metadata", {})
@@ -507,7 +495,7 @@ def canary_urls(
             and (meta.get("annotations") or {}).get(ANNOTATION_MODEL_VERSION) == version
             and pod_ready(pod)
         ):
-            url = pod_url(pod)
+            url = pod_url(pod, dial)
             if url is not None:
                 urls.append(url)
     return sorted(urls) if replicas > 0 and len(urls) >= replicas else None

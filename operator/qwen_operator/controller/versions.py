@@ -209,6 +209,9 @@ class VersionWatcher:
     ticks: int = 0
     #: the catalog's GPU types: a node's nvidia.com/gpu.product label -> its type (pre-staging's eligible nodes)
     gpus: Mapping[str, GPUType] = field(default_factory=lambda: dict(DEFAULT_GPUS))
+    #: how the canary smoke test reaches a pod: ``pod-ip``, or ``annotation`` (the sandbox's one seam,
+    #: ``$QWEN_ROUTER_DIAL``, the same switch and annotation the router dials by)
+    dial: str = "pod-ip"
 
     def sync(self, key: Key) -> None:
         if key not in self.tasks:
@@ -320,7 +323,7 @@ class VersionWatcher:
             resolution=res,
             sync_bytes=nbytes,
             pools_settled_on_target=pools_on(obs.deployments, target, _desired(qwd, spec)),
-            canary_urls=canary_urls(key[1], key[0], target, spec.rollout.canary_replicas, obs.pods),
+            canary_urls=canary_urls(key[1], key[0], target, spec.rollout.canary_replicas, obs.pods, self.dial),
             no_canary=no_canary_reason(obs.deployments),
         )
         step = decide(inp)

@@ -69,8 +69,8 @@ DIAL_ENV = "QWEN_ROUTER_DIAL"
 DIAL_MODES = ("pod-ip", "annotation")
 #: The sandbox seam: the URL a simulated pod's server listens on (no pod network there).
 DIAL_ANNOTATION = "sandbox.qwenops.io/dial"
-#: Canary pods carry this label (the same string as ``controller.rollout.LABEL_CANARY``; the
-#: router must not import the controller, which pulls kopf into the data plane).
+#: Canary pods carry this label (``controller.rollout`` imports it from here; the router must not
+#: import the controller, which pulls kopf into the data plane).
 LABEL_CANARY = f"{GROUP}/canary"
 #: ``status.model.canary.phase`` once the operator's smoke test passed the canary's version
 #: (``controller.rollout.PASSED``; the same reason for not importing it).

@@ -39,6 +39,7 @@ import yaml
 
 from ..api import GROUP, PLURAL, VERSION
 from ..api.crdgen import DEFAULT_OUTPUT as CRD_FILE
+from ..router.discovery import DIAL_ENV
 from .binaries import locate
 from .cluster import Sandbox
 from .demo_view import Row, render_row, write_timeline
@@ -119,7 +120,7 @@ class Demo:
             )
         )
         log = (work / "operator.log").open("ab")
-        env = {**os.environ, **s3env}
+        env = {**os.environ, **s3env, DIAL_ENV: "annotation"}  # a canary's smoke test dials as the routers do
         self.procs.append(
             subprocess.Popen(
                 [

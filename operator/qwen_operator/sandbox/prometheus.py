@@ -78,14 +78,15 @@ class PrometheusServer:
             ],
         }
 
-    def start(self, timeout: float = 30.0) -> PrometheusServer:
+    def start(self, timeout: float = 30.0, port: int = 0) -> PrometheusServer:
+        """Start on ``port`` (0: a free one) with the data directory of any earlier run."""
         self.binary = find_prometheus()
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.targets_file.exists():
             self.set_targets([])
         cfg = self.dir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        self.port = procs.free_port()
+        self.port = port or procs.free_port()
         self.pid = procs.start(
             [
                 self.binary,
@@ -143,6 +144,13 @@ class PrometheusServer:
     def stop(self) -> None:
         if self.pid:
             procs.stop(self.pid, self.binary or find_prometheus())
+
+    def restart(self, timeout: float = 30.0) -> PrometheusServer:
+        """Stop and start again at the same address with the same data (a Prometheus pod restarted
+        behind its Service)."""
+        port = self.port
+        self.stop()
+        return self.start(timeout, port=port)
 
     def __enter__(self) -> PrometheusServer:
         return self.start()

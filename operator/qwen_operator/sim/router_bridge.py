@@ -57,12 +57,12 @@ import aiohttp
 import yaml
 
 from ..render.names import router_name, router_selector
+from ..router.discovery import DIAL_ENV
 from ..router.metric_names import TARGET_LABELS
 from ..sandbox.prometheus import Target
 
 #: The rendered container's argv[0] (render/router.py ROUTER_COMMAND): the operator image's CLI.
 CLI = "qwenctl"
-DIAL_ENV = "QWEN_ROUTER_DIAL"
 LISTEN_ENV = "QWEN_ROUTER_LISTEN"
 #: Seconds a token lasts; the kubelet's projected tokens default to an hour as well.
 TOKEN_SECONDS = 3600

@@ -19,9 +19,15 @@ from typing import Any
 import pytest
 
 from ..api.crdgen import DEFAULT_OUTPUT as CRD_FILE
+from ..router.discovery import DIAL_ENV
 from ..sandbox.cluster import Sandbox
 
 __all__ = ["qwen_crd", "operator_process", "OperatorProcess"]
+
+
+#: The sandbox has no pod network: the canary smoke test dials a pod at its ``sandbox.qwenops.io/dial``
+#: annotation (the simulated server standing in for it), as the router pods do.
+SANDBOX_ENV = {DIAL_ENV: "annotation"}
 
 
 class OperatorProcess:
@@ -49,7 +55,7 @@ class OperatorProcess:
         ]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})}
+                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **SANDBOX_ENV, **(self.env or {})}
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
