@@ -66,7 +66,8 @@ from ..render.names import (
     pool_deployment_name,
 )
 from ..render.workload import RenderContext, pool_deployment
-from ..router.discovery import LABEL_CANARY, pod_url
+from ..router.discovery import LABEL_CANARY as LABEL_CANARY  # re-exported: one string for the router and the controller
+from ..router.discovery import pod_url
 from . import conditions as cond
 
 #: The catalog GPU type a pool (or canary) Deployment runs on.

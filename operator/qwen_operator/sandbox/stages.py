@@ -9,13 +9,18 @@ kwok v0.8 needs its stages spelled out. Ours model what matters to an LLM operat
   then become Ready after the delay in the pod annotation
   ``sandbox.qwenops.io/ready-after`` (a Go duration such as ``45s``; none = at once). The
   e2e and demo set it from the replica model's cold start, so the autoscaler faces real
-  not-ready-yet replicas exactly as on GPUs.
+  not-ready-yet replicas exactly as on GPUs. A pod annotated ``sandbox.qwenops.io/init-pending``
+  is held not Ready until that annotation is removed (by :mod:`.initpods`, which runs its
+  ``model-pull`` init container for real); the delay counts from then.
 * **Deletion** is immediate once ``deletionTimestamp`` is set (no kubelet to drain).
 """
 
 from __future__ import annotations
 
 READY_AFTER_ANNOTATION = "sandbox.qwenops.io/ready-after"
+#: While a pod carries this annotation kwok keeps it not Ready: the init-container seam
+#: (:mod:`.initpods`) runs the pod's ``model-pull`` init container for real, then removes it.
+INIT_PENDING_ANNOTATION = "sandbox.qwenops.io/init-pending"
 
 _NODE_INITIALIZE = """\
 apiVersion: kwok.x-k8s.io/v1alpha1
@@ -111,6 +116,7 @@ spec:
     - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
       operator: NotIn
       values: ['True']
+    - {key: '.metadata.annotations["sandbox.qwenops.io/init-pending"]', operator: DoesNotExist}
   delay:
     durationMilliseconds: 0
     durationFrom:
