@@ -111,6 +111,7 @@ bench: setup
 	$(PY) bench/autoscale_bench.py
 	$(PY) bench/modelsync_bench.py
 	$(PY) bench/prestage_bench.py
+	$(PY) bench/roll_bench.py
 	$(PY) bench/routing_bench.py
 	$(PY) bench/affinity_bench.py
 	$(PY) bench/router_bench.py

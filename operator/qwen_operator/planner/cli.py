@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
         "to first token, requests/s within the SLO, why) "
         "and the pools for a QwenDeployment file. A model one node of a GPU type cannot hold is also planned "
         "across nodes (engine vllm: tensor parallel within a node, pipeline parallel across nodes, a "
-        "LeaderWorkerSet group, which this version of the operator does not render yet).",
+        "LeaderWorkerSet group: the operator renders one where the LeaderWorkerSet CRD is installed).",
     )
     _common(p)
     p.add_argument(
