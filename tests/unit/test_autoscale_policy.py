@@ -207,6 +207,21 @@ def test_place_scale_down_heads_for_the_cheapest_fleet_that_covers_the_target() 
     assert place_scale_down(priced, {"A10G": 3, "L40S": 1}, -math.inf, 1, 3) == {"A10G": 2, "L40S": 1}
 
 
+def test_an_idle_fleets_time_to_first_token_does_not_hold_a_replica() -> None:
+    """An idle L40S answers in ~0.08 s (its prefill): 7% of the SLO. Sized on, that ratio times the
+    mixed fleet's 21 req/s 'needs' 1.5 req/s, more than the owned A10G carries, so the rented L40S
+    would never go; far under the SLO the P95 is not a capacity signal, the request rate decides."""
+    owned = PoolState("A10G", 0.0, 1.33, ready=1, target_in_flight=4.3)
+    rented = PoolState("L40S", 1.861, 19.82, ready=1, free=4, target_in_flight=55)
+    targets = Targets(scale_down_delay_seconds=20)
+    idle = decide(0.0, [owned, rented], Signals(0, 0.08, 0, 0.1), targets)
+    assert idle.kind == "scale-down" and idle.desired == {"A10G": 1, "L40S": 0}, idle.reason
+    assert "far under: not sized on" in idle.reason
+    # near the SLO the P95 still counts: 0.9 s holds the L40S (0.75 x 21.15 req/s is more than 1.33)
+    busy = decide(0.0, [owned, rented], Signals(0, 0.9, 0, 0.1), targets)
+    assert busy.kind == "hold" and busy.desired == {"A10G": 1, "L40S": 1}, busy.reason
+
+
 @pytest.mark.parametrize(
     ("rate", "kind", "total"),
     [

@@ -52,6 +52,9 @@ from typing import Literal
 
 DecisionKind = Literal["scale-up", "scale-down", "hold", "panic"]
 _EPS = 1e-9
+#: Below this share of the SLO the P95 is not a capacity signal: an idle L40S answers in ~0.05 s,
+#: and scaled by a mixed fleet's capacity that floor alone would hold replicas no load needs.
+LATENCY_SIGNAL_FROM = 0.5
 #: Sub-fleets :func:`place_scale_down` tries exactly (~0.1 s at the bound); larger fleets go greedy.
 _SCALE_DOWN_COMBINATIONS = 20_000
 
@@ -287,8 +290,12 @@ def _load_ratio(
         latency_missing = not idle  # no scale-down on it either
     elif _valid(p95):
         assert p95 is not None
-        ratios.append(p95 / targets.p95_latency_seconds)
-        parts.append(f"P95 {p95:.2f}s / SLO {targets.p95_latency_seconds:g}s -> {ratios[-1]:.2f}")
+        ratio = p95 / targets.p95_latency_seconds
+        if ratio >= LATENCY_SIGNAL_FROM:
+            ratios.append(ratio)
+            parts.append(f"P95 {p95:.2f}s / SLO {targets.p95_latency_seconds:g}s -> {ratio:.2f}")
+        else:  # the engines' idle time to first token (prefill), which no replica count shortens
+            parts.append(f"P95 {p95:.2f}s / SLO {targets.p95_latency_seconds:g}s -> {ratio:.2f} (far under: not sized on)")
     else:
         latency_missing = not idle
         parts.append("P95 NaN with nothing in flight (idle)" if idle else "P95 unavailable")
