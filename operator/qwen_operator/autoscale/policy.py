@@ -295,7 +295,8 @@ def _load_ratio(
             ratios.append(ratio)
             parts.append(f"P95 {p95:.2f}s / SLO {targets.p95_latency_seconds:g}s -> {ratio:.2f}")
         else:  # the engines' idle time to first token (prefill), which no replica count shortens
-            parts.append(f"P95 {p95:.2f}s / SLO {targets.p95_latency_seconds:g}s -> {ratio:.2f} (far under: not sized on)")
+            slo = targets.p95_latency_seconds
+            parts.append(f"P95 {p95:.2f}s / SLO {slo:g}s -> {ratio:.2f} (far under: not sized on)")
     else:
         latency_missing = not idle
         parts.append("P95 NaN with nothing in flight (idle)" if idle else "P95 unavailable")
