@@ -103,8 +103,10 @@ def test_a_passed_canary_takes_its_share_through_the_router(
 
 
 def canary_share(outcomes: list[Outcome], canaries: set[str], start: float, end: float) -> tuple[int, int]:
-    """(requests answered by a canary pod, all requests answered) between ``start`` and ``end``."""
-    window = [o for o in outcomes if o.status == 200 and start <= o.at <= end]
+    """(requests answered by a canary pod, all requests answered) of those *sent* between ``start`` and
+    ``end``: the router picks when a request arrives; one sent to the canary just before its removal
+    may finish after it (the pod drains)."""
+    window = [o for o in outcomes if o.status == 200 and start <= o.at - o.seconds <= end]
     return sum(1 for o in window if o.endpoint in canaries), len(window)
 
 
@@ -180,10 +182,11 @@ async def scenario(api: Any, ns: str, bucket: S3Bucket, tmp_path: Path, v1: str)
     # until the smoke test passed, the canary takes no client request (the smoke test dials it directly)
     before, seen_before = canary_share(outcomes, canaries, 0.0, passed - 1.0)
     assert before == 0 and seen_before > 0, (before, seen_before)
-    # passed, the pools still rolling: each router sends every 5th request (20%) to the canary
+    # passed, the pools still rolling: each router sends exactly every 5th request (20%) to the canary,
+    # so over any run of its requests it is less than one request off; the routers share the load
     during, seen = canary_share(outcomes, canaries, passed + 1.0, synced - 1.0)
     assert seen >= 20, f"only {seen} requests while the canary served: the roll was too short to judge"
-    assert abs(during / seen - CANARY_PERCENT / 100) <= 0.08, (during, seen)
+    assert abs(during - seen * CANARY_PERCENT / 100) < counters.routers_started, (during, seen, counters)
     # every pool on v2, the canary removed: it answers nothing more
     after, seen_after = canary_share(outcomes, canaries, synced + 1.0, float("inf"))
     assert after == 0 and seen_after > 0, (after, seen_after)
