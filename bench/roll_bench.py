@@ -43,13 +43,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import yaml
 from kubernetes import client, config
 
 from qwen_operator.api import GROUP, PLURAL, VERSION
 from qwen_operator.api.crdgen import DEFAULT_OUTPUT as CRD_FILE
-from qwen_operator.modelsync.registry import Registry
+from qwen_operator.modelsync.registry import Registry, make_client
 from qwen_operator.modelsync.s3server import S3Server
 from qwen_operator.modelsync.synthetic import Checkpoint, Shape
 from qwen_operator.sandbox.binaries import locate
@@ -224,7 +223,7 @@ def main() -> int:
     s3 = S3Server(data_dir=work / "s3").start()
     os.environ.update(s3.env())  # this process reads the registry (tags); pods and agents get the Secret only
     env = dict(os.environ)
-    boto3.client("s3", endpoint_url=s3.endpoint_url, **_creds(s3)).create_bucket(Bucket=BUCKET)
+    make_client().create_bucket(Bucket=BUCKET)  # the registry's own client, from the environment above
     sb = Sandbox("roll-bench")
     nodes_n = args.replicas + 2  # a surge pod and one spare
     sb.up(gpus=f"l40s={nodes_n}x1", progress=say)
@@ -283,15 +282,6 @@ def main() -> int:
         doc = {"size_bytes": size, "args": {**vars(args), "json": str(args.json)}, "runs": results, "ratio": ratio}
         args.json.write_text(json.dumps(doc, indent=2))
     return 0
-
-
-def _creds(s3: S3Server) -> dict[str, str]:
-    env = s3.env()
-    return {
-        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-        "region_name": env["AWS_DEFAULT_REGION"],
-    }
 
 
 if __name__ == "__main__":
