@@ -203,9 +203,8 @@ def place_scale_down(
     between sub-fleets of equal $/h, the one whose cheapest ``max(floor, 1)`` replicas cost least,
     i.e. what it shrinks to when traffic falls further. So a replica that costs nothing (an owned
     A10G) is not removed while a rented L40S beside it is still needed: removing it saves nothing
-    now and would leave the L40S as the last replica. Replicas go most expensive per unit of
-    throughput first. Without a target (``-inf``: trimming to a count) the most expensive per
-    unit of throughput go first.
+    now and would leave the L40S as the last replica. Either way (also without a target, ``-inf``:
+    trimming to a count) replicas go most expensive per unit of throughput first.
     """
     by_name = {p.gpu_type: p for p in pools}
     counts = dict(current)
